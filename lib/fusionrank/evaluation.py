@@ -1,0 +1,124 @@
+"""evaluate: ranking metrics on a time-based holdout, beside a popularity baseline.
+
+Protocol: the last `evaluate.holdout_days` days up to the run date are held out
+from every upstream stage. A user is evaluated when they have training events and
+at least one held-out item they had not interacted with in training; that user's
+relevant set is those held-out items. Users without recommendations score zero.
+
+Definitions (k = cut-off, rel_i = 1 when the item at rank i is relevant,
+R = number of relevant items):
+  Precision@k = hits / k;  Recall@k = hits / R
+  NDCG@k      = sum_i rel_i / log2(i + 1)  /  sum_{i <= min(R, k)} 1 / log2(i + 1)
+  MAP@k       = mean over users of sum_i rel_i * Precision@i / min(R, k)
+The numpy functions below are the reference; the Spark versions compute the same.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+METRIC_NAMES = ("precision", "recall", "ndcg", "map")
+
+
+# -- reference implementations (one user) ------------------------------------------
+def precision_at_k(recommended: Sequence[str], relevant: set[str], k: int) -> float:
+    return sum(1 for item in recommended[:k] if item in relevant) / k
+
+
+def recall_at_k(recommended: Sequence[str], relevant: set[str], k: int) -> float:
+    if not relevant:
+        return 0.0
+    return sum(1 for item in recommended[:k] if item in relevant) / len(relevant)
+
+
+def ndcg_at_k(recommended: Sequence[str], relevant: set[str], k: int) -> float:
+    if not relevant:
+        return 0.0
+    dcg = sum(1.0 / math.log2(i + 2) for i, item in enumerate(recommended[:k]) if item in relevant)
+    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(relevant), k)))
+    return dcg / ideal
+
+
+def average_precision_at_k(recommended: Sequence[str], relevant: set[str], k: int) -> float:
+    if not relevant:
+        return 0.0
+    hits, total = 0, 0.0
+    for i, item in enumerate(recommended[:k], start=1):
+        if item in relevant:
+            hits += 1
+            total += hits / i
+    return total / min(len(relevant), k)
+
+
+# -- Spark ---------------------------------------------------------------------------
+def ranking_metrics(recs: DataFrame, relevant: DataFrame, k: int) -> dict[str, float]:
+    """Mean metrics over the users in `relevant` (user_id, item_id).
+
+    `recs` has (user_id, rank, item_id) with rank starting at 1.
+    """
+    rel = relevant.select("user_id", "item_id").distinct().withColumn("rel", F.lit(1))
+    n_rel = rel.groupBy("user_id").agg(F.count("*").alias("n_rel"))
+    top = recs.where(F.col("rank") <= k).select("user_id", "rank", "item_id")
+    top = top.join(n_rel.select("user_id"), "user_id", "inner")
+    hits = top.join(rel, ["user_id", "item_id"], "left").fillna(0, subset=["rel"])
+    upto = Window.partitionBy("user_id").orderBy("rank").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    hits = hits.withColumn("cum_hits", F.sum("rel").over(upto))
+    per_user = hits.groupBy("user_id").agg(
+        F.sum("rel").alias("hits"),
+        F.sum(F.col("rel") / F.log2(F.col("rank") + 1)).alias("dcg"),
+        F.sum(F.when(F.col("rel") == 1, F.col("cum_hits") / F.col("rank")).otherwise(0.0)).alias("ap_sum"),
+    )
+    users = n_rel.join(per_user, "user_id", "left").fillna(0, subset=["hits", "dcg", "ap_sum"])
+    cutoff = F.least(F.col("n_rel"), F.lit(k))
+    ideal = F.aggregate(F.sequence(F.lit(1), cutoff), F.lit(0.0), lambda acc, i: acc + 1.0 / F.log2(i + 1))
+    scored = users.select(
+        (F.col("hits") / F.lit(k)).alias("precision"),
+        (F.col("hits") / F.col("n_rel")).alias("recall"),
+        (F.col("dcg") / ideal).alias("ndcg"),
+        (F.col("ap_sum") / cutoff).alias("map"),
+    )
+    row = scored.agg(*[F.avg(m).alias(m) for m in METRIC_NAMES], F.count("*").alias("users")).first()
+    result = {m: float(row[m] or 0.0) for m in METRIC_NAMES}
+    result["users"] = int(row["users"])
+    return result
+
+
+def relevant_items(train: DataFrame, holdout: DataFrame) -> DataFrame:
+    """(user_id, item_id) held out for users with training history, minus items they
+    already had in training."""
+    train_items = train.where(F.col("item_id").isNotNull()).select("user_id", "item_id").distinct()
+    train_users = train_items.select("user_id").distinct()
+    held = holdout.where(F.col("item_id").isNotNull()).select("user_id", "item_id").distinct()
+    held = held.join(train_users, "user_id", "inner")
+    return held.join(train_items, ["user_id", "item_id"], "left_anti")
+
+
+def popularity_recs(train: DataFrame, users: DataFrame, k: int) -> DataFrame:
+    """Top-k most popular training items (distinct users) that each user has not seen."""
+    seen = train.where(F.col("item_id").isNotNull()).select("user_id", "item_id").distinct()
+    popularity = seen.groupBy("item_id").agg(F.count("*").alias("users"))
+    most_seen = seen.join(users, "user_id", "inner").groupBy("user_id").count().agg(F.max("count")).first()[0] or 0
+    depth = k + int(most_seen)
+    ranked = popularity.withColumn(
+        "pop_rank", F.row_number().over(Window.orderBy(F.desc("users"), F.asc("item_id")))
+    ).where(F.col("pop_rank") <= depth)
+    candidates = users.select("user_id").distinct().crossJoin(F.broadcast(ranked.select("item_id", "pop_rank")))
+    unseen = candidates.join(seen, ["user_id", "item_id"], "left_anti")
+    per_user = Window.partitionBy("user_id").orderBy("pop_rank")
+    return (
+        unseen.withColumn("rank", F.row_number().over(per_user))
+        .where(F.col("rank") <= k)
+        .select("user_id", "rank", "item_id")
+    )
+
+
+def coverage(recs: DataFrame, users: DataFrame, k: int, catalog_size: int) -> float:
+    """Share of the catalog that appears in the top-k of the evaluated users."""
+    if catalog_size == 0:
+        return 0.0
+    items = recs.where(F.col("rank") <= k).join(users, "user_id", "inner").select("item_id").distinct().count()
+    return items / catalog_size

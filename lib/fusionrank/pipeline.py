@@ -1,0 +1,359 @@
+"""The stage registry: what each nightly stage reads, does and writes.
+
+Each stage is `fn(ctx) -> dict of counts`, keyed on the run date: rerunning a date
+replaces that date's rows and duplicates nothing. `run_stage` and `run_all` are
+the Python entry points; the CLI and the spark-submit jobs call them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from fusionrank import encoding, evaluation, index, profiles, ranking
+from fusionrank.config import Settings
+from fusionrank.data import cleaning, inputs
+from fusionrank.data.schemas import (
+    CATALOG_FIELDS,
+    CATALOG_REQUIRED,
+    EVENT_FIELDS,
+    EVENT_REQUIRED,
+)
+from fusionrank.models import model_version, text_model_path
+from fusionrank.spark import get_session
+from fusionrank.storage import TableStore
+
+log = logging.getLogger("fusionrank.pipeline")
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (missing upstream output, bad input, failed check)."""
+
+
+@dataclass
+class RunContext:
+    settings: Settings
+    spark: SparkSession
+    store: TableStore
+    run_date: dt.date
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @property
+    def run_end(self) -> dt.datetime:
+        """First instant after the run date (UTC): nothing later belongs to this run."""
+        day = self.run_date + dt.timedelta(days=1)
+        return dt.datetime(day.year, day.month, day.day)
+
+    @property
+    def holdout_start(self) -> dt.datetime:
+        """Events from here to `run_end` are held out for evaluation."""
+        return self.run_end - dt.timedelta(days=self.settings.evaluate.holdout_days)
+
+    def commit_info(self, stage: str) -> dict[str, str]:
+        return {"fusionrank.stage": stage, "fusionrank.run_date": str(self.run_date), "fusionrank.run_id": self.run_id}
+
+    def describe(self, stage: str) -> None:
+        # Names the work in the Spark UI instead of "mapInPandas at ...".
+        self.spark.sparkContext.setJobGroup(f"fusionrank:{stage}", f"fusionrank:{stage} {self.run_date}", True)
+
+    # Shared reads, so every stage agrees on what "training" means.
+    def events(self) -> DataFrame:
+        return self.store.read("events_clean")
+
+    def training_events(self) -> DataFrame:
+        return self.events().where(F.col("event_ts") < F.lit(self.holdout_start))
+
+    def holdout_events(self) -> DataFrame:
+        events = self.events()
+        return events.where((F.col("event_ts") >= F.lit(self.holdout_start)) & (F.col("event_ts") < F.lit(self.run_end)))
+
+    def for_date(self, table: str) -> DataFrame:
+        if not self.store.exists(table):
+            raise StageError(f"table {table} does not exist yet: run the stage that writes it for {self.run_date} first")
+        if str(self.run_date) not in self.store.partition_values(table, "run_date"):
+            raise StageError(f"table {table} has no rows for run_date {self.run_date}: run its stage for that date first")
+        return self.store.read(table, where={"run_date": self.run_date})
+
+    def index_path(self) -> str:
+        return str(index.index_dir(self.settings.storage.index_root, self.run_date))
+
+
+def _write_quarantine(ctx: RunContext, rejected: DataFrame, stage: str) -> None:
+    rows = cleaning.quarantine_rows(rejected, stage, ctx.run_date)
+    ctx.store.write(
+        rows, "quarantine", partition_by=["run_date", "stage"],
+        replace={"run_date": ctx.run_date, "stage": stage}, commit_info=ctx.commit_info(stage),
+    )
+
+
+def _reason_counts(classified: DataFrame) -> dict[str, int]:
+    rows = classified.where(F.col(cleaning.REASON).isNotNull()).groupBy(cleaning.REASON).count().collect()
+    # Reasons that quote the bad value are grouped by their fixed prefix.
+    counts: dict[str, int] = {}
+    for row in rows:
+        key = row[cleaning.REASON].split(":")[0]
+        counts[key] = counts.get(key, 0) + int(row["count"])
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+# -- stages ------------------------------------------------------------------------
+def clean_catalog(ctx: RunContext) -> dict:
+    cfg = ctx.settings
+    raw = inputs.read_raw(ctx.spark, cfg.inputs.catalog, CATALOG_FIELDS, CATALOG_REQUIRED, "catalog",
+                          delta_reader=lambda p: _read_delta_input(ctx, p))
+    classified = cleaning.classify_catalog(raw, cfg.cleaning).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        totals = classified.agg(
+            F.count("*").alias("raw"), F.sum(F.col(cleaning.REASON).isNull().cast("int")).alias("clean")
+        ).first()
+        raw_rows, clean_rows = int(totals["raw"]), int(totals["clean"] or 0)
+        if raw_rows == 0:
+            raise StageError(f"catalog input {cfg.inputs.catalog.path} has no rows")
+        clean, rejected = cleaning.split_clean(classified, cleaning.CATALOG_OUTPUT)
+        ctx.store.write(
+            clean.withColumn("run_date", F.lit(ctx.run_date)), "catalog_clean", partition_by=["run_date"],
+            replace={"run_date": ctx.run_date}, commit_info=ctx.commit_info("clean_catalog"),
+        )
+        _write_quarantine(ctx, rejected, "clean_catalog")
+        reasons = _reason_counts(classified)
+    finally:
+        classified.unpersist()
+    return {"raw_rows": raw_rows, "clean_rows": clean_rows, "quarantined_rows": raw_rows - clean_rows,
+            "quarantine_reasons": reasons}
+
+
+def clean_events(ctx: RunContext) -> dict:
+    cfg = ctx.settings
+    raw = inputs.read_raw(ctx.spark, cfg.inputs.events, EVENT_FIELDS, EVENT_REQUIRED, "events",
+                          delta_reader=lambda p: _read_delta_input(ctx, p))
+    items = ctx.for_date("catalog_clean").select("item_id")
+    classified = cleaning.classify_events(raw, items, cfg.cleaning, ctx.run_end).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        totals = classified.agg(
+            F.count("*").alias("raw"), F.sum(F.col(cleaning.REASON).isNull().cast("int")).alias("clean")
+        ).first()
+        raw_rows, clean_rows = int(totals["raw"]), int(totals["clean"] or 0)
+        if raw_rows == 0:
+            raise StageError(f"events input {cfg.inputs.events.path} has no rows")
+        clean, rejected = cleaning.split_clean(classified, cleaning.EVENTS_OUTPUT)
+        # The input is the full history up to the run date, so the table is replaced
+        # whole; one file per event date keeps the partitions compact.
+        ctx.store.write(
+            clean.repartition("event_date"), "events_clean", partition_by=["event_date"],
+            commit_info=ctx.commit_info("clean_events"),
+        )
+        _write_quarantine(ctx, rejected, "clean_events")
+        reasons = _reason_counts(classified)
+    finally:
+        classified.unpersist()
+    return {"raw_rows": raw_rows, "clean_rows": clean_rows, "quarantined_rows": raw_rows - clean_rows,
+            "quarantine_reasons": reasons}
+
+
+def encode_items(ctx: RunContext) -> dict:
+    cfg = ctx.settings
+    version = model_version(cfg)
+    catalog = ctx.for_date("catalog_clean")
+    previous_date = ctx.store.latest_partition("item_embeddings", "run_date", at_most=str(ctx.run_date))
+    previous = ctx.store.read("item_embeddings", where={"run_date": previous_date}) if previous_date else None
+    carried, todo = encoding.plan_encoding(catalog, previous, version)
+    todo = todo.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        to_encode = todo.count()
+        total = catalog.count()
+        encoded = encoding.encode(todo, str(text_model_path(cfg)), cfg, cfg.encode.partitions)
+        out = encoding.with_metadata(encoded, version, ctx.run_date).unionByName(
+            encoding.with_metadata(carried, version, ctx.run_date, F.col("encoded_at"))
+        )
+        ctx.describe("encode_items")
+        ctx.store.write(out, "item_embeddings", partition_by=["run_date"], replace={"run_date": ctx.run_date},
+                        commit_info={**ctx.commit_info("encode_items"), "fusionrank.model_version": version})
+    finally:
+        todo.unpersist()
+    return {"items": total, "encoded": to_encode, "carried_over": total - to_encode,
+            "previous_run_date": previous_date, "model_version": version}
+
+
+def build_index(ctx: RunContext) -> dict:
+    cfg = ctx.settings
+    vectors = ctx.for_date("item_embeddings").select("item_id", "fused_vec", "model_version")
+    vectors = vectors.where(F.col("fused_vec").isNotNull())
+    stats = vectors.agg(F.count("*").alias("n"), F.first(F.size("fused_vec")).alias("dim"),
+                        F.countDistinct("model_version").alias("versions"), F.first("model_version").alias("mv")).first()
+    count, dim = int(stats["n"]), int(stats["dim"] or 0)
+    if count == 0:
+        raise StageError(f"item_embeddings has no vectors for {ctx.run_date}")
+    if stats["versions"] != 1:
+        raise StageError(f"item_embeddings for {ctx.run_date} mixes {stats['versions']} model versions")
+    import numpy as np
+
+    fraction = min(1.0, cfg.index.train_sample / count)
+    sample_rows = vectors.sample(fraction=fraction, seed=cfg.index.seed).limit(cfg.index.train_sample)
+    sample = np.array([r["fused_vec"] for r in sample_rows.collect()], dtype=np.float32).reshape(-1, dim) \
+        if cfg.index.type != "flat" else np.zeros((0, dim), dtype=np.float32)
+
+    def batches(size: int = 8192):
+        ids, rows = [], []
+        for row in vectors.orderBy("item_id").select("item_id", "fused_vec").toLocalIterator(prefetchPartitions=True):
+            ids.append(row["item_id"])
+            rows.append(row["fused_vec"])
+            if len(ids) == size:
+                yield ids, np.asarray(rows, dtype=np.float32)
+                ids, rows = [], []
+        if ids:
+            yield ids, np.asarray(rows, dtype=np.float32)
+
+    ctx.describe("build_index")
+    built = index.build(batches(), sample, dim, count, cfg.index, index.index_dir(cfg.storage.index_root, ctx.run_date),
+                        stats["mv"], str(ctx.run_date))
+    return {"path": str(built.path), **{k: built.manifest[k] for k in ("count", "dim", "type")},
+            "self_check_recall_at_10": built.manifest["self_check"]["recall_at_10"]}
+
+
+def build_profiles(ctx: RunContext) -> dict:
+    cfg = ctx.settings
+    history = profiles.weighted_history(ctx.training_events(), cfg.profiles, ctx.holdout_start)
+    vectors = ctx.for_date("item_embeddings").select("item_id", "fused_vec")
+    out = profiles.build_user_profiles(history, vectors, cfg.profiles, ctx.run_date)
+    ctx.describe("build_profiles")
+    ctx.store.write(out, "user_profiles", partition_by=["run_date"], replace={"run_date": ctx.run_date},
+                    commit_info=ctx.commit_info("build_profiles"))
+    users = ctx.store.read("user_profiles", where={"run_date": ctx.run_date}).count()
+    return {"users": users, "training_events_before": str(ctx.holdout_start)}
+
+
+def rank(ctx: RunContext) -> dict:
+    cfg = ctx.settings
+    index_path = ctx.index_path()
+    manifest = index.read_manifest(index_path)
+    profiles_df = ctx.for_date("user_profiles")
+    seen = (ctx.training_events().where(F.col("item_id").isNotNull())
+            .groupBy("user_id").agg(F.collect_set("item_id").alias("seen")))
+    users = profiles_df.join(seen, "user_id", "left").select(
+        "user_id", "profile_vec", "history_item_ids", "history_weights", "seen"
+    )
+    catalog = ctx.for_date("catalog_clean")
+    recs = ranking.explain(ranking.rank_users(users, index_path, cfg.rank, cfg.rank.user_partitions), catalog)
+    recs = recs.select(
+        F.lit(ctx.run_date).alias("run_date"), "user_id", "rank", "item_id", "score", "reason", "reason_item_id",
+        F.lit(manifest["model_version"]).alias("model_version"),
+    )
+    ctx.describe("rank")
+    ctx.store.write(recs, "recs_user_topk", partition_by=["run_date"], replace={"run_date": ctx.run_date},
+                    commit_info=ctx.commit_info("rank"))
+    items = ctx.for_date("item_embeddings").select("item_id", "fused_vec").where(F.col("fused_vec").isNotNull())
+    similar = ranking.similar_items(items, index_path, cfg.rank.similar_k).select(
+        F.lit(ctx.run_date).alias("run_date"), "item_id", "rank", "similar_item_id", "score"
+    )
+    ctx.store.write(similar, "recs_item_similar", partition_by=["run_date"], replace={"run_date": ctx.run_date},
+                    commit_info=ctx.commit_info("rank"))
+    written = ctx.store.read("recs_user_topk", where={"run_date": ctx.run_date})
+    totals = written.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
+    return {"users_ranked": int(totals["users"]), "recs_rows": int(totals["rows"]),
+            "similar_rows": ctx.store.read("recs_item_similar", where={"run_date": ctx.run_date}).count()}
+
+
+def evaluate(ctx: RunContext) -> dict:
+    cfg = ctx.settings
+    train, holdout = ctx.training_events(), ctx.holdout_events()
+    relevant = evaluation.relevant_items(train, holdout).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        users = relevant.select("user_id").distinct()
+        if users.limit(1).count() == 0:
+            raise StageError(
+                f"no user has held-out events between {ctx.holdout_start} and {ctx.run_end} and training history "
+                f"before it: choose a run date inside the data or change evaluate.holdout_days"
+            )
+        recs = ctx.for_date("recs_user_topk").select("user_id", "rank", "item_id")
+        catalog_size = ctx.for_date("catalog_clean").count()
+        split = f"time_holdout_{cfg.evaluate.holdout_days}d"
+        rows, summary = [], {}
+        max_k = max(cfg.evaluate.ks)
+        popular = evaluation.popularity_recs(train, users, max_k).persist(StorageLevel.MEMORY_AND_DISK)
+        for k in cfg.evaluate.ks:
+            ours = evaluation.ranking_metrics(recs, relevant, k)
+            base = evaluation.ranking_metrics(popular, relevant, k)
+            for metric in evaluation.METRIC_NAMES:
+                rows.append((metric, k, ours[metric], base[metric]))
+                summary[f"{metric}@{k}"] = (ours[metric], base[metric])
+            cov = (evaluation.coverage(recs, users, k, catalog_size), evaluation.coverage(popular, users, k, catalog_size))
+            rows.append(("coverage", k, cov[0], cov[1]))
+            summary[f"coverage@{k}"] = cov
+            summary["users_evaluated"] = (ours["users"], base["users"])
+        rows.append(("users_evaluated", None, float(summary["users_evaluated"][0]), float(summary["users_evaluated"][1])))
+        popular.unpersist()
+    finally:
+        relevant.unpersist()
+    frame = ctx.spark.createDataFrame(
+        [(ctx.run_date, m, k, float(v), float(b), split, "popularity") for m, k, v, b in rows],
+        "run_date date, metric string, k int, value double, baseline double, split string, baseline_name string",
+    )
+    ctx.store.write(frame, "metrics", partition_by=["run_date"], replace={"run_date": ctx.run_date},
+                    commit_info=ctx.commit_info("evaluate"))
+    return {"split": split, "metrics": summary}
+
+
+def _read_delta_input(ctx: RunContext, path: str) -> DataFrame:
+    from fusionrank.storage import read_delta_path
+
+    return read_delta_path(ctx.spark, path, ctx.store.engine)
+
+
+# -- registry ------------------------------------------------------------------------
+STAGES: dict[str, Callable[[RunContext], dict]] = {
+    "clean_catalog": clean_catalog,
+    "clean_events": clean_events,
+    "encode_items": encode_items,
+    "build_index": build_index,
+    "build_profiles": build_profiles,
+    "rank": rank,
+    "evaluate": evaluate,
+}
+ORDER = list(STAGES)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    run_date: dt.date
+    seconds: float
+    counts: dict
+
+
+def make_context(settings: Settings, run_date: dt.date, spark: SparkSession | None = None) -> RunContext:
+    spark = spark or get_session(settings)
+    return RunContext(settings, spark, TableStore(spark, settings), run_date)
+
+
+def run_stage(name: str, settings: Settings, run_date: dt.date, spark: SparkSession | None = None,
+              ctx: RunContext | None = None) -> StageResult:
+    if name not in STAGES:
+        raise StageError(f"unknown stage {name!r}; stages: {', '.join(ORDER)}")
+    ctx = ctx or make_context(settings, run_date, spark)
+    ctx.describe(name)
+    log.info("stage %s starting for %s (run %s)", name, run_date, ctx.run_id)
+    started = time.perf_counter()
+    counts = STAGES[name](ctx)
+    elapsed = time.perf_counter() - started
+    log.info("stage %s done in %.1fs: %s", name, elapsed, counts)
+    return StageResult(name, run_date, elapsed, counts)
+
+
+def run_all(settings: Settings, run_date: dt.date, spark: SparkSession | None = None,
+            stages: list[str] | None = None, on_stage: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+    ctx = make_context(settings, run_date, spark)
+    results = []
+    for name in stages or ORDER:
+        result = run_stage(name, settings, run_date, ctx=ctx)
+        results.append(result)
+        if on_stage:
+            on_stage(result)
+    return results

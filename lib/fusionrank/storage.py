@@ -1,0 +1,333 @@
+"""The one module that reads and writes fusionrank's tables, all Delta Lake.
+
+Two engines produce the same tables:
+
+* ``delta-spark`` (the Delta jars on the classpath): ``format("delta")`` with
+  ``replaceWhere`` for one run date.
+* ``delta-rs`` (no jars, e.g. local runs and CI that cannot reach Maven): Spark
+  writes the Parquet files in parallel into a fresh folder inside the table, then
+  the driver commits them to the Delta log with ``deltalake``'s
+  ``create_write_transaction``; the overwrite is scoped to the partitions being
+  replaced. Until that commit no reader sees the new files, and a write that fails
+  leaves the last committed version as it was.
+
+Nothing else in fusionrank knows which engine wrote a table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+from fusionrank.config import Settings
+from fusionrank.spark import delta_spark_available
+
+log = logging.getLogger(__name__)
+
+_PARTITION_SEGMENT = re.compile(r"^([^=/]+)=(.*)$")
+
+
+class StorageError(RuntimeError):
+    """A table could not be read or written."""
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    path: str
+    version: int
+    rows: int | None
+    partitions: list[str]
+    last_commit: str | None
+
+
+def _local_path(uri: str) -> str:
+    parsed = urlparse(uri)
+    return unquote(parsed.path) if parsed.scheme in ("", "file") else uri
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return str(value)
+
+
+class TableStore:
+    """Reads and writes the tables named in `settings.storage.tables`."""
+
+    def __init__(self, spark: SparkSession, settings: Settings):
+        self.spark = spark
+        self.settings = settings
+        engine = settings.storage.engine
+        if engine == "auto":
+            engine = "delta-spark" if delta_spark_available(spark) else "delta-rs"
+        elif engine == "delta-spark" and not delta_spark_available(spark):
+            raise StorageError(
+                "storage.engine is 'delta-spark' but the Delta classes are not on the Spark "
+                "classpath: add --packages io.delta:delta-spark_2.13:<version> to spark-submit, "
+                "or set storage.engine: auto"
+            )
+        self.engine = engine
+
+    # -- paths -----------------------------------------------------------------
+    def path(self, name: str) -> str:
+        return self.settings.storage.table_path(name)
+
+    def exists(self, name: str) -> bool:
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(self.path(name))
+
+    # -- writing ---------------------------------------------------------------
+    def write(
+        self,
+        df: DataFrame,
+        name: str,
+        partition_by: list[str] | None = None,
+        replace: dict[str, object] | None = None,
+        commit_info: dict[str, str] | None = None,
+    ) -> int:
+        """Write `df` as table `name` in one commit and return the new version.
+
+        `replace` maps partition columns to the values being replaced (for example
+        ``{"run_date": date}``): rows of other partitions stay untouched. Without it
+        the whole table is replaced. The columns named in `replace` are set to those
+        values, so a write can never leak into another partition.
+        """
+        partition_by = list(partition_by or [])
+        replace = {k: _format_value(v) for k, v in (replace or {}).items()}
+        missing = [c for c in replace if c not in partition_by]
+        if missing:
+            raise StorageError(f"table {name}: replace keys {missing} must be partition columns {partition_by}")
+        for column, value in replace.items():
+            data_type = df.schema[column].dataType if column in df.columns else T.StringType()
+            df = df.withColumn(column, F.lit(value).cast(data_type))
+        absent = [c for c in partition_by if c not in df.columns]
+        if absent:
+            raise StorageError(f"table {name}: partition columns {absent} are not in the data ({df.columns})")
+        if self.engine == "delta-spark":
+            return self._write_delta_spark(df, name, partition_by, replace, commit_info)
+        return self._write_delta_rs(df, name, partition_by, replace, commit_info)
+
+    def _write_delta_spark(self, df, name, partition_by, replace, commit_info) -> int:
+        writer = df.write.format("delta").mode("overwrite")
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        if replace and self.exists(name):
+            predicate = " AND ".join(f"`{c}` = '{v}'" for c, v in replace.items())
+            writer = writer.option("replaceWhere", predicate)
+        if commit_info:
+            writer = writer.option("userMetadata", json.dumps(commit_info, sort_keys=True))
+        writer.save(self.path(name))
+        return self._version(name)
+
+    def _write_delta_rs(self, df, name, partition_by, replace, commit_info) -> int:
+        from deltalake import CommitProperties, DeltaTable
+        from deltalake.schema import Schema as DeltaSchema
+        from deltalake.transaction import AddAction, create_table_with_add_actions
+
+        table_path = self.path(name)
+        write_dir = "part-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        staging = os.path.join(table_path, write_dir)
+        arrow_schema = to_arrow_schema(df.schema, timezone="UTC")
+        try:
+            writer = df.write.mode("errorifexists")
+            if partition_by:
+                writer = writer.partitionBy(*partition_by)
+            writer.parquet(staging)
+            actions = self._add_actions(table_path, write_dir, partition_by, AddAction)
+            properties = CommitProperties(custom_metadata=dict(commit_info or {}))
+            delta_schema = DeltaSchema.from_arrow(arrow_schema)
+            if DeltaTable.is_deltatable(table_path):
+                table = DeltaTable(table_path)
+                filters = [(c, "=", v) for c, v in replace.items()] or None
+                table.create_write_transaction(
+                    actions,
+                    mode="overwrite",
+                    schema=delta_schema,
+                    partition_by=partition_by or None,
+                    partition_filters=filters,
+                    commit_properties=properties,
+                )
+            else:
+                create_table_with_add_actions(
+                    table_path,
+                    delta_schema,
+                    actions,
+                    mode="error",
+                    partition_by=partition_by or None,
+                    name=name,
+                    commit_properties=properties,
+                )
+        except Exception:
+            # The commit never happened: nothing references these files; drop them.
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return self._version(name)
+
+    def _add_actions(self, table_path: str, write_dir: str, partition_by: list[str], action_cls) -> list:
+        import pyarrow.parquet as pq
+
+        actions = []
+        root = os.path.join(table_path, write_dir)
+        for folder, _, files in os.walk(root):
+            for file_name in sorted(files):
+                if not file_name.endswith(".parquet"):
+                    continue  # _SUCCESS and checksum files
+                full = os.path.join(folder, file_name)
+                rel = os.path.relpath(full, table_path).replace(os.sep, "/")
+                values: dict[str, str | None] = {}
+                for segment in rel.split("/")[1:-1]:
+                    match = _PARTITION_SEGMENT.match(segment)
+                    if match:
+                        value = unquote(match.group(2))
+                        values[match.group(1)] = None if value == "__HIVE_DEFAULT_PARTITION__" else value
+                if set(values) != set(partition_by):
+                    raise StorageError(f"file {full}: partition folders {values} do not match {partition_by}")
+                stat = os.stat(full)
+                rows = pq.ParquetFile(full).metadata.num_rows
+                actions.append(
+                    action_cls(
+                        path=rel,
+                        size=stat.st_size,
+                        partition_values=values,
+                        modification_time=int(stat.st_mtime * 1000),
+                        data_change=True,
+                        stats=json.dumps({"numRecords": rows}),
+                    )
+                )
+        return actions
+
+    # -- reading ---------------------------------------------------------------
+    def read(self, name: str, where: dict[str, object] | None = None, version: int | None = None) -> DataFrame:
+        """Read table `name` (optionally one version, optionally pruned to partitions)."""
+        if not self.exists(name):
+            raise StorageError(f"table {name} does not exist at {self.path(name)}: run the stage that writes it first")
+        return read_delta_path(self.spark, self.path(name), self.engine, where, version)
+
+    def read_arrow(self, name: str, where: dict[str, object] | None = None) -> pa.Table:
+        """Read a (small) table on the driver with delta-rs, as a consumer would."""
+        from deltalake import DeltaTable
+
+        filters = [(c, "=", _format_value(v)) for c, v in (where or {}).items()] or None
+        return DeltaTable(self.path(name)).to_pyarrow_table(partitions=filters)
+
+    # -- metadata --------------------------------------------------------------
+    def _version(self, name: str) -> int:
+        from deltalake import DeltaTable
+
+        return DeltaTable(self.path(name)).version()
+
+    def partition_values(self, name: str, column: str) -> list[str]:
+        """Distinct values of a partition column in the current version (from the log)."""
+        from deltalake import DeltaTable
+
+        if not self.exists(name):
+            return []
+        actions = pa.table(DeltaTable(self.path(name)).get_add_actions(flatten=True))
+        key = f"partition.{column}"
+        if key not in actions.column_names:
+            raise StorageError(f"table {name} is not partitioned by {column}")
+        return sorted({_format_value(v) for v in actions.column(key).to_pylist() if v is not None})
+
+    def count_rows(self, name: str, where: dict[str, object] | None = None) -> int | None:
+        """Row count from the Delta log's file statistics (no data is read)."""
+        from deltalake import DeltaTable
+
+        if not self.exists(name):
+            return None
+        actions = pa.table(DeltaTable(self.path(name)).get_add_actions(flatten=True))
+        if "num_records" not in actions.column_names:
+            return None
+        keep = [True] * actions.num_rows
+        for column, value in (where or {}).items():
+            values = actions.column(f"partition.{column}").to_pylist()
+            keep = [k and _format_value(v) == _format_value(value) for k, v in zip(keep, values)]
+        counts = [c for c, k in zip(actions.column("num_records").to_pylist(), keep) if k]
+        return None if any(c is None for c in counts) else int(sum(counts))
+
+    def latest_partition(self, name: str, column: str, at_most: str | None = None) -> str | None:
+        values = [v for v in self.partition_values(name, column) if at_most is None or v <= at_most]
+        return values[-1] if values else None
+
+    def info(self, name: str) -> TableInfo:
+        from deltalake import DeltaTable
+
+        table = DeltaTable(self.path(name))
+        actions = pa.table(table.get_add_actions(flatten=True))
+        rows = None
+        if "num_records" in actions.column_names:
+            counts = actions.column("num_records").to_pylist()
+            rows = None if any(c is None for c in counts) else int(sum(counts))
+        history = table.history(1)
+        last = history[0].get("timestamp") if history else None
+        last_commit = (
+            dt.datetime.fromtimestamp(last / 1000, dt.timezone.utc).isoformat(timespec="seconds") if last else None
+        )
+        partitions = list(table.metadata().partition_columns)
+        return TableInfo(name, self.path(name), table.version(), rows, partitions, last_commit)
+
+
+def read_delta_path(
+    spark: SparkSession,
+    table_path: str,
+    engine: str,
+    where: dict[str, object] | None = None,
+    version: int | None = None,
+) -> DataFrame:
+    """Read the Delta table at `table_path` with the given engine."""
+    where = {k: _format_value(v) for k, v in (where or {}).items()}
+    if engine == "delta-spark":
+        reader = spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        df = reader.load(table_path)
+        for column, value in where.items():
+            df = df.where(F.col(column).cast("string") == value)
+        return df
+    from deltalake import DeltaTable
+
+    table = DeltaTable(table_path, version=version)
+    partition_by = list(table.metadata().partition_columns)
+    schema = from_arrow_schema(pa.schema(table.schema().to_arrow()))
+    unknown = [c for c in where if c not in partition_by]
+    if unknown:
+        raise StorageError(f"table {table_path}: can only prune on partition columns {partition_by}, not {unknown}")
+    filters = [(c, "=", v) for c, v in where.items()] or None
+    files = [_local_path(uri) for uri in table.file_uris(partition_filters=filters)]
+    if not files:
+        return spark.createDataFrame([], schema)
+    # Files written in one Spark write share a base folder that holds `col=value`
+    # sub-folders; Spark reads the partition values back from those paths.
+    groups: dict[str, list[str]] = {}
+    for path in files:
+        rel = os.path.relpath(path, table_path).replace(os.sep, "/").split("/")
+        cut = len(rel) - 1
+        for i, segment in enumerate(rel[:-1]):
+            match = _PARTITION_SEGMENT.match(segment)
+            if match and match.group(1) in partition_by:
+                cut = i
+                break
+        base = os.path.join(table_path, *rel[:cut]) if cut else table_path
+        groups.setdefault(base, []).append(path)
+    frames = [
+        spark.read.schema(schema).option("basePath", base).parquet(*paths)
+        for base, paths in sorted(groups.items())
+    ]
+    df = frames[0]
+    for frame in frames[1:]:
+        df = df.unionByName(frame)
+    return df.select(*schema.fieldNames())
