@@ -12,7 +12,6 @@ functions were measured far slower for this). Nothing is collected to the driver
 from __future__ import annotations
 
 import datetime as dt
-from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -88,7 +87,12 @@ def build_user_profiles(
     """user_profiles rows from `weighted_history` and (item_id, fused_vec)."""
     rows = history.where(F.col("weight") > 0).join(item_vectors, "item_id", "inner")
     rows = rows.select("user_id", "item_id", "weight", "last_ts", "fused_vec")
-    pooled = rows.groupBy("user_id").applyInPandas(partial(pool_user, max_history=cfg.max_history), PROFILE_SCHEMA)
+    max_history = cfg.max_history
+
+    def pool(pdf):  # a plain function: Spark inspects it for type hints
+        return pool_user(pdf, max_history)
+
+    pooled = rows.groupBy("user_id").applyInPandas(pool, PROFILE_SCHEMA)
     return pooled.select(
         "user_id",
         F.lit(run_date).alias("run_date"),

@@ -307,7 +307,7 @@ def read_delta_path(
     if unknown:
         raise StorageError(f"table {table_path}: can only prune on partition columns {partition_by}, not {unknown}")
     filters = [(c, "=", v) for c, v in where.items()] or None
-    files = [_local_path(uri) for uri in table.file_uris(partition_filters=filters)]
+    files = [_local_path(uri) for uri in table.file_uris(file_pruning_predicate=filters)]
     if not files:
         return spark.createDataFrame([], schema)
     # Files written in one Spark write share a base folder that holds `col=value`

@@ -1,0 +1,52 @@
+# fusionrank: `make demo` runs the whole nightly pipeline on MovieLens-100k,
+# `make test` runs the test suite. Both set up .venv on first use.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DATE ?= 1998-04-22
+DEMO_DATA := data/raw/movielens-100k
+
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo data test test-unit dist clean
+
+install: $(STAMP)
+
+# torch is pinned to the CPU build through constraints/local.txt: an unpinned
+# `torch` pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints/local.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints/local.txt torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints/local.txt -e '.[dev]'
+	touch $(STAMP)
+
+data: $(DEMO_DATA)/events.jsonl
+
+$(DEMO_DATA)/events.jsonl: | $(STAMP)
+	$(VENV)/bin/fusionrank data fetch movielens-100k --out $(DEMO_DATA)
+
+demo: install data
+	$(VENV)/bin/fusionrank run --conf conf/local.yaml --date $(DEMO_DATE)
+
+test: install
+	$(VENV)/bin/pytest -q
+
+test-unit: install
+	$(VENV)/bin/pytest -q tests/unit
+
+# The library as a zip for spark-submit --py-files.
+dist: install
+	rm -rf dist && mkdir -p dist
+	cd lib && $(abspath $(PY)) -m zipfile -c ../dist/fusionrank.zip fusionrank
+	$(PY) -m pip wheel -q --no-deps -w dist .
+
+clean:
+	rm -rf warehouse spark-warehouse dist build .pytest_cache
