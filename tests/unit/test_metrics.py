@@ -123,7 +123,7 @@ def recs_and_relevant(spark):
     return recs, relevant
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 5, 10])
+@pytest.mark.parametrize("k", [1, 3, 10])
 def test_spark_ranking_metrics_match_reference(recs_and_relevant, k):
     recs, relevant = recs_and_relevant
     got = ev.ranking_metrics(recs, relevant, k)
