@@ -105,6 +105,18 @@ class ModelsConfig(_Strict):
 
 class FusionConfig(_Strict):
     text_weight: float = Field(1.0, ge=0)
+    behaviour_weight: float = Field(1.0, ge=0)
+
+
+class BehaviourConfig(_Strict):
+    """Item vectors learned from the logs: Spark ALS (implicit) item factors."""
+
+    enabled: bool = True
+    rank: int = Field(32, gt=0, le=1024)
+    max_iter: int = Field(10, gt=0)
+    reg_param: float = Field(0.1, ge=0)
+    alpha: float = Field(10.0, gt=0)
+    seed: int = 42
 
 
 class EncodeConfig(_Strict):
@@ -186,6 +198,7 @@ class Settings(_Strict):
     cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
+    behaviour: BehaviourConfig = Field(default_factory=BehaviourConfig)
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)

@@ -1,9 +1,13 @@
-"""encode_items: item vectors from the clean catalog, incrementally.
+"""encode_items: item vectors from the clean catalog and the logs.
 
-Items whose `content_hash` and `model_version` match the latest earlier (or same
-date's) `item_embeddings` partition are carried over; only new or changed items
-go through the encoder, which runs inside `mapInPandas` on the executors with the
-model loaded once per Python worker (`fusionrank.models`).
+* text: items whose `content_hash` and `model_version` match the latest earlier (or
+  same date's) `item_embeddings` partition are carried over; only new or changed
+  items go through the encoder, which runs inside `mapInPandas` on the executors
+  with the model loaded once per Python worker (`fusionrank.models`).
+* behaviour: Spark ALS (implicit feedback) item factors fitted on the training
+  events, recomputed every night (they follow the logs, not the catalog).
+* fused: H = normalise(w_t·v_text ⊕ w_b·v_behaviour), each part L2 normalised,
+  a missing part zero, so items without history still get a vector.
 """
 
 from __future__ import annotations
@@ -26,7 +30,18 @@ ENCODED_SCHEMA = T.StructType(
         T.StructField("content_hash", T.StringType(), False),
         T.StructField("text_vec", VECTOR),
         T.StructField("image_vec", VECTOR),
+    ]
+)
+
+FUSED_SCHEMA = T.StructType(
+    [
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("content_hash", T.StringType(), False),
+        T.StructField("text_vec", VECTOR),
+        T.StructField("image_vec", VECTOR),
+        T.StructField("behaviour_vec", VECTOR),
         T.StructField("fused_vec", VECTOR),
+        T.StructField("encoded_at", T.TimestampType()),
     ]
 )
 
@@ -59,7 +74,6 @@ def encode_partition(
     model_path: str,
     batch_size: int,
     max_length: int,
-    text_weight: float,
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body: runs on executors, one model per Python worker."""
     from fusionrank.models import get_text_encoder, set_torch_threads
@@ -71,16 +85,91 @@ def encode_partition(
         if pdf.empty:
             continue
         text = encoder.encode(pdf["text"].fillna("").tolist(), batch_size=batch_size, max_length=max_length)
-        fused = fuse([(text, text_weight)])
         yield pd.DataFrame(
             {
                 "item_id": pdf["item_id"].values,
                 "content_hash": pdf["content_hash"].values,
                 "text_vec": list(text),
                 "image_vec": [None] * len(pdf),
-                "fused_vec": list(fused),
             }
         )
+
+
+def _matrix(column: pd.Series, dim: int) -> np.ndarray | None:
+    """Stack a column of vectors; missing entries become zero rows."""
+    if dim == 0:
+        return None
+    out = np.zeros((len(column), dim), dtype=np.float32)
+    for i, value in enumerate(column):
+        if value is not None and not (isinstance(value, float) and np.isnan(value)):
+            out[i] = np.asarray(value, dtype=np.float32)
+    return out
+
+
+def fuse_partition(
+    batches: Iterator[pd.DataFrame],
+    text_dim: int,
+    behaviour_dim: int,
+    text_weight: float,
+    behaviour_weight: float,
+) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: the fused vector of every item."""
+    for pdf in batches:
+        if pdf.empty:
+            continue
+        parts = [(_matrix(pdf["text_vec"], text_dim), text_weight)]
+        if behaviour_dim:
+            parts.append((_matrix(pdf["behaviour_vec"], behaviour_dim), behaviour_weight))
+        out = pdf.copy()
+        out["fused_vec"] = list(fuse(parts))
+        yield out[FUSED_SCHEMA.fieldNames()]
+
+
+def behaviour_vectors(history: DataFrame, cfg) -> DataFrame:
+    """(item_id, behaviour_vec): ALS implicit item factors from (user_id, item_id, weight).
+
+    Ids become dense integers with zipWithIndex over the sorted ids on the
+    executors (ALS needs int ids; sorting makes the mapping, and so the seeded
+    factors, the same on every rerun; nothing is collected to the driver).
+    """
+    from pyspark.ml.recommendation import ALS
+
+    spark = history.sparkSession
+
+    def dense_ids(column: str) -> DataFrame:
+        distinct = history.select(column).distinct().orderBy(column)
+        indexed = distinct.rdd.map(lambda r: r[0]).zipWithIndex()
+        return spark.createDataFrame(indexed, f"{column} string, {column}_idx long").withColumn(
+            f"{column}_idx", F.col(f"{column}_idx").cast("int")
+        )
+
+    users, items = dense_ids("user_id"), dense_ids("item_id")
+    ratings = history.join(users, "user_id").join(items, "item_id").select("user_id_idx", "item_id_idx", "weight")
+    als = ALS(
+        rank=cfg.rank, maxIter=cfg.max_iter, regParam=cfg.reg_param, alpha=cfg.alpha, implicitPrefs=True,
+        userCol="user_id_idx", itemCol="item_id_idx", ratingCol="weight", seed=cfg.seed,
+        coldStartStrategy="drop", nonnegative=False,
+    )
+    model = als.fit(ratings)
+    factors = model.itemFactors.select(F.col("id").alias("item_id_idx"), F.col("features").alias("behaviour_vec"))
+    return factors.join(items, "item_id_idx").select("item_id", F.col("behaviour_vec").cast(VECTOR))
+
+
+def fused_items(text: DataFrame, behaviour: DataFrame | None, text_dim: int, behaviour_dim: int, fusion_cfg) -> DataFrame:
+    """Join text (and behaviour) vectors per item and fuse them on the executors."""
+    if behaviour is None:
+        frame = text.withColumn("behaviour_vec", F.lit(None).cast(VECTOR))
+    else:
+        frame = text.join(behaviour, "item_id", "left")
+    frame = frame.select(*[c for c in FUSED_SCHEMA.fieldNames() if c != "fused_vec"])
+    body = partial(
+        fuse_partition,
+        text_dim=text_dim,
+        behaviour_dim=behaviour_dim if behaviour is not None else 0,
+        text_weight=fusion_cfg.text_weight,
+        behaviour_weight=fusion_cfg.behaviour_weight,
+    )
+    return frame.mapInPandas(body, FUSED_SCHEMA)
 
 
 def plan_encoding(
@@ -94,7 +183,7 @@ def plan_encoding(
         empty = current.sparkSession.createDataFrame([], T.StructType(ENCODED_SCHEMA.fields + [T.StructField("encoded_at", T.TimestampType())]))
         return empty, current
     reusable = previous.where(F.col("model_version") == version).select(
-        "item_id", "content_hash", "text_vec", "image_vec", "fused_vec", "encoded_at"
+        "item_id", "content_hash", "text_vec", "image_vec", "encoded_at"
     )
     carried = current.select("item_id", "content_hash").join(reusable, ["item_id", "content_hash"], "inner")
     todo = current.join(reusable.select("item_id", "content_hash"), ["item_id", "content_hash"], "left_anti")
@@ -116,20 +205,19 @@ def encode(todo: DataFrame, model_path: str, settings, partitions: int = 0) -> D
         model_path=str(model_path),
         batch_size=text_cfg.batch_size,
         max_length=text_cfg.max_length,
-        text_weight=settings.fusion.text_weight,
     )
     return frame.mapInPandas(body, ENCODED_SCHEMA)
 
 
-def with_metadata(df: DataFrame, version: str, run_date: dt.date, encoded_at: Column | None = None) -> DataFrame:
-    encoded_at = encoded_at if encoded_at is not None else F.current_timestamp()
+def with_metadata(df: DataFrame, version: str, run_date: dt.date) -> DataFrame:
     return df.select(
         "item_id",
         "content_hash",
         F.lit(version).alias("model_version"),
         "text_vec",
         "image_vec",
+        "behaviour_vec",
         "fused_vec",
-        encoded_at.alias("encoded_at"),
+        "encoded_at",
         F.lit(run_date).alias("run_date"),
     )

@@ -45,6 +45,12 @@ def text_model_path(settings: Settings) -> Path:
     return Path(path)
 
 
+def text_dim(settings: Settings) -> int:
+    """The text model's output size, from its config (no weights loaded)."""
+    config = json.loads((text_model_path(settings) / "config.json").read_text())
+    return int(config["hidden_size"])
+
+
 @lru_cache(maxsize=16)
 def _folder_digest(path: str, stamp: tuple) -> str:
     digest = hashlib.sha256()
@@ -73,6 +79,7 @@ def model_version(settings: Settings) -> str:
         "text_model": folder_digest(text_model_path(settings)),
         "text_max_length": settings.models.text.max_length,
         "fusion": settings.fusion.model_dump(mode="json"),
+        "behaviour": settings.behaviour.model_dump(mode="json"),
     }
     blob = json.dumps(parts, sort_keys=True).encode()
     return "fr-" + hashlib.sha256(blob).hexdigest()[:16]

@@ -27,7 +27,7 @@ from fusionrank.data.schemas import (
     EVENT_FIELDS,
     EVENT_REQUIRED,
 )
-from fusionrank.models import model_version, text_model_path
+from fusionrank.models import model_version, text_dim, text_model_path
 from fusionrank.spark import get_session
 from fusionrank.storage import TableStore
 
@@ -170,16 +170,23 @@ def encode_items(ctx: RunContext) -> dict:
         to_encode = todo.count()
         total = catalog.count()
         encoded = encoding.encode(todo, str(text_model_path(cfg)), cfg, cfg.encode.partitions)
-        out = encoding.with_metadata(encoded, version, ctx.run_date).unionByName(
-            encoding.with_metadata(carried, version, ctx.run_date, F.col("encoded_at"))
-        )
+        text = carried.unionByName(encoded.withColumn("encoded_at", F.current_timestamp()))
+        behaviour = None
+        if cfg.behaviour.enabled:
+            # Confidence from event types (no time decay): what was done, not when.
+            history = profiles.weighted_history(ctx.training_events(), cfg.profiles, ctx.holdout_start, decay=False)
+            behaviour = encoding.behaviour_vectors(history.where(F.col("weight") > 0), cfg.behaviour)
+        fused = encoding.fused_items(text, behaviour, text_dim(cfg), cfg.behaviour.rank, cfg.fusion)
         ctx.describe("encode_items")
-        ctx.store.write(out, "item_embeddings", partition_by=["run_date"], replace={"run_date": ctx.run_date},
+        ctx.store.write(encoding.with_metadata(fused, version, ctx.run_date), "item_embeddings",
+                        partition_by=["run_date"], replace={"run_date": ctx.run_date},
                         commit_info={**ctx.commit_info("encode_items"), "fusionrank.model_version": version})
     finally:
         todo.unpersist()
+    written = ctx.store.read("item_embeddings", where={"run_date": ctx.run_date})
+    with_behaviour = written.where(F.col("behaviour_vec").isNotNull()).count()
     return {"items": total, "encoded": to_encode, "carried_over": total - to_encode,
-            "previous_run_date": previous_date, "model_version": version}
+            "with_behaviour": with_behaviour, "previous_run_date": previous_date, "model_version": version}
 
 
 def build_index(ctx: RunContext) -> dict:
@@ -250,7 +257,7 @@ def rank(ctx: RunContext) -> dict:
     ctx.store.write(recs, "recs_user_topk", partition_by=["run_date"], replace={"run_date": ctx.run_date},
                     commit_info=ctx.commit_info("rank"))
     items = ctx.for_date("item_embeddings").select("item_id", "fused_vec").where(F.col("fused_vec").isNotNull())
-    similar = ranking.similar_items(items, index_path, cfg.rank.similar_k).select(
+    similar = ranking.similar_items(items, index_path, cfg.rank.similar_k, cfg.rank.user_partitions).select(
         F.lit(ctx.run_date).alias("run_date"), "item_id", "rank", "similar_item_id", "score"
     )
     ctx.store.write(similar, "recs_item_similar", partition_by=["run_date"], replace={"run_date": ctx.run_date},

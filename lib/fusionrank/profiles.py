@@ -22,25 +22,25 @@ from pyspark.sql import types as T
 from fusionrank.config import ProfilesConfig
 
 
-def event_weight(cfg: ProfilesConfig, as_of: dt.datetime) -> Column:
+def event_weight(cfg: ProfilesConfig, as_of: dt.datetime, decay: bool = True) -> Column:
     """The weight of one event as a Spark column (0 for types without a weight)."""
     type_weight = F.lit(0.0)
     for event_type, weight in sorted(cfg.event_weights.items()):
         type_weight = F.when(F.col("event_type") == event_type, F.lit(float(weight))).otherwise(type_weight)
     age_days = (F.lit(as_of).cast("double") - F.col("event_ts").cast("double")) / 86400.0
-    decay = F.pow(F.lit(2.0), -F.greatest(age_days, F.lit(0.0)) / F.lit(cfg.half_life_days))
+    time_decay = F.pow(F.lit(2.0), -F.greatest(age_days, F.lit(0.0)) / F.lit(cfg.half_life_days)) if decay else F.lit(1.0)
     rating = F.when(
         (F.col("event_type") == "rating") & F.col("value").isNotNull(),
         F.greatest(F.col("value") - F.lit(cfg.rating_offset), F.lit(0.0)) / F.lit(cfg.rating_scale),
     ).otherwise(F.lit(1.0))
-    return type_weight * decay * rating
+    return type_weight * time_decay * rating
 
 
-def weighted_history(events: DataFrame, cfg: ProfilesConfig, as_of: dt.datetime) -> DataFrame:
+def weighted_history(events: DataFrame, cfg: ProfilesConfig, as_of: dt.datetime, decay: bool = True) -> DataFrame:
     """(user_id, item_id, weight, last_ts): events collapsed to one row per user and item."""
     return (
         events.where(F.col("item_id").isNotNull())
-        .withColumn("weight", event_weight(cfg, as_of))
+        .withColumn("weight", event_weight(cfg, as_of, decay))
         .groupBy("user_id", "item_id")
         .agg(F.sum("weight").alias("weight"), F.max("event_ts").alias("last_ts"))
     )

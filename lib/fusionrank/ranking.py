@@ -142,8 +142,7 @@ def similar_partition(batches: Iterator[pd.DataFrame], index_path: str, k: int) 
 
 def rank_users(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0) -> DataFrame:
     """users: (user_id, profile_vec, history_item_ids, history_weights, seen)."""
-    if partitions:
-        users = users.repartition(partitions, "user_id")
+    users = _stable_batches(users, "user_id", partitions)
     body = partial(
         rank_partition,
         index_path=index_path,
@@ -155,8 +154,16 @@ def rank_users(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0)
     return users.mapInPandas(body, RANKED_SCHEMA)
 
 
-def similar_items(items: DataFrame, index_path: str, k: int) -> DataFrame:
+def _stable_batches(df: DataFrame, key: str, partitions: int = 0) -> DataFrame:
+    """Hash-partition and sort by `key`, so every rerun searches the same batches:
+    BLAS results depend (in the last bits) on the batch a query is in."""
+    parts = partitions or int(df.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    return df.repartition(parts, key).sortWithinPartitions(key)
+
+
+def similar_items(items: DataFrame, index_path: str, k: int, partitions: int = 0) -> DataFrame:
     """items: (item_id, fused_vec)."""
+    items = _stable_batches(items, "item_id", partitions)
     return items.mapInPandas(partial(similar_partition, index_path=index_path, k=k), SIMILAR_SCHEMA)
 
 

@@ -21,6 +21,9 @@ REQUIRED_CONF = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     # Delta stores partition values as strings; keep Spark from guessing types on read.
     "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+    # Delta reads hand Spark an explicit file list (one file per partition and
+    # write); listing those on the driver beats a Spark job per read.
+    "spark.sql.sources.parallelPartitionDiscovery.threshold": "4096",
 }
 
 DELTA_SPARK_CONF = {

@@ -87,13 +87,21 @@ def test_counts_add_up_and_nothing_is_lost(runs):
 
 def test_embeddings_are_unit_vectors_of_one_model(runs):
     emb = runs["first"]["item_embeddings"]
-    vectors = np.array([np.asarray(v) for v in emb["fused_vec"]])
-    assert vectors.shape == (len(runs["first"]["catalog_clean"]), 384)
-    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    text = np.array([np.asarray(v) for v in emb["text_vec"]])
+    assert text.shape == (len(runs["first"]["catalog_clean"]), 384)  # all-MiniLM-L6-v2
+    np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-4)
+    fused = np.array([np.asarray(v) for v in emb["fused_vec"]])
+    assert fused.shape == (len(emb), 384 + 32)  # text ⊕ ALS behaviour (rank 32)
+    np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-4)
+    # Items someone interacted with in training carry a behaviour vector; the rest
+    # are text only (zero behaviour block) and still get a vector.
+    has_behaviour = emb["behaviour_vec"].notna()
+    assert has_behaviour.mean() > 0.9
+    assert np.allclose(fused[~has_behaviour.to_numpy(), 384:], 0.0)
     assert emb["model_version"].nunique() == 1
     assert emb["image_vec"].isna().all()  # no image model in the foundation
     manifest = json.loads((runs["root"] / "index" / f"run_date={RUN_DATE}" / "manifest.json").read_text())
-    assert manifest["count"] == len(emb) and manifest["dim"] == 384
+    assert manifest["count"] == len(emb) and manifest["dim"] == 416
     assert manifest["model_version"] == emb["model_version"].iloc[0]
     assert manifest["self_check"]["recall_at_10"] >= 0.9
 
