@@ -57,11 +57,13 @@ def l2_normalize(matrix: np.ndarray) -> np.ndarray:
 
 
 def fuse(parts: list[tuple[np.ndarray | None, float]]) -> np.ndarray:
-    """H = (w_1 v_1 ⊕ w_2 v_2 ⊕ ...), each part L2 normalised, a missing part
-    (None rows or a None matrix) zero, the result L2 normalised.
+    """H = (w_1 v_1 ⊕ w_2 v_2 ⊕ ...), each part L2 normalised, the result L2
+    normalised.
 
-    Every part is (matrix of shape (n, d_i) or None, weight); an all-zero row stays
-    zero rather than becoming NaN.
+    Every part is (matrix of shape (n, d_i), weight). An item missing a modality
+    has a zero row in that matrix (see `_matrix`) and an all-zero row stays zero
+    rather than becoming NaN. A part given as None is a modality that is not
+    configured at all and takes no columns.
     """
     blocks = [l2_normalize(m) * np.float32(w) for m, w in parts if m is not None]
     if not blocks:

@@ -28,7 +28,7 @@ from fusionrank.data.schemas import (
     EVENT_REQUIRED,
 )
 from fusionrank.models import model_version, text_dim, text_model_path
-from fusionrank.spark import get_session
+from fusionrank.spark import get_session, utc_literal
 from fusionrank.storage import TableStore
 
 log = logging.getLogger("fusionrank.pipeline")
@@ -50,7 +50,7 @@ class RunContext:
     def run_end(self) -> dt.datetime:
         """First instant after the run date (UTC): nothing later belongs to this run."""
         day = self.run_date + dt.timedelta(days=1)
-        return dt.datetime(day.year, day.month, day.day)
+        return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
 
     @property
     def holdout_start(self) -> dt.datetime:
@@ -69,11 +69,13 @@ class RunContext:
         return self.store.read("events_clean")
 
     def training_events(self) -> DataFrame:
-        return self.events().where(F.col("event_ts") < F.lit(self.holdout_start))
+        return self.events().where(F.col("event_ts") < utc_literal(self.holdout_start))
 
     def holdout_events(self) -> DataFrame:
         events = self.events()
-        return events.where((F.col("event_ts") >= F.lit(self.holdout_start)) & (F.col("event_ts") < F.lit(self.run_end)))
+        return events.where(
+            (F.col("event_ts") >= utc_literal(self.holdout_start)) & (F.col("event_ts") < utc_literal(self.run_end))
+        )
 
     def for_date(self, table: str) -> DataFrame:
         if not self.store.exists(table):
@@ -234,7 +236,7 @@ def build_profiles(ctx: RunContext) -> dict:
     ctx.store.write(out, "user_profiles", partition_by=["run_date"], replace={"run_date": ctx.run_date},
                     commit_info=ctx.commit_info("build_profiles"))
     users = ctx.store.read("user_profiles", where={"run_date": ctx.run_date}).count()
-    return {"users": users, "training_events_before": str(ctx.holdout_start)}
+    return {"users": users, "training_events_before": ctx.holdout_start.isoformat()}
 
 
 def rank(ctx: RunContext) -> dict:

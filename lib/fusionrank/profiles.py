@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fusionrank.config import ProfilesConfig
+from fusionrank.spark import utc_literal
 
 
 def event_weight(cfg: ProfilesConfig, as_of: dt.datetime, decay: bool = True) -> Column:
@@ -27,7 +28,7 @@ def event_weight(cfg: ProfilesConfig, as_of: dt.datetime, decay: bool = True) ->
     type_weight = F.lit(0.0)
     for event_type, weight in sorted(cfg.event_weights.items()):
         type_weight = F.when(F.col("event_type") == event_type, F.lit(float(weight))).otherwise(type_weight)
-    age_days = (F.lit(as_of).cast("double") - F.col("event_ts").cast("double")) / 86400.0
+    age_days = (utc_literal(as_of).cast("double") - F.col("event_ts").cast("double")) / 86400.0
     time_decay = F.pow(F.lit(2.0), -F.greatest(age_days, F.lit(0.0)) / F.lit(cfg.half_life_days)) if decay else F.lit(1.0)
     rating = F.when(
         (F.col("event_type") == "rating") & F.col("value").isNotNull(),

@@ -7,6 +7,7 @@ resources come from the command line and only the settings below are added.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 
@@ -70,6 +71,19 @@ def delta_spark_available(spark: SparkSession) -> bool:
         return True
     except Exception:  # py4j raises a generic Py4JJavaError
         return False
+
+
+def utc_literal(moment: dt.datetime):
+    """A timestamp literal for `moment`; a naive datetime is read as UTC.
+
+    PySpark converts naive datetimes with the driver's local time zone, not the
+    session's, so a job's day boundaries would move with the machine it runs on.
+    """
+    from pyspark.sql import functions as F
+
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return F.lit(moment)
 
 
 def task_cpus(spark: SparkSession | None = None) -> int:

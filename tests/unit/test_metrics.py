@@ -123,23 +123,28 @@ def recs_and_relevant(spark):
     return recs, relevant
 
 
-@pytest.mark.parametrize("k", [1, 3, 10])
-def test_spark_ranking_metrics_match_reference(recs_and_relevant, k):
+@pytest.fixture(scope="module")
+def spark_metrics(recs_and_relevant):
     recs, relevant = recs_and_relevant
-    got = ev.ranking_metrics(recs, relevant, k)
+    return {k: ev.ranking_metrics(recs, relevant, k) for k in (1, 3, 10)}
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_spark_ranking_metrics_match_reference(spark_metrics, k):
+    got = spark_metrics[k]
     expected = _reference_means(k)
-    assert got["users"] == 4
+    assert got["users"] == 4  # u1..u4; u5 has recs but no relevant items
     for name in ev.METRIC_NAMES:
         assert got[name] == pytest.approx(expected[name], abs=1e-9), name
 
 
-def test_spark_ranking_metrics_hand_value_k3(recs_and_relevant):
-    # k = 3.  u1 [a,b,c] vs {b,d,f}: 1 hit at rank 2; u2: 0; u4: 0;
+def test_spark_ranking_metrics_hand_value_k3(spark_metrics):
+    # k = 3.  u1 [a,b,c] vs {b,d,f}: 1 hit at rank 2; u2: 0; u4 (no recs): 0;
     # u3 [c,a,f] vs 6 relevant: hits at 1,2,3.
     # precision = (1/3 + 0 + 3/3 + 0) / 4 = 1/3
     # recall    = (1/3 + 0 + 3/6 + 0) / 4 = 5/24
     # map       = ((1/2)/3 + 0 + (1+1+1)/3 + 0) / 4 = (1/6 + 1) / 4 = 7/24
-    got = ev.ranking_metrics(*recs_and_relevant, 3)
+    got = spark_metrics[3]
     assert got["precision"] == pytest.approx(1 / 3)
     assert got["recall"] == pytest.approx(5 / 24)
     assert got["map"] == pytest.approx(7 / 24)

@@ -1,0 +1,272 @@
+"""Unit tests for the vector maths: encoding.fuse / l2_normalize, ranking.top_unseen /
+pick_reasons, profiles.pool_user (pure numpy/pandas) and profiles.event_weight /
+weighted_history (Spark)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusionrank.config import ProfilesConfig
+from fusionrank.encoding import fuse, l2_normalize
+from fusionrank.profiles import event_weight, pool_user, weighted_history
+from fusionrank.ranking import pick_reasons, top_unseen
+
+UTC = dt.timezone.utc
+
+
+# -- encoding.fuse ---------------------------------------------------------------------
+@pytest.fixture
+def parts():
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(5, 3)).astype(np.float32)
+    image = rng.normal(size=(5, 4)).astype(np.float32)
+    return text, image
+
+
+def test_l2_normalize_unit_rows_and_zero_row():
+    m = np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])
+    out = l2_normalize(m)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]], rtol=1e-6)
+
+
+def test_fuse_concatenates_and_has_unit_norm(parts):
+    text, image = parts
+    fused = fuse([(text, 1.0), (image, 1.0)])
+    assert fused.shape == (5, 7)
+    assert fused.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, rtol=1e-5)
+    # equal weights: each block carries half of the squared norm, in its own direction
+    np.testing.assert_allclose(np.linalg.norm(fused[:, :3], axis=1), np.sqrt(0.5), rtol=1e-5)
+    np.testing.assert_allclose(fused[:, :3] * np.sqrt(2), l2_normalize(text), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused[:, 3:] * np.sqrt(2), l2_normalize(image), rtol=1e-5, atol=1e-6)
+
+
+def test_fuse_single_part_is_l2_normalised(parts):
+    text, _ = parts
+    np.testing.assert_allclose(fuse([(text, 3.0)]), l2_normalize(text), rtol=1e-5, atol=1e-6)
+
+
+def test_fuse_weights_change_the_balance(parts):
+    text, image = parts
+    fused = fuse([(text, 2.0), (image, 1.0)])
+    text_norm = np.linalg.norm(fused[:, :3], axis=1)
+    image_norm = np.linalg.norm(fused[:, 3:], axis=1)
+    # blocks of norm 2 and 1 before the final normalisation: 2/sqrt(5) and 1/sqrt(5)
+    np.testing.assert_allclose(text_norm, 2 / np.sqrt(5), rtol=1e-5)
+    np.testing.assert_allclose(image_norm, 1 / np.sqrt(5), rtol=1e-5)
+    # a zero weight removes the modality
+    muted = fuse([(text, 0.0), (image, 1.0)])
+    assert np.all(muted[:, :3] == 0)
+    np.testing.assert_allclose(muted[:, 3:], l2_normalize(image), rtol=1e-5, atol=1e-6)
+
+
+def test_fuse_zero_rows_stay_zero_not_nan(parts):
+    text, image = parts
+    text, image = text.copy(), image.copy()
+    text[0] = 0.0
+    image[0] = 0.0  # row 0: nothing at all
+    text[1] = 0.0  # row 1: image only
+    fused = fuse([(text, 1.0), (image, 1.0)])
+    assert not np.isnan(fused).any()
+    assert np.all(fused[0] == 0.0)
+    assert np.all(fused[1, :3] == 0.0)
+    np.testing.assert_allclose(fused[1, 3:], l2_normalize(image[1:2])[0], rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(fused[1:], axis=1), 1.0, rtol=1e-5)
+
+
+def test_fuse_skips_missing_modality_and_needs_one(parts):
+    text, _ = parts
+    fused = fuse([(text, 1.0), (None, 1.0)])
+    assert fused.shape == (5, 3)
+    with pytest.raises(ValueError):
+        fuse([(None, 1.0)])
+
+
+# -- ranking.top_unseen ---------------------------------------------------------------------
+def test_top_unseen_skips_seen_and_none_and_stops_at_k():
+    ids = np.array(["a", "b", None, "c", "d", "e"], dtype=object)
+    scores = np.array([0.9, 0.8, 0.75, 0.7, 0.6, 0.5], dtype=np.float32)
+    got = top_unseen(ids, scores, {"b", "zzz"}, 3)
+    assert [item for item, _ in got] == ["a", "c", "d"]
+    assert [s for _, s in got] == pytest.approx([0.9, 0.7, 0.6])
+    assert all(type(s) is float for _, s in got)
+
+
+def test_top_unseen_fewer_than_k_available():
+    ids = np.array(["a", "b", None], dtype=object)
+    scores = np.array([0.3, 0.2, 0.0])
+    assert top_unseen(ids, scores, {"a"}, 10) == [("b", pytest.approx(0.2))]
+    assert top_unseen(ids, scores, {"a", "b"}, 10) == []
+    assert top_unseen(np.array([], dtype=object), np.array([]), set(), 5) == []
+
+
+# -- ranking.pick_reasons ---------------------------------------------------------------------
+def test_pick_reasons_argmax_of_weight_times_similarity():
+    history_vecs = np.array([[1.0, 0.0], [0.8, 0.6]], dtype=np.float32)
+    history_ids = ["h1", "h2"]
+    weights = np.array([1.0, 2.0], dtype=np.float32)
+    candidates = np.array(
+        [
+            [1.0, 0.0],  # sims (1.0, 0.8)  x weights -> (1.0, 1.6): h2, though h1 is more similar
+            [0.6, -0.8],  # sims (0.6, 0.0)  x weights -> (0.6, 0.0): h1
+            [0.0, 1.0],  # sims (0.0, 0.6)  x weights -> (0.0, 1.2): h2
+        ],
+        dtype=np.float32,
+    )
+    assert pick_reasons(candidates, history_vecs, history_ids, weights) == ["h2", "h1", "h2"]
+    # with equal weights the most similar history item wins
+    equal = np.array([1.0, 1.0], dtype=np.float32)
+    assert pick_reasons(candidates, history_vecs, history_ids, equal) == ["h1", "h1", "h2"]
+
+
+def test_pick_reasons_empty_history_gives_none():
+    candidates = np.eye(3, dtype=np.float32)
+    got = pick_reasons(candidates, np.zeros((0, 3), dtype=np.float32), [], np.zeros(0, dtype=np.float32))
+    assert got == [None, None, None]
+    assert pick_reasons(np.zeros((0, 3)), np.eye(3), ["a", "b", "c"], np.ones(3)) == []
+
+
+# -- profiles.pool_user ----------------------------------------------------------------------------
+def _history_frame() -> pd.DataFrame:
+    ts = pd.to_datetime(["2024-01-01", "2024-01-05", "2024-01-03", "2024-01-02"])
+    return pd.DataFrame(
+        {
+            "user_id": ["u1"] * 4,
+            # ties on weight 1.0 (c, b) and 0.5 (d only); heaviest is a
+            "item_id": ["c", "a", "b", "d"],
+            "weight": [1.0, 2.0, 1.0, 0.5],
+            "last_ts": ts,
+            "fused_vec": [
+                np.array([0.0, 0.0, 1.0], dtype=np.float32),
+                np.array([1.0, 0.0, 0.0], dtype=np.float32),
+                np.array([0.0, 1.0, 0.0], dtype=np.float32),
+                np.array([0.6, 0.8, 0.0], dtype=np.float32),
+            ],
+        }
+    )
+
+
+def test_pool_user_profile_is_normalised_weighted_sum():
+    out = pool_user(_history_frame(), max_history=10)
+    assert len(out) == 1
+    row = out.iloc[0]
+    assert row["user_id"] == "u1"
+    # 2*[1,0,0] + 1*[0,1,0] + 1*[0,0,1] + 0.5*[0.6,0.8,0] = [2.3, 1.4, 1.0]
+    summed = np.array([2.3, 1.4, 1.0])
+    np.testing.assert_allclose(row["profile_vec"], summed / np.linalg.norm(summed), rtol=1e-6)
+    assert row["profile_vec"].dtype == np.float32
+    assert np.linalg.norm(row["profile_vec"]) == pytest.approx(1.0, rel=1e-6)
+    assert row["history_len"] == 4
+    assert row["last_event_ts"] == pd.Timestamp("2024-01-05")
+
+
+def test_pool_user_history_heaviest_first_ties_by_item_id():
+    row = pool_user(_history_frame(), max_history=10).iloc[0]
+    assert row["history_item_ids"] == ["a", "b", "c", "d"]
+    np.testing.assert_allclose(row["history_weights"], [2.0, 1.0, 1.0, 0.5])
+    assert row["history_weights"].dtype == np.float32
+
+
+def test_pool_user_max_history_cuts_the_list_not_the_profile():
+    full = pool_user(_history_frame(), max_history=10).iloc[0]
+    cut = pool_user(_history_frame(), max_history=2).iloc[0]
+    assert cut["history_item_ids"] == ["a", "b"]
+    np.testing.assert_allclose(cut["history_weights"], [2.0, 1.0])
+    assert cut["history_len"] == 4
+    np.testing.assert_allclose(cut["profile_vec"], full["profile_vec"])
+
+
+# -- profiles.event_weight (Spark) ------------------------------------------------------------------
+AS_OF = dt.datetime(2024, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def weights(spark):
+    rows = [
+        # tag, event_type, event_ts, value
+        ("purchase_now", "purchase", AS_OF, None),
+        ("purchase_half_life", "purchase", AS_OF - dt.timedelta(days=30), None),
+        ("purchase_two_half_lives", "purchase", AS_OF - dt.timedelta(days=60), None),
+        ("purchase_future", "purchase", AS_OF + dt.timedelta(days=3), None),
+        ("view_now", "view", AS_OF, None),
+        ("rating_5", "rating", AS_OF, 5.0),
+        ("rating_0", "rating", AS_OF, 0.0),
+        ("rating_2_5", "rating", AS_OF, 2.5),
+        ("rating_none", "rating", AS_OF, None),
+        ("search_now", "search", AS_OF, None),
+        ("unknown_type", "wishlist", AS_OF, None),
+    ]
+    frame = spark.createDataFrame(rows, "tag string, event_type string, event_ts timestamp, value double")
+    default = ProfilesConfig()  # purchase 3, view 0.25, rating 1, search 0; half-life 30 days
+    custom = ProfilesConfig(
+        event_weights={"purchase": 2.0, "rating": 1.0, "view": 0.0},
+        half_life_days=15,
+        rating_offset=1.0,
+        rating_scale=4.0,
+    )
+    out = frame.select(
+        "tag",
+        event_weight(default, AS_OF).alias("w"),
+        event_weight(custom, AS_OF).alias("w_custom"),
+    ).collect()
+    return {r.tag: (r.w, r.w_custom) for r in out}
+
+
+def test_event_weight_half_life(weights):
+    now, _ = weights["purchase_now"]
+    assert now == 3.0
+    assert weights["purchase_half_life"][0] == now / 2  # exactly half after one half-life
+    assert weights["purchase_two_half_lives"][0] == pytest.approx(now / 4)
+    assert weights["purchase_future"][0] == now  # no growth for events after as_of
+    # half-life 15 days: 30 days is two half-lives
+    assert weights["purchase_now"][1] == 2.0
+    assert weights["purchase_half_life"][1] == pytest.approx(0.5)
+
+
+def test_event_weight_type_weights(weights):
+    assert weights["view_now"][0] == pytest.approx(0.25)
+    assert weights["search_now"][0] == 0.0  # weight 0 in the config
+    assert weights["unknown_type"][0] == 0.0  # not in the config
+    assert weights["view_now"][1] == 0.0  # weight 0 in the custom config
+    assert weights["search_now"][1] == 0.0  # absent from the custom config
+
+
+def test_event_weight_rating_scaling(weights):
+    # default: 1.0 * value / 5
+    assert weights["rating_5"][0] == pytest.approx(1.0)
+    assert weights["rating_0"][0] == 0.0
+    assert weights["rating_2_5"][0] == pytest.approx(0.5)
+    assert weights["rating_none"][0] == pytest.approx(1.0)  # no value: the type weight alone
+    # custom: max(value - 1, 0) / 4
+    assert weights["rating_5"][1] == pytest.approx(1.0)
+    assert weights["rating_0"][1] == 0.0  # floored at zero, not negative
+    assert weights["rating_2_5"][1] == pytest.approx(0.375)
+
+
+def test_weighted_history_collapses_events(spark):
+    day = dt.timedelta(days=1)
+    rows = [
+        ("u1", "purchase", "a", AS_OF - 30 * day, None),
+        ("u1", "view", "a", AS_OF - 2 * day, None),
+        ("u1", "view", "b", AS_OF, None),
+        ("u1", "search", None, AS_OF, None),
+        ("u2", "rating", "a", AS_OF, 2.5),
+    ]
+    events = spark.createDataFrame(
+        rows, "user_id string, event_type string, item_id string, event_ts timestamp, value double"
+    )
+    got = {
+        (r.user_id, r.item_id): (r.weight, r.last_ts)
+        for r in weighted_history(events, ProfilesConfig(), AS_OF).collect()
+    }
+    assert set(got) == {("u1", "a"), ("u1", "b"), ("u2", "a")}
+    # 3 * 0.5 + 0.25 * 2^(-2/30)
+    assert got[("u1", "a")][0] == pytest.approx(1.5 + 0.25 * 2 ** (-2 / 30))
+    assert got[("u1", "b")][0] == pytest.approx(0.25)
+    assert got[("u2", "a")][0] == pytest.approx(0.5)
+    assert got[("u1", "a")][1] == got[("u1", "b")][1] - 2 * day  # latest event of the pair
