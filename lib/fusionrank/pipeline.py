@@ -96,14 +96,38 @@ def _write_quarantine(ctx: RunContext, rejected: DataFrame, stage: str) -> None:
     )
 
 
-def _reason_counts(classified: DataFrame) -> dict[str, int]:
-    rows = classified.where(F.col(cleaning.REASON).isNotNull()).groupBy(cleaning.REASON).count().collect()
+def _publish_cleaned(
+    ctx: RunContext,
+    stage: str,
+    source,
+    classified: DataFrame,
+    output_columns: list[str],
+    write_clean: Callable[[DataFrame], None],
+) -> dict:
+    """Write the clean rows and the quarantine of a cleaning stage; return the counts.
+
+    Every raw row is either clean or quarantined with a reason, so the counts add up.
+    """
+    classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        by_reason = classified.groupBy(cleaning.REASON).count().collect()
+        raw_rows = sum(int(r["count"]) for r in by_reason)
+        if raw_rows == 0:
+            raise StageError(f"{stage}: input {source.path} has no rows")
+        clean_rows = sum(int(r["count"]) for r in by_reason if r[cleaning.REASON] is None)
+        clean, rejected = cleaning.split_clean(classified, output_columns)
+        write_clean(clean)
+        _write_quarantine(ctx, rejected, stage)
+    finally:
+        classified.unpersist()
     # Reasons that quote the bad value are grouped by their fixed prefix.
-    counts: dict[str, int] = {}
-    for row in rows:
-        key = row[cleaning.REASON].split(":")[0]
-        counts[key] = counts.get(key, 0) + int(row["count"])
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    reasons: dict[str, int] = {}
+    for row in by_reason:
+        if row[cleaning.REASON] is not None:
+            key = row[cleaning.REASON].split(":")[0]
+            reasons[key] = reasons.get(key, 0) + int(row["count"])
+    return {"raw_rows": raw_rows, "clean_rows": clean_rows, "quarantined_rows": raw_rows - clean_rows,
+            "quarantine_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}
 
 
 # -- stages ------------------------------------------------------------------------
@@ -111,25 +135,15 @@ def clean_catalog(ctx: RunContext) -> dict:
     cfg = ctx.settings
     raw = inputs.read_raw(ctx.spark, cfg.inputs.catalog, CATALOG_FIELDS, CATALOG_REQUIRED, "catalog",
                           delta_reader=lambda p: _read_delta_input(ctx, p))
-    classified = cleaning.classify_catalog(raw, cfg.cleaning).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        totals = classified.agg(
-            F.count("*").alias("raw"), F.sum(F.col(cleaning.REASON).isNull().cast("int")).alias("clean")
-        ).first()
-        raw_rows, clean_rows = int(totals["raw"]), int(totals["clean"] or 0)
-        if raw_rows == 0:
-            raise StageError(f"catalog input {cfg.inputs.catalog.path} has no rows")
-        clean, rejected = cleaning.split_clean(classified, cleaning.CATALOG_OUTPUT)
+
+    def write(clean: DataFrame) -> None:
         ctx.store.write(
             clean.withColumn("run_date", F.lit(ctx.run_date)), "catalog_clean", partition_by=["run_date"],
             replace={"run_date": ctx.run_date}, commit_info=ctx.commit_info("clean_catalog"),
         )
-        _write_quarantine(ctx, rejected, "clean_catalog")
-        reasons = _reason_counts(classified)
-    finally:
-        classified.unpersist()
-    return {"raw_rows": raw_rows, "clean_rows": clean_rows, "quarantined_rows": raw_rows - clean_rows,
-            "quarantine_reasons": reasons}
+
+    classified = cleaning.classify_catalog(raw, cfg.cleaning)
+    return _publish_cleaned(ctx, "clean_catalog", cfg.inputs.catalog, classified, cleaning.CATALOG_OUTPUT, write)
 
 
 def clean_events(ctx: RunContext) -> dict:
@@ -137,27 +151,17 @@ def clean_events(ctx: RunContext) -> dict:
     raw = inputs.read_raw(ctx.spark, cfg.inputs.events, EVENT_FIELDS, EVENT_REQUIRED, "events",
                           delta_reader=lambda p: _read_delta_input(ctx, p))
     items = ctx.for_date("catalog_clean").select("item_id")
-    classified = cleaning.classify_events(raw, items, cfg.cleaning, ctx.run_end).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        totals = classified.agg(
-            F.count("*").alias("raw"), F.sum(F.col(cleaning.REASON).isNull().cast("int")).alias("clean")
-        ).first()
-        raw_rows, clean_rows = int(totals["raw"]), int(totals["clean"] or 0)
-        if raw_rows == 0:
-            raise StageError(f"events input {cfg.inputs.events.path} has no rows")
-        clean, rejected = cleaning.split_clean(classified, cleaning.EVENTS_OUTPUT)
+
+    def write(clean: DataFrame) -> None:
         # The input is the full history up to the run date, so the table is replaced
         # whole; one file per event date keeps the partitions compact.
         ctx.store.write(
             clean.repartition("event_date"), "events_clean", partition_by=["event_date"],
             commit_info=ctx.commit_info("clean_events"),
         )
-        _write_quarantine(ctx, rejected, "clean_events")
-        reasons = _reason_counts(classified)
-    finally:
-        classified.unpersist()
-    return {"raw_rows": raw_rows, "clean_rows": clean_rows, "quarantined_rows": raw_rows - clean_rows,
-            "quarantine_reasons": reasons}
+
+    classified = cleaning.classify_events(raw, items, cfg.cleaning, ctx.run_end)
+    return _publish_cleaned(ctx, "clean_events", cfg.inputs.events, classified, cleaning.EVENTS_OUTPUT, write)
 
 
 def encode_items(ctx: RunContext) -> dict:

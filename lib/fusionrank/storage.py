@@ -218,13 +218,6 @@ class TableStore:
             raise StorageError(f"table {name} does not exist at {self.path(name)}: run the stage that writes it first")
         return read_delta_path(self.spark, self.path(name), self.engine, where, version)
 
-    def read_arrow(self, name: str, where: dict[str, object] | None = None) -> pa.Table:
-        """Read a (small) table on the driver with delta-rs, as a consumer would."""
-        from deltalake import DeltaTable
-
-        filters = [(c, "=", _format_value(v)) for c, v in (where or {}).items()] or None
-        return DeltaTable(self.path(name)).to_pyarrow_table(partitions=filters)
-
     # -- metadata --------------------------------------------------------------
     def _version(self, name: str) -> int:
         from deltalake import DeltaTable

@@ -1,0 +1,1 @@
+"""Raw data adapters: public data sets to fusionrank's canonical raw input."""
