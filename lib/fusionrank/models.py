@@ -108,6 +108,9 @@ class TextEncoder:
     def __init__(self, path: Path, device: str = "cpu"):
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one bar per worker clutters job logs
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
