@@ -59,3 +59,37 @@ def test_spark_submit_runs_a_job_file(tmp_path):
     assert list(rows["item_id"]) == ["1"]
     quarantine = DeltaTable(str(tmp_path / "warehouse" / "quarantine")).to_pandas()
     assert list(quarantine["reason"]) == ["missing title"]
+
+
+def test_amazon_reviews_convert_feeds_the_cleaning_stages(spark, tmp_path):
+    """`fusionrank data convert amazon-reviews-2023` output is valid raw input."""
+    import datetime as dt
+
+    from fusionrank import cli
+    from fusionrank.pipeline import make_context, run_stage
+    from tests.conftest import make_settings
+
+    meta = write_jsonl(tmp_path / "meta_Toys.jsonl", [
+        {"parent_asin": "B01", "title": "Wooden Train Set", "main_category": "Toys", "store": "Brio",
+         "categories": ["Toys & Games", "Trains"], "price": 39.99, "features": ["40 pieces"],
+         "description": ["Classic set."], "images": [{"large": "https://img/b01.jpg", "variant": "MAIN"}]},
+        {"parent_asin": "B02", "title": "Puzzle", "main_category": "Toys", "price": "None", "images": []},
+    ])
+    reviews = write_jsonl(tmp_path / "Toys.jsonl", [
+        {"user_id": "AX1", "parent_asin": "B01", "asin": "B01a", "rating": 5.0, "timestamp": 1700000000000,
+         "verified_purchase": True, "title": "great", "text": "kids love it"},
+        {"user_id": "AX2", "parent_asin": "B02", "asin": "B02", "rating": 3.0, "timestamp": 1700000100000,
+         "verified_purchase": False},
+    ])
+    out = tmp_path / "raw"
+    assert cli.main(["data", "convert", "amazon-reviews-2023", "--reviews", str(reviews), "--meta", str(meta),
+                     "--out", str(out)]) == 0
+    settings = make_settings(tmp_path, out / "catalog.jsonl", out / "events.jsonl")
+    ctx = make_context(settings, dt.date(2023, 11, 30), spark)
+    catalog = run_stage("clean_catalog", settings, ctx.run_date, ctx=ctx).counts
+    events = run_stage("clean_events", settings, ctx.run_date, ctx=ctx).counts
+    assert catalog["clean_rows"] == 2 and catalog["quarantined_rows"] == 0
+    assert events["raw_rows"] == 3 and events["clean_rows"] == 3  # 2 ratings + 1 verified purchase
+    item = ctx.store.read("catalog_clean").where("item_id = 'B01'").first()
+    assert item["category"] == "Toys & Games > Trains" and item["brand"] == "Brio"
+    assert item["image_uri"] == "https://img/b01.jpg" and item["price"] == 39.99

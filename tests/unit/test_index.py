@@ -1,0 +1,75 @@
+"""FAISS index build: flat and IVF, manifest, id mapping, self-check, atomic save."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fusionrank import index
+from fusionrank.config import IndexConfig
+
+
+def clustered(n: int, dim: int = 32, clusters: int = 20, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    vectors = centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def batches(ids, vectors, size=700):
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size], vectors[start:start + size]
+
+
+def test_flat_index_roundtrip(tmp_path):
+    vectors = clustered(500)
+    ids = [f"item{i}" for i in range(500)]
+    built = index.build(batches(ids, vectors), np.zeros((0, 32)), 32, 500, IndexConfig(type="flat"),
+                        tmp_path / "run_date=2026-11-22", "fr-test", "2026-11-22")
+    manifest = json.loads((built.path / "manifest.json").read_text())
+    assert manifest["type"] == "flat" and manifest["count"] == 500 and manifest["dim"] == 32
+    assert manifest["model_version"] == "fr-test" and manifest["self_check"]["recall_at_10"] == 1.0
+    loaded = index.load_index(built.path)
+    scores, positions = loaded.index.search(vectors[:5], 1)
+    assert [loaded.ids[p] for p in positions[:, 0]] == ids[:5]  # each vector finds itself
+    got, known = loaded.vectors(["item3", "missing", "item7"])
+    assert known == ["item3", "item7"]
+    np.testing.assert_allclose(got, vectors[[3, 7]], atol=1e-6)
+
+
+def test_ivf_index_trains_on_a_sample_and_passes_its_self_check(tmp_path):
+    vectors = clustered(5000, seed=1)
+    ids = [str(i) for i in range(5000)]
+    cfg = IndexConfig(type="ivf", nlist=64, nprobe=16, self_check_queries=300)
+    sample = vectors[np.random.default_rng(0).choice(5000, 2600, replace=False)]
+    built = index.build(batches(ids, vectors), sample, 32, 5000, cfg, tmp_path / "ivf", "fr-test", "2026-11-22")
+    m = built.manifest
+    assert m["type"] == "ivf_flat" and m["nlist"] == 64 and m["nprobe"] == 16
+    assert 0.9 <= m["self_check"]["recall_at_10"] <= 1.0
+    assert m["self_check"]["queries"] == 300
+    loaded = index.load_index(built.path)
+    assert loaded.index.ntotal == 5000
+    assert index.choose_nlist(1000, 4096) == 25  # ~39 training points per list
+
+
+def test_self_check_failure_keeps_the_previous_artifact(tmp_path):
+    target = tmp_path / "run_date=2026-11-22"
+    good = clustered(2000, seed=2)
+    ids = [str(i) for i in range(2000)]
+    index.build(batches(ids, good), np.zeros((0, 32)), 32, 2000, IndexConfig(type="flat"), target, "v1", "2026-11-22")
+    # One probe over many lists of noise: recall far below the floor.
+    noise = np.random.default_rng(3).normal(size=(2000, 32)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    cfg = IndexConfig(type="ivf", nlist=50, nprobe=1, min_recall=0.99, self_check_queries=200)
+    with pytest.raises(index.IndexError_, match="self-check failed: recall@10"):
+        index.build(batches(ids, noise), noise, 32, 2000, cfg, target, "v2", "2026-11-22")
+    assert json.loads((target / "manifest.json").read_text())["model_version"] == "v1"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_duplicate_ids_are_refused(tmp_path):
+    vectors = clustered(10)
+    with pytest.raises(index.IndexError_, match="not unique"):
+        index.build(batches(["a"] * 10, vectors), np.zeros((0, 32)), 32, 10, IndexConfig(), tmp_path / "x", "v", "d")
