@@ -8,10 +8,13 @@ the Python entry points; the CLI and the spark-submit jobs call them.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from pyspark import StorageLevel
@@ -357,7 +360,39 @@ def run_stage(name: str, settings: Settings, run_date: dt.date, spark: SparkSess
     counts = STAGES[name](ctx)
     elapsed = time.perf_counter() - started
     log.info("stage %s done in %.1fs: %s", name, elapsed, counts)
-    return StageResult(name, run_date, elapsed, counts)
+    result = StageResult(name, run_date, elapsed, counts)
+    record_stage(settings, result, ctx.run_id)
+    return result
+
+
+def run_log_dir(settings: Settings, run_date: dt.date | str) -> Path:
+    """Where each stage's result for a date is kept (read by reports)."""
+    return settings.storage.root / "_runs" / f"run_date={run_date}"
+
+
+def record_stage(settings: Settings, result: StageResult, run_id: str) -> None:
+    """Keep the stage's counts as JSON; a rerun of the date replaces them."""
+    folder = run_log_dir(settings, result.run_date)
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "stage": result.stage, "run_date": str(result.run_date), "run_id": run_id,
+        "seconds": round(result.seconds, 3), "counts": result.counts,
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    tmp = folder / f".{result.stage}.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, folder / f"{result.stage}.json")
+
+
+def read_stage_records(settings: Settings, run_date: dt.date | str) -> dict[str, dict]:
+    folder = run_log_dir(settings, run_date)
+    if not folder.exists():
+        return {}
+    records = {}
+    for path in sorted(folder.glob("*.json")):
+        record = json.loads(path.read_text())
+        records[record["stage"]] = record
+    return records
 
 
 def run_all(settings: Settings, run_date: dt.date, spark: SparkSession | None = None,
