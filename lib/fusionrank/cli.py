@@ -32,22 +32,34 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"--date must be YYYY-MM-DD, got {text!r}") from None
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("py4j").setLevel(logging.WARNING)
+def _setup_logging(args, settings=None) -> None:
+    from fusionrank.logs import configure_logging
+
+    fmt = "json" if getattr(args, "log_json", False) else (settings.logging.format if settings else "text")
+    configure_logging(fmt, "INFO" if getattr(args, "verbose", False) else "WARNING")
 
 
-def _print_stage(result) -> None:
-    counts = {k: v for k, v in result.counts.items() if k not in ("metrics", "quarantine_reasons")}
-    detail = ", ".join(f"{k}={v}" for k, v in counts.items())
-    print(f"  {result.stage:<15} {result.seconds:7.1f}s  {detail}", flush=True)
-    reasons = result.counts.get("quarantine_reasons")
-    if reasons:
-        print("  " + " " * 25 + "quarantined: " + ", ".join(f"{k} ({v})" for k, v in reasons.items()), flush=True)
+def _load(args):
+    from fusionrank.config import load_config
+
+    settings = load_config(args.conf)
+    _setup_logging(args, settings)
+    return settings
+
+
+def _run_stages(settings, run_date: dt.date, stages: list[str]) -> list:
+    from fusionrank.pipeline import make_context, run_stage
+    from fusionrank.progress import StageProgress
+
+    ctx = make_context(settings, run_date)
+    results = []
+    with StageProgress(ctx.spark) as progress:
+        for name in stages:
+            with progress.stage(name):
+                result = run_stage(name, settings, run_date, ctx=ctx)
+            progress.done(result)
+            results.append(result)
+    return results
 
 
 def print_summary(settings, run_date: dt.date, results) -> None:
@@ -77,17 +89,20 @@ def print_summary(settings, run_date: dt.date, results) -> None:
 
 
 def cmd_run(args) -> int:
-    from fusionrank.config import load_config
-    from fusionrank.pipeline import ORDER, run_all
+    from fusionrank.pipeline import ORDER
 
-    settings = load_config(args.conf)
+    settings = _load(args)
     stages = args.stages.split(",") if args.stages else ORDER
     unknown = [s for s in stages if s not in ORDER]
     if unknown:
         raise SystemExit(f"error: unknown stage(s) {unknown}; stages: {', '.join(ORDER)}")
     print(f"fusionrank {__version__}: running {len(stages)} stage(s) for {args.date} with {args.conf}", flush=True)
-    results = run_all(settings, args.date, stages=stages, on_stage=_print_stage)
+    results = _run_stages(settings, args.date, stages)
     print_summary(settings, args.date, results)
+    if not args.no_report:
+        from fusionrank.report import build_report
+
+        print(f"\nreport: {build_report(settings, args.date)}")
     if args.json:
         Path(args.json).write_text(json.dumps(
             [{"stage": r.stage, "seconds": r.seconds, "counts": r.counts} for r in results], indent=2, default=str))
@@ -95,12 +110,56 @@ def cmd_run(args) -> int:
 
 
 def cmd_stage(args) -> int:
-    from fusionrank.config import load_config
-    from fusionrank.pipeline import run_stage
+    settings = _load(args)
+    _run_stages(settings, args.date, [args.name])
+    return 0
 
-    settings = load_config(args.conf)
-    result = run_stage(args.name, settings, args.date)
-    _print_stage(result)
+
+def cmd_report(args) -> int:
+    from fusionrank.report import build_report
+
+    settings = _load(args)
+    print(build_report(settings, args.date, out_path=args.out))
+    return 0
+
+
+def _context(args):
+    from fusionrank.pipeline import make_context
+
+    settings = _load(args)
+    return make_context(settings, args.date or _latest_date(settings))
+
+
+def _latest_date(settings) -> dt.date:
+    from fusionrank.pipeline import make_context
+
+    store = make_context(settings, dt.date.today()).store
+    latest = store.latest_partition("recs_user_topk", "run_date")
+    if latest is None:
+        raise SystemExit("error: no run found (recs_user_topk is empty); pass --date")
+    return dt.date.fromisoformat(latest)
+
+
+def cmd_show(args) -> int:
+    from fusionrank import inspect_tables
+
+    if args.what == "tables":
+        settings = _load(args)
+        from fusionrank.pipeline import make_context
+
+        rows = inspect_tables.show_tables(make_context(settings, dt.date.today()).store)
+        print(json.dumps(rows, indent=2, default=str) if args.json else inspect_tables.render_tables(rows))
+        return 0
+    if not args.id:
+        raise SystemExit(f"error: show {args.what} needs an id, e.g. fusionrank show {args.what} 42 --conf ...")
+    ctx = _context(args)
+    try:
+        data = (inspect_tables.show_user if args.what == "user" else inspect_tables.show_item)(ctx, args.id)
+    except LookupError as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 1
+    render = inspect_tables.render_user if args.what == "user" else inspect_tables.render_item
+    print(json.dumps(data, indent=2, default=str) if args.json else render(data))
     return 0
 
 
@@ -133,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Nightly indexing and ranking of an e-commerce catalog on Spark.",
     )
     parser.add_argument("--version", action="version", version=f"fusionrank {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each stage's progress")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each stage's progress (INFO)")
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the whole nightly pipeline (or --stages) for one date")
@@ -141,7 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--date", required=True, type=_date, help="run date, YYYY-MM-DD")
     run.add_argument("--stages", help="comma-separated subset, in order")
     run.add_argument("--json", help="also write the stage results to this JSON file")
+    run.add_argument("--no-report", action="store_true", help="skip the HTML run report at the end")
     run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="write the self-contained HTML report of one night")
+    report.add_argument("--conf", required=True)
+    report.add_argument("--date", required=True, type=_date)
+    report.add_argument("--out", help="HTML file to write (default: <storage.root>/reports/run_date=D/report.html)")
+    report.set_defaults(func=cmd_report)
+
+    show = sub.add_parser("show", help="inspect what was ranked: a user, an item, or the tables")
+    show.add_argument("what", choices=["user", "item", "tables"])
+    show.add_argument("id", nargs="?", help="user id or item id")
+    show.add_argument("--conf", required=True)
+    show.add_argument("--date", type=_date, help="run date (default: the latest run)")
+    show.add_argument("--json", action="store_true", help="JSON instead of a table")
+    show.set_defaults(func=cmd_show)
 
     from fusionrank.pipeline import ORDER
 
@@ -181,7 +256,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args)
     try:
         return args.func(args)
     except _known_errors() as exc:
@@ -195,12 +270,15 @@ def job_main(stage: str, argv: list[str] | None = None) -> int:
     parser.add_argument("--conf", required=True)
     parser.add_argument("--date", required=True, type=_date)
     args = parser.parse_args(argv)
-    _setup_logging(True)
     from fusionrank.config import load_config
+    from fusionrank.logs import configure_logging
     from fusionrank.pipeline import run_stage
+    from fusionrank.progress import format_counts
 
-    result = run_stage(stage, load_config(args.conf), args.date)
-    _print_stage(result)
+    settings = load_config(args.conf)
+    configure_logging(settings.logging.format, settings.logging.level)
+    result = run_stage(stage, settings, args.date)
+    print(f"{result.stage} {result.run_date} {result.seconds:.1f}s {format_counts(result.counts)}", flush=True)
     return 0
 
 

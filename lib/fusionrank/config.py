@@ -191,6 +191,12 @@ class EvaluateConfig(_Strict):
         return sorted(set(value))
 
 
+class LoggingConfig(_Strict):
+    # text: readable lines; json: one JSON object per line (for log shippers).
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
 class Settings(_Strict):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -204,6 +210,7 @@ class Settings(_Strict):
     profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     # Where the settings came from (not a YAML key): for messages and resolution.
     source_files: list[str] = Field(default_factory=list, exclude=True)

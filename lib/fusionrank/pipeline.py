@@ -30,6 +30,7 @@ from fusionrank.data.schemas import (
     EVENT_FIELDS,
     EVENT_REQUIRED,
 )
+from fusionrank.logs import log_context
 from fusionrank.models import model_version, text_dim, text_model_path
 from fusionrank.spark import get_session, utc_literal
 from fusionrank.storage import TableStore
@@ -354,12 +355,17 @@ def run_stage(name: str, settings: Settings, run_date: dt.date, spark: SparkSess
     if name not in STAGES:
         raise StageError(f"unknown stage {name!r}; stages: {', '.join(ORDER)}")
     ctx = ctx or make_context(settings, run_date, spark)
-    ctx.describe(name)
-    log.info("stage %s starting for %s (run %s)", name, run_date, ctx.run_id)
-    started = time.perf_counter()
-    counts = STAGES[name](ctx)
-    elapsed = time.perf_counter() - started
-    log.info("stage %s done in %.1fs: %s", name, elapsed, counts)
+    with log_context(run_date=run_date, stage=name, run_id=ctx.run_id):
+        ctx.describe(name)
+        log.info("stage %s starting", name)
+        started = time.perf_counter()
+        try:
+            counts = STAGES[name](ctx)
+        except Exception as exc:
+            log.error("stage %s failed after %.1fs: %s", name, time.perf_counter() - started, exc)
+            raise
+        elapsed = time.perf_counter() - started
+        log.info("stage %s done in %.1fs: %s", name, elapsed, counts)
     result = StageResult(name, run_date, elapsed, counts)
     record_stage(settings, result, ctx.run_id)
     return result

@@ -58,7 +58,7 @@ def runs(spark, movielens_slice, tmp_path_factory):
     first = snapshot(root)
     versions = {name: DeltaTable(str(root / name)).version() for name in TABLES}
     rerun = tmp / "second.json"
-    assert cli.main(["run", "--conf", conf, "--date", RUN_DATE, "--json", str(rerun)]) == 0
+    assert cli.main(["run", "--conf", conf, "--date", RUN_DATE, "--json", str(rerun), "--no-report"]) == 0
     second = snapshot(root)
     return {
         "root": root, "conf": conf, "first": first, "second": second, "versions": versions,
@@ -151,6 +151,31 @@ def test_rerun_of_a_date_replaces_it_exactly(runs):
     assert runs["second_stats"]["encode_items"]["carried_over"] == runs["first_stats"]["encode_items"]["items"]
 
 
+def test_run_ends_with_the_night_report_and_stage_records(runs):
+    report = runs["root"] / "reports" / f"run_date={RUN_DATE}" / "report.html"
+    assert report.exists()
+    html = report.read_text()
+    assert "build_index" in html and "data:image/png;base64," in html
+    records = sorted(p.stem for p in (runs["root"] / "_runs" / f"run_date={RUN_DATE}").glob("*.json"))
+    assert records == sorted(["clean_catalog", "clean_events", "encode_items", "build_index", "build_profiles",
+                              "rank", "evaluate"])
+
+
 def test_older_versions_stay_readable(runs):
     recs = DeltaTable(str(runs["root"] / "recs_user_topk"), version=runs["versions"]["recs_user_topk"]).to_pandas()
     assert len(recs) == len(runs["first"]["recs_user_topk"])
+
+
+def test_show_commands_answer_from_the_run(runs, capsys):
+    recs = runs["first"]["recs_user_topk"]
+    user = sorted(recs["user_id"].unique())[0]
+    assert cli.main(["show", "user", user, "--conf", runs["conf"], "--date", RUN_DATE, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    mine = recs[recs["user_id"] == user].sort_values("rank")
+    assert [r["item_id"] for r in shown["recommendations"]] == list(mine["item_id"])
+    assert cli.main(["show", "item", mine["item_id"].iloc[0], "--conf", runs["conf"]]) == 0  # latest date
+    assert "Similar items" in capsys.readouterr().out
+    assert cli.main(["show", "tables", "--conf", runs["conf"]]) == 0
+    assert "recs_user_topk" in capsys.readouterr().out
+    assert cli.main(["show", "user", "no-such-user", "--conf", runs["conf"], "--date", RUN_DATE]) == 1
+    assert "no-such-user" in capsys.readouterr().err
