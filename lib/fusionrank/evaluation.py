@@ -103,10 +103,13 @@ def popularity_recs(train: DataFrame, users: DataFrame, k: int) -> DataFrame:
     popularity = seen.groupBy("item_id").agg(F.count("*").alias("users"))
     most_seen = seen.join(users, "user_id", "inner").groupBy("user_id").count().agg(F.max("count")).first()[0] or 0
     depth = k + int(most_seen)
-    ranked = popularity.withColumn(
-        "pop_rank", F.row_number().over(Window.orderBy(F.desc("users"), F.asc("item_id")))
-    ).where(F.col("pop_rank") <= depth)
-    candidates = users.select("user_id").distinct().crossJoin(F.broadcast(ranked.select("item_id", "pop_rank")))
+    # The head of the popularity list is small (k + the longest history): take it to
+    # the driver and broadcast it, instead of ranking every item in one partition.
+    head = popularity.orderBy(F.desc("users"), F.asc("item_id")).limit(depth).collect()
+    ranked = train.sparkSession.createDataFrame(
+        [(row["item_id"], i) for i, row in enumerate(head, start=1)], "item_id string, pop_rank int"
+    )
+    candidates = users.select("user_id").distinct().crossJoin(F.broadcast(ranked))
     unseen = candidates.join(seen, ["user_id", "item_id"], "left_anti")
     per_user = Window.partitionBy("user_id").orderBy("pop_rank")
     return (
