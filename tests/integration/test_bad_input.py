@@ -149,6 +149,7 @@ def test_wrong_format_names_the_file(spark, tmp_path):
 
 
 def test_events_before_catalog_is_a_clear_error(spark, tmp_path):
-    settings = make_settings(tmp_path)
+    events = write_jsonl(tmp_path / "raw" / "events.jsonl", EVENTS[:2])
+    settings = make_settings(tmp_path, tmp_path / "raw" / "catalog.jsonl", events)
     with pytest.raises(StageError, match="catalog_clean does not exist"):
         run_stage("clean_events", settings, RUN_DATE, spark=spark)
