@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
 import sys
 from pathlib import Path
 
 from fusionrank import __version__
 
-log = logging.getLogger("fusionrank")
 
 OUTPUT_TABLES = [
     ("catalog_clean", "run_date"),
@@ -48,18 +46,13 @@ def _load(args):
 
 
 def _run_stages(settings, run_date: dt.date, stages: list[str]) -> list:
-    from fusionrank.pipeline import make_context, run_stage
+    from fusionrank.pipeline import run_all
     from fusionrank.progress import StageProgress
+    from fusionrank.spark import get_session
 
-    ctx = make_context(settings, run_date)
-    results = []
-    with StageProgress(ctx.spark) as progress:
-        for name in stages:
-            with progress.stage(name):
-                result = run_stage(name, settings, run_date, ctx=ctx)
-            progress.done(result)
-            results.append(result)
-    return results
+    spark = get_session(settings)
+    with StageProgress(spark) as progress:
+        return run_all(settings, run_date, spark, stages, on_stage=progress.done, stage_scope=progress.stage)
 
 
 def print_summary(settings, run_date: dt.date, results) -> None:

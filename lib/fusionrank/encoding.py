@@ -22,7 +22,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from fusionrank.data.schemas import VECTOR
+from fusionrank.data.schemas import ITEM_EMBEDDINGS, VECTOR
 
 ENCODED_SCHEMA = T.StructType(
     [
@@ -33,17 +33,8 @@ ENCODED_SCHEMA = T.StructType(
     ]
 )
 
-FUSED_SCHEMA = T.StructType(
-    [
-        T.StructField("item_id", T.StringType(), False),
-        T.StructField("content_hash", T.StringType(), False),
-        T.StructField("text_vec", VECTOR),
-        T.StructField("image_vec", VECTOR),
-        T.StructField("behaviour_vec", VECTOR),
-        T.StructField("fused_vec", VECTOR),
-        T.StructField("encoded_at", T.TimestampType()),
-    ]
-)
+# item_embeddings without the columns added at write time.
+FUSED_SCHEMA = T.StructType([f for f in ITEM_EMBEDDINGS.fields if f.name not in ("model_version", "run_date")])
 
 
 def item_text(title: Column, category: Column, brand: Column, description: Column) -> Column:

@@ -102,6 +102,7 @@ def build(
     for batch_ids, batch_vectors in vector_batches:
         index.add(np.ascontiguousarray(batch_vectors, dtype=np.float32))
         ids.extend(batch_ids)
+    enable_reconstruct(index)
     if index.ntotal != len(ids) or len(ids) != count:
         raise IndexError_(f"index holds {index.ntotal} vectors for {len(ids)} ids, expected {count}")
     if len(set(ids)) != len(ids):
@@ -137,18 +138,18 @@ def build(
     return BuiltIndex(out_dir, manifest)
 
 
-def reconstruct(index, positions: np.ndarray) -> np.ndarray:
+def enable_reconstruct(index) -> None:
+    """IVF indexes need a direct map (position -> list entry) to hand vectors back."""
     import faiss
 
+    if isinstance(index, faiss.IndexIVF):
+        index.make_direct_map()
+
+
+def reconstruct(index, positions: np.ndarray) -> np.ndarray:
+    """Vectors at `positions` (an IVF index must have gone through `enable_reconstruct`)."""
     if len(positions) == 0:
         return np.zeros((0, index.d), dtype=np.float32)
-    ivf = None
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except Exception:
-        ivf = None
-    if ivf is not None:
-        ivf.make_direct_map()
     return index.reconstruct_batch(np.asarray(positions, dtype=np.int64))
 
 
@@ -208,6 +209,7 @@ def load_index(path: Path | str) -> LoadedIndex:
             index = faiss.read_index(str(Path(path) / INDEX_FILE))
             if "nprobe" in manifest:
                 faiss.extract_index_ivf(index).nprobe = manifest["nprobe"]
+            enable_reconstruct(index)
             ids = pq.read_table(Path(path) / IDS_FILE).column("item_id").to_numpy(zero_copy_only=False)
             loaded = LoadedIndex(index, ids, {item: i for i, item in enumerate(ids)}, manifest)
             _LOADED.clear()  # one artifact per worker at a time: bounded memory

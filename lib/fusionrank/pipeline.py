@@ -13,9 +13,10 @@ import logging
 import os
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -243,7 +244,7 @@ def build_profiles(ctx: RunContext) -> dict:
     ctx.describe("build_profiles")
     ctx.store.write(out, "user_profiles", partition_by=["run_date"], replace={"run_date": ctx.run_date},
                     commit_info=ctx.commit_info("build_profiles"))
-    users = ctx.store.read("user_profiles", where={"run_date": ctx.run_date}).count()
+    users = ctx.store.count_rows("user_profiles", where={"run_date": ctx.run_date})
     return {"users": users, "training_events_before": ctx.holdout_start.isoformat()}
 
 
@@ -275,7 +276,7 @@ def rank(ctx: RunContext) -> dict:
     written = ctx.store.read("recs_user_topk", where={"run_date": ctx.run_date})
     totals = written.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
     return {"users_ranked": int(totals["users"]), "recs_rows": int(totals["rows"]),
-            "similar_rows": ctx.store.read("recs_item_similar", where={"run_date": ctx.run_date}).count()}
+            "similar_rows": ctx.store.count_rows("recs_item_similar", where={"run_date": ctx.run_date})}
 
 
 def evaluate(ctx: RunContext) -> dict:
@@ -402,11 +403,15 @@ def read_stage_records(settings: Settings, run_date: dt.date | str) -> dict[str,
 
 
 def run_all(settings: Settings, run_date: dt.date, spark: SparkSession | None = None,
-            stages: list[str] | None = None, on_stage: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+            stages: list[str] | None = None, on_stage: Callable[[StageResult], None] | None = None,
+            stage_scope: Callable[[str], ContextManager] | None = None) -> list[StageResult]:
+    """Run `stages` (default: all, in order) for one date; `stage_scope(name)` wraps
+    each stage (progress display), `on_stage(result)` sees each result."""
     ctx = make_context(settings, run_date, spark)
     results = []
     for name in stages or ORDER:
-        result = run_stage(name, settings, run_date, ctx=ctx)
+        with (stage_scope(name) if stage_scope else nullcontext()):
+            result = run_stage(name, settings, run_date, ctx=ctx)
         results.append(result)
         if on_stage:
             on_stage(result)

@@ -17,24 +17,16 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-RANKED_SCHEMA = T.StructType(
-    [
-        T.StructField("user_id", T.StringType(), False),
-        T.StructField("rank", T.IntegerType(), False),
-        T.StructField("item_id", T.StringType(), False),
-        T.StructField("score", T.FloatType()),
-        T.StructField("reason_item_id", T.StringType()),
-    ]
-)
+from fusionrank.data.schemas import RECS_ITEM_SIMILAR, RECS_USER_TOPK
 
-SIMILAR_SCHEMA = T.StructType(
-    [
-        T.StructField("item_id", T.StringType(), False),
-        T.StructField("rank", T.IntegerType(), False),
-        T.StructField("similar_item_id", T.StringType(), False),
-        T.StructField("score", T.FloatType()),
-    ]
-)
+
+def _columns(schema: T.StructType, names: list[str]) -> T.StructType:
+    return T.StructType([schema[name] for name in names])
+
+
+# What the executors emit; run_date, reason text and model_version are added after.
+RANKED_SCHEMA = _columns(RECS_USER_TOPK, ["user_id", "rank", "item_id", "score", "reason_item_id"])
+SIMILAR_SCHEMA = _columns(RECS_ITEM_SIMILAR, ["item_id", "rank", "similar_item_id", "score"])
 
 
 def _as_list(value) -> list:

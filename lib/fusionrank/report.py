@@ -115,16 +115,10 @@ def _as_date(run_date: dt.date | str) -> dt.date:
 
 def _dated_partitions(settings: Settings, name: str) -> list[str] | None:
     """run_date values of a table, from its Delta log (no Spark needed); None: no such table."""
-    import pyarrow as pa
-    from deltalake import DeltaTable
+    from fusionrank.storage import partition_values
 
-    path = settings.storage.table_path(name)
-    if not DeltaTable.is_deltatable(path):
-        return None
-    actions = pa.table(DeltaTable(path).get_add_actions(flatten=True))
-    if "partition.run_date" not in actions.column_names:
-        return []
-    return sorted({str(v) for v in actions.column("partition.run_date").to_pylist() if v is not None})
+    values = partition_values(settings.storage.table_path(name), "run_date")
+    return values
 
 
 # -- the report ------------------------------------------------------------------------

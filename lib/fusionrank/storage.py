@@ -226,15 +226,7 @@ class TableStore:
 
     def partition_values(self, name: str, column: str) -> list[str]:
         """Distinct values of a partition column in the current version (from the log)."""
-        from deltalake import DeltaTable
-
-        if not self.exists(name):
-            return []
-        actions = pa.table(DeltaTable(self.path(name)).get_add_actions(flatten=True))
-        key = f"partition.{column}"
-        if key not in actions.column_names:
-            raise StorageError(f"table {name} is not partitioned by {column}")
-        return sorted({_format_value(v) for v in actions.column(key).to_pylist() if v is not None})
+        return partition_values(self.path(name), column) or []
 
     def count_rows(self, name: str, where: dict[str, object] | None = None) -> int | None:
         """Row count from the Delta log's file statistics (no data is read)."""
@@ -272,6 +264,23 @@ class TableStore:
         )
         partitions = list(table.metadata().partition_columns)
         return TableInfo(name, self.path(name), table.version(), rows, partitions, last_commit)
+
+
+def partition_values(table_path: str, column: str) -> list[str] | None:
+    """Distinct values of a partition column, from the Delta log alone (no Spark).
+
+    None when there is no Delta table at `table_path`; empty when the table is not
+    partitioned by `column`.
+    """
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(table_path):
+        return None
+    actions = pa.table(DeltaTable(table_path).get_add_actions(flatten=True))
+    key = f"partition.{column}"
+    if key not in actions.column_names:
+        return []
+    return sorted({_format_value(v) for v in actions.column(key).to_pylist() if v is not None})
 
 
 def read_delta_path(

@@ -43,12 +43,13 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any, Iterator, Union
 
+from fusionrank.config import EVENT_TYPES
+from fusionrank.data.schemas import CATALOG_FIELDS, EVENT_FIELDS
+
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike[str]]
 
-#: Allowed values of ``event_type`` in ``events.jsonl``.
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "search")
 
 CATALOG_FILE = "catalog.jsonl"
 EVENTS_FILE = "events.jsonl"
@@ -65,17 +66,6 @@ _PIP_TIMEOUT_S = 900
 #: Skipped input lines logged at WARNING per file; the rest go to DEBUG.
 _MAX_SKIP_WARNINGS = 50
 
-_CATALOG_KEYS = (
-    "item_id",
-    "title",
-    "description",
-    "category",
-    "brand",
-    "price",
-    "image_uri",
-    "updated_at",
-)
-_EVENT_KEYS = ("user_id", "event_type", "event_ts", "item_id", "value", "query", "session_id")
 
 
 # --------------------------------------------------------------------------- #
@@ -85,12 +75,12 @@ _EVENT_KEYS = ("user_id", "event_type", "event_ts", "item_id", "value", "query",
 
 def _catalog_row(**fields: Any) -> dict[str, Any]:
     """One catalog record with every canonical key, in canonical order."""
-    return {key: fields.get(key) for key in _CATALOG_KEYS}
+    return {key: fields.get(key) for key in CATALOG_FIELDS}
 
 
 def _event_row(**fields: Any) -> dict[str, Any]:
     """One event record with every canonical key, in canonical order."""
-    row = {key: fields.get(key) for key in _EVENT_KEYS}
+    row = {key: fields.get(key) for key in EVENT_FIELDS}
     if row["event_type"] not in EVENT_TYPES:  # programming error, not bad input
         raise AssertionError(f"unknown event_type {row['event_type']!r}")
     return row
