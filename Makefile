@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints/local.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints/local.txt torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints/local.txt -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints/local.txt -e '.[dev,airflow]'
 	touch $(STAMP)
 
 data: $(DEMO_DATA)/events.jsonl

@@ -20,6 +20,7 @@ OUTPUT_TABLES = [
     ("recs_user_topk", "run_date"),
     ("recs_item_similar", "run_date"),
     ("metrics", "run_date"),
+    ("published", "run_date"),
 ]
 
 
@@ -133,9 +134,34 @@ def _latest_date(settings) -> dt.date:
     return dt.date.fromisoformat(latest)
 
 
+def _show_published(args) -> int:
+    from fusionrank import publish
+
+    settings = _load(args)
+    now = publish.current(settings)
+    recent = publish.decisions(settings, limit=args.limit)
+    if args.json:
+        print(json.dumps({"current": now.as_dict() if now else None, "decisions": [d.as_dict() for d in recent]},
+                         indent=2, default=str))
+        return 0
+    if now is None:
+        print("current snapshot: none (nothing published yet)")
+    else:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(now.metrics.items()))
+        print(f"current snapshot: run_date {now.run_date} (published {now.decided_at:%Y-%m-%d %H:%M:%S}, {metrics})")
+        print("  tables at: " + ", ".join(f"{t} v{v}" for t, v in sorted(now.table_versions.items())))
+    print(f"\nlatest decisions (newest first):")
+    for d in recent:
+        why = f": {'; '.join(d.reasons)}" if d.reasons else ""
+        print(f"  {d.decided_at:%Y-%m-%d %H:%M:%S}  {d.run_date}  {d.status}{why}")
+    return 0
+
+
 def cmd_show(args) -> int:
     from fusionrank import inspect_tables
 
+    if args.what == "published":
+        return _show_published(args)
     if args.what == "tables":
         settings = _load(args)
         from fusionrank.pipeline import make_context
@@ -203,12 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="HTML file to write (default: <storage.root>/reports/run_date=D/report.html)")
     report.set_defaults(func=cmd_report)
 
-    show = sub.add_parser("show", help="inspect what was ranked: a user, an item, or the tables")
-    show.add_argument("what", choices=["user", "item", "tables"])
+    show = sub.add_parser("show", help="inspect what was ranked: a user, an item, the tables, or what is published")
+    show.add_argument("what", choices=["user", "item", "tables", "published"])
     show.add_argument("id", nargs="?", help="user id or item id")
     show.add_argument("--conf", required=True)
     show.add_argument("--date", type=_date, help="run date (default: the latest run)")
     show.add_argument("--json", action="store_true", help="JSON instead of a table")
+    show.add_argument("--limit", type=int, default=10, help="published: how many recent decisions to list")
     show.set_defaults(func=cmd_show)
 
     from fusionrank.pipeline import ORDER

@@ -63,6 +63,31 @@ class StorageConfig(_Strict):
     engine: Literal["auto", "delta-spark", "delta-rs"] = "auto"
     tables: TableNames = Field(default_factory=TableNames)
     index_dir: str = "index"
+    # delta-rs engine: after a successful write, `part-*` folders of interrupted writes
+    # (referenced by no Delta log entry) are removed once untouched for this long.
+    orphan_grace_hours: float = Field(6.0, ge=0)
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _root_not_empty(cls, value: Any) -> Any:
+        if value is None or not str(value).strip():
+            raise ValueError("must name a folder (it is empty)")
+        return value
+
+    @field_validator("index_dir")
+    @classmethod
+    def _plain_index_dir(cls, value: str) -> str:
+        return _plain_name(value)
+
+    @field_validator("tables")
+    @classmethod
+    def _plain_table_names(cls, value: "TableNames") -> "TableNames":
+        for key, name in value.model_dump().items():
+            try:
+                _plain_name(name)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+        return value
 
     def table_path(self, name: str) -> str:
         return str(self.root / getattr(self.tables, name))
@@ -72,9 +97,23 @@ class StorageConfig(_Strict):
         return self.root / self.index_dir
 
 
+def _plain_name(value: str) -> str:
+    """A folder name inside storage.root: no separators, not `.`/`..`, not empty."""
+    if not value.strip() or value in (".", "..") or "/" in value or "\\" in value:
+        raise ValueError(f"{value!r} must be a plain folder name inside storage.root (no '/', not '.' or '..')")
+    return value
+
+
 class InputSource(_Strict):
     path: Path
     format: Literal["json", "csv", "parquet", "delta"] = "json"
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_not_empty(cls, value: Any) -> Any:
+        if value is None or not str(value).strip():
+            raise ValueError("must name a file or folder (it is empty)")
+        return value
 
 
 class InputsConfig(_Strict):
@@ -89,6 +128,10 @@ class CleaningConfig(_Strict):
     max_text_chars: int = Field(20_000, gt=0)
     # Epoch numbers above this are read as milliseconds rather than seconds.
     epoch_millis_threshold: float = 1e11
+    # A cleaning stage fails when more than this share of its input rows is
+    # quarantined (a broken upstream feed must not publish an empty top-K table);
+    # the quarantine is still written for inspection. 1.0 switches the check off.
+    max_quarantine_share: float = Field(0.5, ge=0, le=1)
 
 
 class TextModelConfig(_Strict):
@@ -191,6 +234,15 @@ class EvaluateConfig(_Strict):
         return sorted(set(value))
 
 
+class PrivacyConfig(_Strict):
+    """User ids in the outputs (user_profiles, recs_user_topk) can be pseudonymised:
+    HMAC-SHA256 keyed with a salt read at run time from the environment variable
+    named by `salt_env` (never from conf/)."""
+
+    pseudonymise_user_ids: bool = False
+    salt_env: str = Field("FUSIONRANK_USER_SALT", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 class LoggingConfig(_Strict):
     # text: readable lines; json: one JSON object per line (for log shippers).
     format: Literal["text", "json"] = "text"
@@ -211,6 +263,7 @@ class Settings(_Strict):
     rank: RankConfig = Field(default_factory=RankConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     # Where the settings came from (not a YAML key): for messages and resolution.
     source_files: list[str] = Field(default_factory=list, exclude=True)
@@ -226,6 +279,17 @@ class Settings(_Strict):
             object.__setattr__(source, "path", resolve(source.path))
         if self.models.text.path is not None:
             object.__setattr__(self.models.text, "path", resolve(self.models.text.path))
+        return self
+
+    @model_validator(mode="after")
+    def _safe_storage_root(self) -> "Settings":
+        # Tables are replaced in place: a root of `/` or the project itself would
+        # mix them with the system or the source tree.
+        root = self.storage.root
+        if root == Path(root.anchor):
+            raise ValueError(f"storage.root: {root} is the filesystem root; name a folder for the tables")
+        if root == self.project_root.resolve():
+            raise ValueError(f"storage.root: {root} is the project folder itself; use a sub-folder such as warehouse")
         return self
 
     def digest(self) -> str:

@@ -63,6 +63,11 @@ def show_user(ctx, user_id: str, history_limit: int = 10) -> dict:
     """
     user_id = str(user_id)
     date = ctx.run_date
+    # Outputs may carry pseudonymised ids (privacy.pseudonymise_user_ids); events do not.
+    from fusionrank.privacy import pseudonymise_id, user_salt
+
+    salt = user_salt(ctx.settings)
+    output_id = pseudonymise_id(user_id, salt) if salt else user_id
 
     # History: the user's events up to the run date, newest first, with the total.
     events: DataFrame = ctx.events().where(
@@ -87,7 +92,7 @@ def show_user(ctx, user_id: str, history_limit: int = 10) -> dict:
     if _table_exists_for_date(ctx, "user_profiles"):
         prow = (
             ctx.for_date("user_profiles")
-            .where(F.col("user_id") == user_id)
+            .where(F.col("user_id") == output_id)
             .select("history_len", _iso("last_event_ts").alias("last_event_ts"))
             .limit(1)
             .collect()
@@ -101,7 +106,7 @@ def show_user(ctx, user_id: str, history_limit: int = 10) -> dict:
     # Recommendations of the night, by rank.
     rec_rows = (
         ctx.for_date("recs_user_topk")
-        .where(F.col("user_id") == user_id)
+        .where(F.col("user_id") == output_id)
         .select("rank", "item_id", "score", "reason", "reason_item_id")
         .orderBy("rank")
         .collect()

@@ -42,7 +42,21 @@ def text_model_path(settings: Settings) -> Path:
         raise ModelError(f"models.text.path: {path} is not a folder (expected a Hugging Face model folder)")
     if not (Path(path) / "config.json").exists():
         raise ModelError(f"models.text.path: {path} has no config.json; is it a Hugging Face model folder?")
+    require_safetensors(Path(path), "models.text.path")
     return Path(path)
+
+
+def require_safetensors(path: Path, key: str) -> None:
+    """Weights load from safetensors only: pickled weights (pytorch_model.bin, *.pt)
+    can run arbitrary code when unpickled."""
+    if not any(Path(path).glob("*.safetensors")):
+        found = sorted(p.name for p in Path(path).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise ModelError(
+            f"{key}: {path} has no *.safetensors weights"
+            + (f" (found {found}, pickle-based, which fusionrank does not load)" if found else "")
+            + "; convert once with transformers: AutoModel.from_pretrained(folder)"
+            ".save_pretrained(folder, safe_serialization=True) on a trusted machine"
+        )
 
 
 def text_dim(settings: Settings) -> int:
@@ -112,6 +126,7 @@ class TextEncoder:
 
         hf_logging.disable_progress_bar()  # one bar per worker clutters job logs
 
+        require_safetensors(Path(path), "text model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             self.model = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)

@@ -22,7 +22,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fusionrank import encoding, evaluation, index, profiles, ranking
+from fusionrank import encoding, evaluation, index, privacy, profiles, ranking
 from fusionrank.config import Settings
 from fusionrank.data import cleaning, inputs
 from fusionrank.data.schemas import (
@@ -92,6 +92,10 @@ class RunContext:
     def index_path(self) -> str:
         return str(index.index_dir(self.settings.storage.index_root, self.run_date))
 
+    def pseudonymised(self, df: DataFrame) -> DataFrame:
+        """`df` with user ids as they leave the system (`privacy.pseudonymise_user_ids`)."""
+        return privacy.pseudonymise_users(df, privacy.user_salt(self.settings))
+
 
 def _write_quarantine(ctx: RunContext, rejected: DataFrame, stage: str) -> None:
     rows = cleaning.quarantine_rows(rejected, stage, ctx.run_date)
@@ -108,10 +112,14 @@ def _publish_cleaned(
     classified: DataFrame,
     output_columns: list[str],
     write_clean: Callable[[DataFrame], None],
+    drift: dict | None = None,
 ) -> dict:
     """Write the clean rows and the quarantine of a cleaning stage; return the counts.
 
     Every raw row is either clean or quarantined with a reason, so the counts add up.
+    When the quarantined share passes `cleaning.max_quarantine_share` the stage fails
+    after writing the quarantine (for inspection) but not the clean table, which keeps
+    its last version: a broken feed stops the night instead of publishing emptiness.
     """
     classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -120,26 +128,37 @@ def _publish_cleaned(
         if raw_rows == 0:
             raise StageError(f"{stage}: input {source.path} has no rows")
         clean_rows = sum(int(r["count"]) for r in by_reason if r[cleaning.REASON] is None)
+        # Reasons that quote the bad value are grouped by their fixed prefix.
+        reasons: dict[str, int] = {}
+        for row in by_reason:
+            if row[cleaning.REASON] is not None:
+                key = row[cleaning.REASON].split(":")[0]
+                reasons[key] = reasons.get(key, 0) + int(row["count"])
+        reasons = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
         clean, rejected = cleaning.split_clean(classified, output_columns)
+        share, limit = (raw_rows - clean_rows) / raw_rows, ctx.settings.cleaning.max_quarantine_share
+        if share > limit:
+            _write_quarantine(ctx, rejected, stage)
+            top = ", ".join(f"{reason} ({n})" for reason, n in list(reasons.items())[:3])
+            raise StageError(
+                f"{stage}: {raw_rows - clean_rows} of {raw_rows} rows of {source.path} were quarantined "
+                f"({share:.1%}), above cleaning.max_quarantine_share ({limit:.1%}); top reasons: {top}. "
+                f"The quarantine for {ctx.run_date} was written for inspection; the clean table was not changed"
+            )
         write_clean(clean)
         _write_quarantine(ctx, rejected, stage)
     finally:
         classified.unpersist()
-    # Reasons that quote the bad value are grouped by their fixed prefix.
-    reasons: dict[str, int] = {}
-    for row in by_reason:
-        if row[cleaning.REASON] is not None:
-            key = row[cleaning.REASON].split(":")[0]
-            reasons[key] = reasons.get(key, 0) + int(row["count"])
     return {"raw_rows": raw_rows, "clean_rows": clean_rows, "quarantined_rows": raw_rows - clean_rows,
-            "quarantine_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}
+            "quarantine_reasons": reasons, **(drift or {})}
 
 
 # -- stages ------------------------------------------------------------------------
 def clean_catalog(ctx: RunContext) -> dict:
     cfg = ctx.settings
+    drift: dict = {}
     raw = inputs.read_raw(ctx.spark, cfg.inputs.catalog, CATALOG_FIELDS, CATALOG_REQUIRED, "catalog",
-                          delta_reader=lambda p: _read_delta_input(ctx, p))
+                          delta_reader=lambda p: _read_delta_input(ctx, p), drift=drift)
 
     def write(clean: DataFrame) -> None:
         ctx.store.write(
@@ -147,14 +166,16 @@ def clean_catalog(ctx: RunContext) -> dict:
             replace={"run_date": ctx.run_date}, commit_info=ctx.commit_info("clean_catalog"),
         )
 
-    classified = cleaning.classify_catalog(raw, cfg.cleaning)
-    return _publish_cleaned(ctx, "clean_catalog", cfg.inputs.catalog, classified, cleaning.CATALOG_OUTPUT, write)
+    classified = cleaning.classify_catalog(raw, cfg.cleaning, ctx.run_end)
+    return _publish_cleaned(ctx, "clean_catalog", cfg.inputs.catalog, classified, cleaning.CATALOG_OUTPUT, write,
+                            drift)
 
 
 def clean_events(ctx: RunContext) -> dict:
     cfg = ctx.settings
+    drift: dict = {}
     raw = inputs.read_raw(ctx.spark, cfg.inputs.events, EVENT_FIELDS, EVENT_REQUIRED, "events",
-                          delta_reader=lambda p: _read_delta_input(ctx, p))
+                          delta_reader=lambda p: _read_delta_input(ctx, p), drift=drift)
     items = ctx.for_date("catalog_clean").select("item_id")
 
     def write(clean: DataFrame) -> None:
@@ -166,7 +187,8 @@ def clean_events(ctx: RunContext) -> dict:
         )
 
     classified = cleaning.classify_events(raw, items, cfg.cleaning, ctx.run_end)
-    return _publish_cleaned(ctx, "clean_events", cfg.inputs.events, classified, cleaning.EVENTS_OUTPUT, write)
+    return _publish_cleaned(ctx, "clean_events", cfg.inputs.events, classified, cleaning.EVENTS_OUTPUT, write,
+                            drift)
 
 
 def encode_items(ctx: RunContext) -> dict:
@@ -240,7 +262,7 @@ def build_profiles(ctx: RunContext) -> dict:
     cfg = ctx.settings
     history = profiles.weighted_history(ctx.training_events(), cfg.profiles, ctx.holdout_start)
     vectors = ctx.for_date("item_embeddings").select("item_id", "fused_vec")
-    out = profiles.build_user_profiles(history, vectors, cfg.profiles, ctx.run_date)
+    out = ctx.pseudonymised(profiles.build_user_profiles(history, vectors, cfg.profiles, ctx.run_date))
     ctx.describe("build_profiles")
     ctx.store.write(out, "user_profiles", partition_by=["run_date"], replace={"run_date": ctx.run_date},
                     commit_info=ctx.commit_info("build_profiles"))
@@ -255,6 +277,7 @@ def rank(ctx: RunContext) -> dict:
     profiles_df = ctx.for_date("user_profiles")
     seen = (ctx.training_events().where(F.col("item_id").isNotNull())
             .groupBy("user_id").agg(F.collect_set("item_id").alias("seen")))
+    seen = ctx.pseudonymised(seen)  # user_profiles carries the ids as they leave the system
     users = profiles_df.join(seen, "user_id", "left").select(
         "user_id", "profile_vec", "history_item_ids", "history_weights", "seen"
     )
@@ -281,7 +304,8 @@ def rank(ctx: RunContext) -> dict:
 
 def evaluate(ctx: RunContext) -> dict:
     cfg = ctx.settings
-    train, holdout = ctx.training_events(), ctx.holdout_events()
+    # The same ids as recs_user_topk (pseudonymised or not), so the joins match.
+    train, holdout = ctx.pseudonymised(ctx.training_events()), ctx.pseudonymised(ctx.holdout_events())
     relevant = evaluation.relevant_items(train, holdout).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         users = relevant.select("user_id").distinct()
@@ -402,11 +426,21 @@ def read_stage_records(settings: Settings, run_date: dt.date | str) -> dict[str,
     return records
 
 
+def preflight(settings: Settings, stages: list[str]) -> None:
+    """Fail before the first stage on what a later one would fail on: the text model
+    folder and the pseudonymisation salt."""
+    if "encode_items" in stages:
+        text_model_path(settings)
+    if {"build_profiles", "rank", "evaluate"} & set(stages):
+        privacy.user_salt(settings)
+
+
 def run_all(settings: Settings, run_date: dt.date, spark: SparkSession | None = None,
             stages: list[str] | None = None, on_stage: Callable[[StageResult], None] | None = None,
             stage_scope: Callable[[str], ContextManager] | None = None) -> list[StageResult]:
     """Run `stages` (default: all, in order) for one date; `stage_scope(name)` wraps
     each stage (progress display), `on_stage(result)` sees each result."""
+    preflight(settings, stages or ORDER)
     ctx = make_context(settings, run_date, spark)
     results = []
     for name in stages or ORDER:

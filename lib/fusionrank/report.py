@@ -467,7 +467,10 @@ class _Report:
             run_end = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
             holdout_start = run_end - dt.timedelta(days=self.settings.evaluate.holdout_days)
             latest = Window.partitionBy("user_id").orderBy(F.desc("event_ts"), "item_id", "event_type")
-            events = (self.store.read("events_clean")
+            from fusionrank.privacy import pseudonymise_users, user_salt
+
+            # recs_user_topk may carry pseudonymised ids: match the events to them.
+            events = (pseudonymise_users(self.store.read("events_clean"), user_salt(self.settings))
                       .where(F.col("user_id").isin(users) & F.col("item_id").isNotNull()
                              & (F.col("event_ts") < utc_literal(run_end)))
                       .withColumn("n", F.row_number().over(latest))

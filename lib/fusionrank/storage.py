@@ -11,6 +11,18 @@ Two engines produce the same tables:
   replaced. Until that commit no reader sees the new files, and a write that fails
   leaves the last committed version as it was.
 
+A write killed before its commit leaves an uncommitted ``part-*`` folder that no
+reader sees (reads go through the log). The table's next successful write removes
+such folders once no Delta log entry references them and nothing in them changed
+for ``storage.orphan_grace_hours`` (so a concurrent write in flight is never
+touched).
+
+Test hook: the environment variable ``FUSIONRANK_FAULT_BEFORE_COMMIT`` set to
+``<table>:raise`` or ``<table>:hang`` makes the delta-rs write of that table stop
+after its Parquet files are written and before the commit, by raising or by
+sleeping until the process is killed. The crash tests use it to interrupt a write at
+its most delicate moment; it is never set in production.
+
 Nothing else in fusionrank knows which engine wrote a table.
 """
 
@@ -22,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
@@ -38,6 +51,9 @@ from fusionrank.spark import delta_spark_available
 log = logging.getLogger(__name__)
 
 _PARTITION_SEGMENT = re.compile(r"^([^=/]+)=(.*)$")
+# The folder one delta-rs write puts its files in (see `_write_delta_rs`).
+_WRITE_DIR = re.compile(r"^part-\d{8}T\d{6}-[0-9a-f]{8}$")
+FAULT_ENV = "FUSIONRANK_FAULT_BEFORE_COMMIT"
 
 
 class StorageError(RuntimeError):
@@ -149,6 +165,7 @@ class TableStore:
                 writer = writer.partitionBy(*partition_by)
             writer.parquet(staging)
             actions = self._add_actions(table_path, write_dir, partition_by, AddAction)
+            _fault_point(name)
             properties = CommitProperties(custom_metadata=dict(commit_info or {}))
             delta_schema = DeltaSchema.from_arrow(arrow_schema)
             if DeltaTable.is_deltatable(table_path):
@@ -176,6 +193,9 @@ class TableStore:
             # The commit never happened: nothing references these files; drop them.
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        removed = remove_stale_writes(table_path, self.settings.storage.orphan_grace_hours * 3600, keep=write_dir)
+        if removed:
+            log.info("table %s: removed %d uncommitted folder(s) of interrupted writes: %s", name, len(removed), removed)
         return self._version(name)
 
     def _add_actions(self, table_path: str, write_dir: str, partition_by: list[str], action_cls) -> list:
@@ -264,6 +284,75 @@ class TableStore:
         )
         partitions = list(table.metadata().partition_columns)
         return TableInfo(name, self.path(name), table.version(), rows, partitions, last_commit)
+
+
+def _fault_point(table: str) -> None:
+    """The documented test hook (module docstring): stop before the commit."""
+    spec = os.environ.get(FAULT_ENV, "")
+    target, _, action = spec.partition(":")
+    if not spec or target != table:
+        return
+    if action == "hang":
+        log.warning("%s=%s: holding the write of %s before its commit", FAULT_ENV, spec, table)
+        while True:
+            time.sleep(1)
+    raise StorageError(f"{FAULT_ENV}={spec}: write of {table} interrupted before its commit")
+
+
+def referenced_write_dirs(table_path: str) -> set[str]:
+    """Top-level folders of every file a version of the table still refers to: the
+    current files plus every add/remove in the JSON commits kept (time travel)."""
+    from deltalake import DeltaTable
+
+    def top(path: str) -> str:
+        return unquote(path).replace(os.sep, "/").split("/")[0]
+
+    dirs = {top(os.path.relpath(_local_path(uri), table_path)) for uri in DeltaTable(table_path).file_uris()}
+    log_dir = os.path.join(table_path, "_delta_log")
+    for entry in sorted(os.listdir(log_dir)):
+        if not entry.endswith(".json"):
+            continue
+        with open(os.path.join(log_dir, entry), encoding="utf-8") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                action = json.loads(line)
+                for kind in ("add", "remove"):
+                    if kind in action:
+                        dirs.add(top(action[kind]["path"]))
+    return dirs
+
+
+def _last_touched(folder: str) -> float:
+    newest = os.stat(folder).st_mtime
+    for root, subdirs, files in os.walk(folder):
+        for entry in subdirs + files:
+            try:
+                newest = max(newest, os.stat(os.path.join(root, entry)).st_mtime)
+            except FileNotFoundError:
+                pass
+    return newest
+
+
+def remove_stale_writes(table_path: str, grace_seconds: float, keep: str | None = None) -> list[str]:
+    """Remove the `part-*` folders of interrupted delta-rs writes: referenced by no
+    Delta log entry and untouched for `grace_seconds`. Returns the folder names."""
+    candidates = [
+        entry for entry in os.listdir(table_path)
+        if entry != keep and _WRITE_DIR.match(entry) and os.path.isdir(os.path.join(table_path, entry))
+    ]
+    if not candidates:
+        return []
+    referenced = referenced_write_dirs(table_path)
+    cutoff = time.time() - grace_seconds
+    removed = []
+    for entry in sorted(candidates):
+        folder = os.path.join(table_path, entry)
+        if entry in referenced or _last_touched(folder) > cutoff:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 def partition_values(table_path: str, column: str) -> list[str] | None:

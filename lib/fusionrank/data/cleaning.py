@@ -29,6 +29,12 @@ def blank(col: Column) -> Column:
     return col.isNull() | (F.regexp_replace(col, r"[\s\p{Cntrl}\x{FFFD}\x{200B}]", "") == "")
 
 
+def not_utf8(col: Column) -> Column:
+    """Bytes that were not UTF-8 were read as U+FFFD: in an id they cannot be trusted
+    (two different bad ids would become one)."""
+    return F.coalesce(F.instr(col, "\ufffd") > 0, F.lit(False))
+
+
 def normalize_text(col: Column, max_chars: int | None = None) -> Column:
     """Drop control characters and the replacement character left by bad bytes,
     collapse whitespace, trim; empty becomes null."""
@@ -76,18 +82,30 @@ def content_hash(*cols: Column) -> Column:
 
 
 def _raw_record(fields: list[str]) -> Column:
-    """The raw row as JSON, or the malformed text itself."""
-    return F.coalesce(F.col(CORRUPT), F.to_json(F.struct(*[F.col(f) for f in fields])))
+    """The raw row as JSON, or the malformed text itself. Bytes that are not UTF-8
+    become U+FFFD: a raw invalid byte in the quarantine's string column would make
+    the whole table unreadable for pyarrow, pandas and DuckDB."""
+    return F.make_valid_utf8(F.coalesce(F.col(CORRUPT), F.to_json(F.struct(*[F.col(f) for f in fields]))))
+
+
+def _malformed_reason() -> Column:
+    return F.when(F.is_valid_utf8(F.col(CORRUPT)), F.lit("malformed record")).otherwise(
+        F.lit("malformed record: not valid UTF-8"))
 
 
 # -- catalog ----------------------------------------------------------------------
-def classify_catalog(raw: DataFrame, rules: CleaningConfig) -> DataFrame:
-    """Parse and validate catalog rows; keep the latest version of each item."""
+def classify_catalog(raw: DataFrame, rules: CleaningConfig, run_end: dt.datetime | None = None) -> DataFrame:
+    """Parse and validate catalog rows; keep the latest version of each item.
+
+    With `run_end` (the first instant after the run date), versions updated later
+    belong to a later run: they are quarantined and the version before them wins,
+    so a backfill over a full-history catalog sees the catalog as it was."""
     df = raw.withColumn(REASON, F.lit(None).cast("string"))
     df = df.withColumn("_record", _raw_record(CATALOG_FIELDS))
-    df = reject(df, F.col(CORRUPT).isNotNull(), "malformed record")
+    df = reject(df, F.col(CORRUPT).isNotNull(), _malformed_reason())
     df = reject(df, blank(F.col("item_id")), "missing item_id")
     df = reject(df, blank(F.col("title")), "missing title")
+    df = reject(df, not_utf8(F.col("item_id")), "item_id is not valid UTF-8")
 
     price = _try_double(F.col("price"))
     df = df.withColumn("_price", price)
@@ -101,6 +119,8 @@ def classify_catalog(raw: DataFrame, rules: CleaningConfig) -> DataFrame:
     df = df.withColumn("_updated_at", parse_timestamp(F.col("updated_at"), rules.epoch_millis_threshold))
     df = reject(df, ~blank(F.col("updated_at")) & F.col("_updated_at").isNull(),
                 F.concat(F.lit("unparseable updated_at: "), quoted(F.col("updated_at"))))
+    if run_end is not None:
+        df = reject(df, F.col("_updated_at") >= utc_literal(run_end), "updated_at after the run date")
 
     df = df.select(
         F.trim(F.col("item_id")).alias("item_id"),
@@ -145,8 +165,10 @@ def classify_events(
     """
     df = raw.withColumn(REASON, F.lit(None).cast("string"))
     df = df.withColumn("_record", _raw_record(EVENT_FIELDS))
-    df = reject(df, F.col(CORRUPT).isNotNull(), "malformed record")
+    df = reject(df, F.col(CORRUPT).isNotNull(), _malformed_reason())
     df = reject(df, blank(F.col("user_id")), "missing user_id")
+    df = reject(df, not_utf8(F.col("user_id")), "user_id is not valid UTF-8")
+    df = reject(df, not_utf8(F.col("item_id")), "item_id is not valid UTF-8")
     event_type = F.lower(F.trim(F.col("event_type")))
     df = df.withColumn("_event_type", event_type)
     df = reject(df, blank(F.col("event_type")), "missing event_type")

@@ -10,12 +10,15 @@ errors that name the file and what is wrong.
 from __future__ import annotations
 
 import json
+import logging
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fusionrank.config import InputSource
+
+log = logging.getLogger(__name__)
 
 CORRUPT = "_corrupt_record"
 SOURCE_FILE = "_source_file"
@@ -58,6 +61,17 @@ def _json_columns(spark: SparkSession, path: str, kind: str) -> set[str]:
     return keys
 
 
+def _check_column_types(df: DataFrame, fields: list[str], kind: str, path: str) -> None:
+    """Contract columns must be scalars (a string, number, boolean or timestamp)."""
+    nested = (T.StructType, T.ArrayType, T.MapType)
+    for field in df.schema.fields:
+        if field.name in fields and isinstance(field.dataType, nested):
+            raise InputError(
+                f"{kind} input {path}: column {field.name!r} has type {field.dataType.simpleString()}; "
+                f"the data contract expects a single value (string or number) per row"
+            )
+
+
 def read_raw(
     spark: SparkSession,
     source: InputSource,
@@ -65,9 +79,16 @@ def read_raw(
     required: list[str],
     kind: str,
     delta_reader=None,
+    drift: dict | None = None,
 ) -> DataFrame:
     """Read `source` with every contract field as a string, plus the source file and
-    the raw text of malformed records (`_corrupt_record`, JSON only)."""
+    the raw text of malformed records (`_corrupt_record`, JSON only).
+
+    Schema drift is reported, not fatal: columns outside the contract are ignored
+    (logged as a warning and, when `drift` is given, listed in it under
+    `ignored_columns`, so a renamed optional column shows up in the stage counts);
+    absent optional contract columns read as null. A contract column of a nested
+    type (struct, array, map) is an error naming the column."""
     path = str(source.path)
     if not path_exists(spark, path):
         raise InputError(f"{kind} input {path} does not exist (inputs.{kind}.path)")
@@ -107,6 +128,14 @@ def read_raw(
             f"{kind} input {path} has no column(s) {missing}; required: {required}; "
             f"found: {sorted(present)}"
         )
+    _check_column_types(df, fields, kind, path)
+    ignored = sorted(c for c in present if c not in fields and c != CORRUPT)
+    if ignored:
+        absent = [f for f in fields if f not in present]
+        log.warning("%s input %s: column(s) %s are not in the data contract and are ignored "
+                    "(renamed? contract columns absent from the input: %s)", kind, path, ignored, absent)
+        if drift is not None:
+            drift["ignored_columns"] = ignored
     columns = []
     for field in fields:
         if field in df.columns:

@@ -1,0 +1,11 @@
+"""spark-submit entry point: fusionrank stage `publish`.
+
+    spark-submit --py-files dist/fusionrank.zip jobs/publish.py --conf conf/cluster.yaml --date YYYY-MM-DD
+"""
+
+import sys
+
+from fusionrank.cli import job_main
+
+if __name__ == "__main__":
+    sys.exit(job_main("publish"))
