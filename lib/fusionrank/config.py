@@ -55,6 +55,8 @@ class TableNames(_Strict):
     recs_user_topk: str = "recs_user_topk"
     recs_item_similar: str = "recs_item_similar"
     metrics: str = "metrics"
+    # One row per publish decision; consumers find the current snapshot here.
+    published: str = "published"
 
 
 class StorageConfig(_Strict):
@@ -243,6 +245,41 @@ class PrivacyConfig(_Strict):
     salt_env: str = Field("FUSIONRANK_USER_SALT", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+# Metrics the publish gate can name (evaluate writes them as <metric>@<k>).
+_GATE_METRICS = ("precision", "recall", "ndcg", "map", "coverage")
+
+
+class PublishConfig(_Strict):
+    """The quality gate between `evaluate` and the consumer-visible snapshot.
+
+    Metric keys are `<metric>@<k>` as in the metrics table (`ndcg@10`, `recall@10`,
+    `coverage@10`) or `users_evaluated`.
+    """
+
+    # The night's value must be at least this.
+    floors: dict[str, float] = Field(default_factory=lambda: {"ndcg@10": 0.05})
+    # ...and may fall at most this share below the previous published run's value
+    # (0.1: down to 90% of it); null switches the comparison off.
+    max_relative_regression: float | None = Field(0.1, ge=0, le=1)
+    # Metrics compared with the previous published run.
+    regression_metrics: list[str] = Field(default_factory=lambda: ["ndcg@10"])
+
+    @field_validator("floors", "regression_metrics")
+    @classmethod
+    def _metric_keys(cls, value):
+        for key in value:
+            name = key.split("@")[0]
+            valid = (key == "users_evaluated") or (
+                "@" in key and name in _GATE_METRICS and key.split("@", 1)[1].isdigit()
+            )
+            if not valid:
+                raise ValueError(
+                    f"unknown metric key {key!r}: use <metric>@<k> with metric one of {list(_GATE_METRICS)}, "
+                    f"or users_evaluated"
+                )
+        return value
+
+
 class LoggingConfig(_Strict):
     # text: readable lines; json: one JSON object per line (for log shippers).
     format: Literal["text", "json"] = "text"
@@ -262,6 +299,7 @@ class Settings(_Strict):
     profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
@@ -290,6 +328,14 @@ class Settings(_Strict):
             raise ValueError(f"storage.root: {root} is the filesystem root; name a folder for the tables")
         if root == self.project_root.resolve():
             raise ValueError(f"storage.root: {root} is the project folder itself; use a sub-folder such as warehouse")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_metrics_are_evaluated(self) -> "Settings":
+        keys = list(self.publish.floors) + list(self.publish.regression_metrics)
+        missing = sorted({k for k in keys if "@" in k and int(k.split("@", 1)[1]) not in self.evaluate.ks})
+        if missing:
+            raise ValueError(f"publish gate metric(s) {missing} are not evaluated: evaluate.ks is {self.evaluate.ks}")
         return self
 
     def digest(self) -> str:

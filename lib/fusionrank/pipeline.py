@@ -349,6 +349,12 @@ def _read_delta_input(ctx: RunContext, path: str) -> DataFrame:
     return read_delta_path(ctx.spark, path, ctx.store.engine)
 
 
+def publish(ctx: RunContext) -> dict:
+    from fusionrank.publish import publish_stage
+
+    return publish_stage(ctx)
+
+
 # -- registry ------------------------------------------------------------------------
 STAGES: dict[str, Callable[[RunContext], dict]] = {
     "clean_catalog": clean_catalog,
@@ -358,6 +364,8 @@ STAGES: dict[str, Callable[[RunContext], dict]] = {
     "build_profiles": build_profiles,
     "rank": rank,
     "evaluate": evaluate,
+    # The night becomes the consumers' current snapshot only if its metrics pass the gate.
+    "publish": publish,
 }
 ORDER = list(STAGES)
 
