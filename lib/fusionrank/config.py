@@ -236,15 +236,6 @@ class EvaluateConfig(_Strict):
         return sorted(set(value))
 
 
-class PrivacyConfig(_Strict):
-    """User ids in the outputs (user_profiles, recs_user_topk) can be pseudonymised:
-    HMAC-SHA256 keyed with a salt read at run time from the environment variable
-    named by `salt_env` (never from conf/)."""
-
-    pseudonymise_user_ids: bool = False
-    salt_env: str = Field("FUSIONRANK_USER_SALT", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
 # Metrics the publish gate can name (evaluate writes them as <metric>@<k>).
 _GATE_METRICS = ("precision", "recall", "ndcg", "map", "coverage")
 
@@ -278,6 +269,15 @@ class PublishConfig(_Strict):
                     f"or users_evaluated"
                 )
         return value
+
+
+class PrivacyConfig(_Strict):
+    """User ids in the outputs (user_profiles, recs_user_topk) can be pseudonymised:
+    HMAC-SHA256 keyed with a salt read at run time from the environment variable
+    named by `salt_env` (never from conf/)."""
+
+    pseudonymise_user_ids: bool = False
+    salt_env: str = Field("FUSIONRANK_USER_SALT", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class LoggingConfig(_Strict):
