@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import os
 
+import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -56,7 +57,6 @@ def pseudonymise_users(df: DataFrame, salt: bytes | None, column: str = "user_id
     """`df` with `column` pseudonymised; unchanged when `salt` is None."""
     if salt is None:
         return df
-    import pandas as pd
 
     @F.pandas_udf("string")
     def pseudonymise(ids: pd.Series) -> pd.Series:

@@ -220,3 +220,30 @@ def test_evaluate_ks_rejects_non_positive_or_empty(conf_dir, ks):
     overlay = write_overlay(conf_dir, f"evaluate: {{ks: {ks}}}\n")
     with pytest.raises(ConfigError, match=r"evaluate\.ks"):
         load_config(overlay)
+
+
+# -- paths from config are validated ---------------------------------------------------
+@pytest.mark.parametrize("text, expected", [
+    ('storage: {root: ""}\n', r"storage\.root: .*must name a folder \(it is empty\)"),
+    ("storage: {root: /}\n", r"storage\.root: / is the filesystem root"),
+    ("storage: {root: ../../../../../../../../../..}\n", r"storage\.root: / is the filesystem root"),
+    ("storage: {root: .}\n", r"storage\.root: .* is the project folder itself"),
+    ("storage: {index_dir: ../elsewhere}\n", r"storage\.index_dir: .*'\.\./elsewhere' must be a plain folder name"),
+    ("storage: {tables: {metrics: /tmp/metrics}}\n", r"storage\.tables: .*metrics: '/tmp/metrics' must be a plain"),
+    ('inputs: {events: {path: " "}}\n', r"inputs\.events\.path: .*must name a file or folder"),
+])
+def test_unsafe_or_empty_paths_are_rejected(conf_dir, text, expected):
+    overlay = write_overlay(conf_dir, text)
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(overlay)
+    assert str(overlay) in str(info.value)
+
+
+def test_reliability_and_privacy_defaults(conf_dir):
+    settings = load_config(write_overlay(conf_dir, "{}\n"))
+    assert settings.cleaning.max_quarantine_share == 0.5
+    assert settings.storage.orphan_grace_hours == 6
+    assert settings.privacy.pseudonymise_user_ids is False
+    assert settings.privacy.salt_env == "FUSIONRANK_USER_SALT"
+    with pytest.raises(ConfigError, match=r"cleaning\.max_quarantine_share"):
+        load_config(write_overlay(conf_dir, "cleaning: {max_quarantine_share: 1.5}\n"))
