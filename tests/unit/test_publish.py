@@ -77,3 +77,14 @@ def test_gate_metrics_must_be_evaluated(tmp_path):
     settings = make_settings(tmp_path, evaluate={"ks": [10, 20]}, publish={"floors": {"ndcg@20": 0.1}})
     # overlays merge into base.yaml's floors
     assert settings.publish.floors == {"ndcg@10": 0.05, "ndcg@20": 0.1}
+
+
+def test_the_library_imports_without_airflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['airflow'] = None\n"  # any `import airflow` now fails
+            "import fusionrank.cli, fusionrank.pipeline, fusionrank.publish\n"
+            "assert fusionrank.pipeline.ORDER[-1] == 'publish'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
