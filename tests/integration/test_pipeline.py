@@ -57,11 +57,12 @@ def runs(spark, movielens_slice, tmp_path_factory):
     assert cli.main(["run", "--conf", conf, "--date", RUN_DATE, "--json", str(summary)]) == 0
     first = snapshot(root)
     versions = {name: DeltaTable(str(root / name)).version() for name in TABLES}
+    manifest = json.loads((root / "index" / f"run_date={RUN_DATE}" / "manifest.json").read_text())
     rerun = tmp / "second.json"
     assert cli.main(["run", "--conf", conf, "--date", RUN_DATE, "--json", str(rerun), "--no-report"]) == 0
     second = snapshot(root)
     return {
-        "root": root, "conf": conf, "first": first, "second": second, "versions": versions,
+        "root": root, "conf": conf, "first": first, "second": second, "versions": versions, "manifest": manifest,
         "first_stats": {r["stage"]: r["counts"] for r in json.loads(summary.read_text())},
         "second_stats": {r["stage"]: r["counts"] for r in json.loads(rerun.read_text())},
     }
@@ -142,6 +143,11 @@ def test_metrics_table_has_fusionrank_beside_popularity(runs):
 
 
 def test_rerun_of_a_date_replaces_it_exactly(runs):
+    # Every output table of the contract is compared, and the index artifact too.
+    assert set(CONTRACT_COLUMNS) <= set(TABLES)
+    manifest = json.loads((runs["root"] / "index" / f"run_date={RUN_DATE}" / "manifest.json").read_text())
+    assert {k: v for k, v in manifest.items() if k != "created_at"} == \
+        {k: v for k, v in runs["manifest"].items() if k != "created_at"}
     for name in TABLES:
         pd.testing.assert_frame_equal(runs["first"][name], runs["second"][name], check_exact=True, obj=name)
     # The rerun committed new versions (it really ran) yet duplicated nothing.
@@ -157,8 +163,9 @@ def test_run_ends_with_the_night_report_and_stage_records(runs):
     html = report.read_text()
     assert "build_index" in html and "data:image/png;base64," in html
     records = sorted(p.stem for p in (runs["root"] / "_runs" / f"run_date={RUN_DATE}").glob("*.json"))
-    assert records == sorted(["clean_catalog", "clean_events", "encode_items", "build_index", "build_profiles",
-                              "rank", "evaluate"])
+    from fusionrank.pipeline import ORDER
+
+    assert records == sorted(ORDER)  # every stage of the run, publish included
 
 
 def test_older_versions_stay_readable(runs):
@@ -179,3 +186,38 @@ def test_show_commands_answer_from_the_run(runs, capsys):
     assert "recs_user_topk" in capsys.readouterr().out
     assert cli.main(["show", "user", "no-such-user", "--conf", runs["conf"], "--date", RUN_DATE]) == 1
     assert "no-such-user" in capsys.readouterr().err
+
+
+def test_pseudonymised_user_ids_join_through_evaluation(runs, spark, tmp_path, monkeypatch):
+    """privacy.pseudonymise_user_ids: user_profiles and recs_user_topk carry
+    HMAC-SHA256 ids, and evaluation (which hashes the held-out users the same way)
+    gives exactly the metrics of the plain run."""
+    import datetime as dt
+
+    from fusionrank.pipeline import run_all
+    from fusionrank.privacy import pseudonymise_id
+    from tests.conftest import make_settings
+
+    root = tmp_path / "warehouse"
+    shutil.copytree(runs["root"], root)
+    salt = "a-test-salt-of-enough-length"
+    monkeypatch.setenv("FUSIONRANK_TEST_USER_SALT", salt)
+    settings = make_settings(tmp_path, privacy={"pseudonymise_user_ids": True, "salt_env": "FUSIONRANK_TEST_USER_SALT"})
+    assert settings.storage.root == root
+    run_all(settings, dt.date.fromisoformat(RUN_DATE), spark, stages=["build_profiles", "rank", "evaluate"])
+    hashed = {name: DeltaTable(str(root / name)).to_pandas() for name in ("user_profiles", "recs_user_topk", "metrics")}
+    plain = runs["first"]
+    mapping = {u: pseudonymise_id(u, salt.encode()) for u in plain["user_profiles"]["user_id"]}
+    assert sorted(hashed["user_profiles"]["user_id"]) == sorted(mapping.values())
+    assert hashed["recs_user_topk"]["user_id"].str.fullmatch(r"[0-9a-f]{64}").all()
+    recs = plain["recs_user_topk"].assign(user_id=plain["recs_user_topk"]["user_id"].map(mapping))
+    cols = ["user_id", "rank", "item_id"]
+    pd.testing.assert_frame_equal(hashed["recs_user_topk"][cols].sort_values(cols).reset_index(drop=True),
+                                  recs[cols].sort_values(cols).reset_index(drop=True))
+    metrics = hashed["metrics"].sort_values(["metric", "k"]).reset_index(drop=True)
+    expected = plain["metrics"].sort_values(["metric", "k"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(metrics[["metric", "k", "value", "baseline"]],
+                                  expected[["metric", "k", "value", "baseline"]], check_exact=False, rtol=1e-9)
+    assert metrics.loc[metrics["metric"] == "users_evaluated", "value"].iloc[0] > 0
+    # The salt is nowhere in the outputs or the settings.
+    assert salt not in json.dumps(settings.model_dump(mode="json"))
