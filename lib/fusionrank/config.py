@@ -126,15 +126,40 @@ class EncodeConfig(_Strict):
 
 
 class IndexConfig(_Strict):
-    type: Literal["flat", "ivf"] = "flat"
-    nlist: int = Field(64, gt=0)
+    # auto: flat up to `flat_max_items`, then IVF-Flat, or IVF-PQ when IVF-Flat would
+    # not fit `memory_budget_mb`. `ivf` is the old name of ivf_flat.
+    type: Literal["auto", "flat", "ivf", "ivf_flat", "ivf_pq", "hnsw"] = "auto"
+    flat_max_items: int = Field(10_000, ge=0)
+    # What one loaded index (driver merge, every ranking worker) may take in memory.
+    memory_budget_mb: int = Field(4096, gt=0)
+    nlist: int = Field(0, ge=0)  # 0: from the item count (about 4 x sqrt(n), a power of two)
+    # Starting nprobe (IVF) / efSearch (HNSW); doubled up to max_nprobe / max_ef_search
+    # until the self-check reaches min_recall. Set max = start to disable tuning.
     nprobe: int = Field(8, gt=0)
+    max_nprobe: int = Field(256, gt=0)
+    pq_m: int = Field(0, ge=0)  # 0: the largest sub-quantiser count that fits the budget
+    hnsw_m: int = Field(32, gt=0)
+    ef_construction: int = Field(80, gt=0)
+    ef_search: int = Field(64, gt=0)
+    max_ef_search: int = Field(1024, gt=0)
     train_sample: int = Field(100_000, gt=0)
     seed: int = 42
+    # Shards written by the executors (one per partition); 0: Spark's default parallelism.
+    build_partitions: int = Field(0, ge=0)
+    # Train on / search with a GPU when faiss reports one (the stored index is a CPU index).
+    use_gpu: bool = True
     # Recall@10 of the built index against exact search on a sample of its own
-    # vectors; the build fails below `min_recall`.
+    # vectors; the build fails below `min_recall` and the previous index stays.
     self_check_queries: int = Field(1000, gt=0)
-    min_recall: float = Field(0.9, ge=0, le=1)
+    min_recall: float = Field(0.95, ge=0, le=1)
+    # The depth the floor (and nprobe tuning) applies to: set it to rank.k to guarantee
+    # recall at the depth users are ranked to; recall@10 is recorded whatever it is.
+    self_check_k: int = Field(10, ge=10, le=1000)
+
+    @field_validator("type")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        return "ivf_flat" if value == "ivf" else value
 
 
 class ProfilesConfig(_Strict):
@@ -174,7 +199,9 @@ class RankConfig(_Strict):
     # History items considered when picking the reason for a recommendation.
     reason_history: int = Field(50, gt=0)
     search_batch: int = Field(256, gt=0)
-    user_partitions: int = Field(0, ge=0)  # 0: Spark's default parallelism
+    user_partitions: int = Field(0, ge=0)  # 0: Spark's default parallelism (one per core)
+    # recs_item_similar is written by the same stage; off skips it (e.g. to time user ranking alone).
+    write_similar: bool = True
 
 
 class EvaluateConfig(_Strict):

@@ -201,6 +201,8 @@ def encode_items(ctx: RunContext) -> dict:
 
 
 def build_index(ctx: RunContext) -> dict:
+    """Train on a bounded sample (driver), add vectors per partition into shards of the
+    trained index (executors), merge and self-check (driver); see index.py."""
     cfg = ctx.settings
     vectors = ctx.for_date("item_embeddings").select("item_id", "fused_vec", "model_version")
     vectors = vectors.where(F.col("fused_vec").isNotNull())
@@ -211,29 +213,16 @@ def build_index(ctx: RunContext) -> dict:
         raise StageError(f"item_embeddings has no vectors for {ctx.run_date}")
     if stats["versions"] != 1:
         raise StageError(f"item_embeddings for {ctx.run_date} mixes {stats['versions']} model versions")
-    import numpy as np
-
-    fraction = min(1.0, cfg.index.train_sample / count)
-    sample_rows = vectors.sample(fraction=fraction, seed=cfg.index.seed).limit(cfg.index.train_sample)
-    sample = np.array([r["fused_vec"] for r in sample_rows.collect()], dtype=np.float32).reshape(-1, dim) \
-        if cfg.index.type != "flat" else np.zeros((0, dim), dtype=np.float32)
-
-    def batches(size: int = 8192):
-        ids, rows = [], []
-        for row in vectors.orderBy("item_id").select("item_id", "fused_vec").toLocalIterator(prefetchPartitions=True):
-            ids.append(row["item_id"])
-            rows.append(row["fused_vec"])
-            if len(ids) == size:
-                yield ids, np.asarray(rows, dtype=np.float32)
-                ids, rows = [], []
-        if ids:
-            yield ids, np.asarray(rows, dtype=np.float32)
-
     ctx.describe("build_index")
-    built = index.build(batches(), sample, dim, count, cfg.index, index.index_dir(cfg.storage.index_root, ctx.run_date),
-                        stats["mv"], str(ctx.run_date))
-    return {"path": str(built.path), **{k: built.manifest[k] for k in ("count", "dim", "type")},
-            "self_check_recall_at_10": built.manifest["self_check"]["recall_at_10"]}
+    built = index.build_from_spark(vectors.select("item_id", "fused_vec"), dim, count, cfg.index,
+                                   index.index_dir(cfg.storage.index_root, ctx.run_date), stats["mv"],
+                                   str(ctx.run_date))
+    m = built.manifest
+    return {"path": str(built.path), **{k: m[k] for k in ("count", "dim", "type", "shards")},
+            **{k: m[k] for k in ("nlist", "nprobe", "pq_m", "ef_search") if k in m},
+            "self_check_recall_at_10": m["self_check"]["recall_at_10"],
+            f"self_check_recall_at_{m['self_check']['k']}": m["self_check"]["recall_at_k"],
+            "min_recall": m["self_check"]["min_recall"]}
 
 
 def build_profiles(ctx: RunContext) -> dict:
@@ -259,7 +248,8 @@ def rank(ctx: RunContext) -> dict:
         "user_id", "profile_vec", "history_item_ids", "history_weights", "seen"
     )
     catalog = ctx.for_date("catalog_clean")
-    recs = ranking.explain(ranking.rank_users(users, index_path, cfg.rank, cfg.rank.user_partitions), catalog)
+    recs = ranking.explain(ranking.rank_users(users, index_path, cfg.rank, cfg.rank.user_partitions,
+                                              use_gpu=cfg.index.use_gpu), catalog)
     recs = recs.select(
         F.lit(ctx.run_date).alias("run_date"), "user_id", "rank", "item_id", "score", "reason", "reason_item_id",
         F.lit(manifest["model_version"]).alias("model_version"),
@@ -267,16 +257,20 @@ def rank(ctx: RunContext) -> dict:
     ctx.describe("rank")
     ctx.store.write(recs, "recs_user_topk", partition_by=["run_date"], replace={"run_date": ctx.run_date},
                     commit_info=ctx.commit_info("rank"))
-    items = ctx.for_date("item_embeddings").select("item_id", "fused_vec").where(F.col("fused_vec").isNotNull())
-    similar = ranking.similar_items(items, index_path, cfg.rank.similar_k, cfg.rank.user_partitions).select(
-        F.lit(ctx.run_date).alias("run_date"), "item_id", "rank", "similar_item_id", "score"
-    )
-    ctx.store.write(similar, "recs_item_similar", partition_by=["run_date"], replace={"run_date": ctx.run_date},
-                    commit_info=ctx.commit_info("rank"))
+    if cfg.rank.write_similar:
+        items = ctx.for_date("item_embeddings").select("item_id", "fused_vec").where(F.col("fused_vec").isNotNull())
+        similar = ranking.similar_items(items, index_path, cfg.rank.similar_k, cfg.rank.user_partitions,
+                                        use_gpu=cfg.index.use_gpu).select(
+            F.lit(ctx.run_date).alias("run_date"), "item_id", "rank", "similar_item_id", "score"
+        )
+        ctx.store.write(similar, "recs_item_similar", partition_by=["run_date"], replace={"run_date": ctx.run_date},
+                        commit_info=ctx.commit_info("rank"))
     written = ctx.store.read("recs_user_topk", where={"run_date": ctx.run_date})
     totals = written.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
-    return {"users_ranked": int(totals["users"]), "recs_rows": int(totals["rows"]),
-            "similar_rows": ctx.store.count_rows("recs_item_similar", where={"run_date": ctx.run_date})}
+    similar_rows = (ctx.store.count_rows("recs_item_similar", where={"run_date": ctx.run_date})
+                    if cfg.rank.write_similar else None)
+    return {"users_ranked": int(totals["users"]), "recs_rows": int(totals["rows"]), "similar_rows": similar_rows,
+            "index_type": manifest["type"], "index_recall_at_10": manifest["self_check"]["recall_at_10"]}
 
 
 def evaluate(ctx: RunContext) -> dict:
