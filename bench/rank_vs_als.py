@@ -100,7 +100,8 @@ def write_tables(spark, store, users: np.ndarray, items: np.ndarray, work: Path,
                    "content_hash": item_ids, "run_date": pa.array([RUN_DATE] * n_items)}),
          "catalog_clean", schemas.CATALOG_CLEAN)
     load(pa.table({"item_id": item_ids, "content_hash": item_ids, "model_version": pa.array(["bench"] * n_items),
-                   "fused_vec": vector_column(items), "run_date": pa.array([RUN_DATE] * n_items)}),
+                   "fused_vec": vector_column(items), "rec_vec": vector_column(items),  # whichever the index reads
+                   "run_date": pa.array([RUN_DATE] * n_items)}),
          "item_embeddings", schemas.ITEM_EMBEDDINGS)
     hist = rng.integers(0, n_items, size=(n_users, history))
     hist_offsets = pa.array(np.arange(0, n_users * history + 1, history, dtype=np.int32))

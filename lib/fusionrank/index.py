@@ -199,11 +199,9 @@ def train(spec: IndexSpec, dim: int, sample: np.ndarray, cfg: IndexConfig):
         if len(sample) < spec.nlist:
             raise IndexError_(f"{len(sample)} training vectors for {spec.nlist} lists: raise index.train_sample")
         index.cp.seed = cfg.seed
-        if gpu_count(cfg):  # k-means on the GPU; the stored index stays a CPU index
+        if gpu_count(cfg):  # k-means on the GPU; write_index never stores it: the artifact stays a CPU index
             index.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dim))
         index.train(sample)
-        if gpu_count(cfg):
-            index.clustering_index = None
     return index
 
 
@@ -600,7 +598,8 @@ class LoadedIndex:
         return self._id_index.get_indexer(pd.Index(item_ids)).astype(np.int64)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return (self.search_index or self.index).search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        searcher = self.index if self.search_index is None else self.search_index
+        return searcher.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
 def load_index(path: Path | str, use_gpu: bool = False) -> LoadedIndex:
