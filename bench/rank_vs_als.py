@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--recall-users", type=int, default=2000)
     parser.add_argument("--with-similar", action="store_true", help="rank stage also writes recs_item_similar")
     parser.add_argument("--skip-als", action="store_true")
+    parser.add_argument("--breakdown", action="store_true", help="also time rank_users' search alone")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir, removed)")
     args = parser.parse_args(argv)
 
@@ -197,6 +198,18 @@ def main(argv=None) -> int:
         rows.append((f"(c) FAISS {manifest['type']} (the built index), one process", ivf_s, ivf_recall))
 
         ranked = run_stage("rank", settings, RUN_DATE, ctx=ctx)
+        if args.breakdown:
+            # The search alone: profiles -> hash-partitioned mapInArrow -> a no-op sink (no
+            # seen join, no reason titles, no Delta write, no counts; index already loaded).
+            from fusionrank import ranking
+
+            users_df = ctx.for_date("user_profiles").select(
+                "user_id", "profile_vec", "history_item_ids", "history_weights",
+                __import__("pyspark.sql.functions", fromlist=["lit"]).lit(None).cast("array<string>").alias("seen"))
+            started = time.perf_counter()
+            ranking.rank_users(users_df, ctx.index_path(), settings.rank, settings.rank.user_partitions) \
+                .write.format("noop").mode("overwrite").save()
+            search_only = time.perf_counter() - started
         sample = np.sort(np.random.default_rng(2).choice(args.users, min(args.recall_users, args.users), replace=False))
         wanted = [f"u{u:07d}" for u in sample]
         recs = (ctx.store.read("recs_user_topk", where={"run_date": RUN_DATE}).where(
@@ -206,6 +219,8 @@ def main(argv=None) -> int:
         rank_recall = sum(len(by_user.get(f"u{u:07d}", set()) & set(truth[u])) for u in sample) / float(len(sample) * args.k)
         rows.append((f"(d) fusionrank rank stage{' (+ similar items)' if args.with_similar else ''}", ranked.seconds,
                      rank_recall))
+        if args.breakdown:
+            rows.append(("(d0) rank_users search alone (noop sink, separate run)", search_only, float("nan")))
     finally:
         spark.stop()
         if not args.work:

@@ -55,6 +55,7 @@ INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 TRAINED_FILE = "trained.faiss"
 SELF_CHECK_K = 10
+DENSE_COPY_MAX_BYTES = 512 * 2**20  # loaded indexes keep a float32 copy of their vectors up to this size
 MIN_POINTS_PER_CENTROID = 39  # below this FAISS k-means warns and clusters badly
 
 _LOCK = threading.Lock()
@@ -582,12 +583,19 @@ class LoadedIndex:
     manifest: dict
     ids_arrow: pa.Array = None  # the same ids, for vectorised takes into Arrow output
     search_index: object = None  # a GPU copy when one is used, else `index`
+    dense: np.ndarray | None = None  # every vector, when small enough: lookups without FAISS calls
+
+    def reconstruct(self, positions: np.ndarray) -> np.ndarray:
+        """Vectors at index `positions` (a row gather when the dense copy is kept)."""
+        if self.dense is not None:
+            return self.dense[np.asarray(positions, dtype=np.int64)]
+        return reconstruct(self.index, positions)
 
     def vectors(self, item_ids: list[str]) -> tuple[np.ndarray, list[str]]:
         """Vectors of the ids that are in the index (and those ids, in order)."""
         known = [i for i in item_ids if i in self.positions]
         pos = np.array([self.positions[i] for i in known], dtype=np.int64)
-        return reconstruct(self.index, pos), known
+        return self.reconstruct(pos), known
 
     def position_of(self, item_ids) -> np.ndarray:
         """Index positions of `item_ids` (-1 where unknown), vectorised."""
@@ -622,7 +630,10 @@ def load_index(path: Path | str, use_gpu: bool = False) -> LoadedIndex:
             search_index = None
             if use_gpu and manifest["type"] != "hnsw" and getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
                 search_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-            loaded = LoadedIndex(index, ids, {item: i for i, item in enumerate(ids)}, manifest, ids_arrow, search_index)
+            # Reasons look up ~k vectors per user: a plain array beats IVF's direct-map calls.
+            dense = index.reconstruct_n(0, index.ntotal) if index.ntotal * index.d * 4 <= DENSE_COPY_MAX_BYTES else None
+            loaded = LoadedIndex(index, ids, {item: i for i, item in enumerate(ids)}, manifest, ids_arrow, search_index,
+                                 dense)
             _LOADED.clear()  # one artifact per worker at a time: bounded memory
             _LOADED[key] = loaded
     return loaded

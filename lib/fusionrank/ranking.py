@@ -98,8 +98,6 @@ def _reasons_batched(loaded, rows: np.ndarray, ranks: np.ndarray, item_positions
                      k: int, chunk: pa.RecordBatch, reason_history: int) -> np.ndarray:
     """Index position of each recommendation's reason item (-1: none), as `pick_reasons`
     per user (largest weight x similarity over the first `reason_history` history items)."""
-    from fusionrank.index import reconstruct
-
     reason = np.full(len(rows), -1, dtype=np.int64)
     hist_rows, hist_ids = _list_rows(chunk.column("history_item_ids"), reason_history)
     w_rows, hist_w = _list_rows(chunk.column("history_weights"), reason_history)
@@ -117,13 +115,13 @@ def _reasons_batched(loaded, rows: np.ndarray, ranks: np.ndarray, item_positions
     slot = np.arange(len(hist_rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     width, dim = int(counts.max()), loaded.index.d
     hist_vecs = np.zeros((n_users, width, dim), dtype=np.float32)
-    hist_vecs[hist_rows, slot] = reconstruct(loaded.index, hist_pos)
+    hist_vecs[hist_rows, slot] = loaded.reconstruct(hist_pos)
     weights = np.full((n_users, width), -np.inf, dtype=np.float32)
     weights[hist_rows, slot] = hist_w
     hist_at = np.full((n_users, width), -1, dtype=np.int64)
     hist_at[hist_rows, slot] = hist_pos
     cand_vecs = np.zeros((n_users, k, dim), dtype=np.float32)
-    cand_vecs[rows, ranks - 1] = reconstruct(loaded.index, item_positions)
+    cand_vecs[rows, ranks - 1] = loaded.reconstruct(item_positions)
     contribution = np.matmul(cand_vecs, hist_vecs.transpose(0, 2, 1)) * np.where(np.isinf(weights), 1, weights)[:, None, :]
     contribution = np.where(np.isinf(weights)[:, None, :], -np.inf, contribution)
     best = contribution.argmax(axis=2)  # (users, k): slot of the best history item
