@@ -109,14 +109,24 @@ class FusionConfig(_Strict):
 
 
 class BehaviourConfig(_Strict):
-    """Item vectors learned from the logs: Spark ALS (implicit) item factors."""
+    """Item vectors learned from the logs (see fusionrank.behaviour).
+
+    lae: low-rank linear autoencoder (low-rank EASE) from a distributed randomized
+    eigensolver; als: Spark ALS implicit item factors.
+    """
 
     enabled: bool = True
-    rank: int = Field(32, gt=0, le=1024)
+    method: Literal["lae", "als"] = "lae"
+    rank: int = Field(256, gt=0, le=1024)
+    seed: int = 42
+    # lae: ridge penalty (EASE's lambda), extra search directions, power steps.
+    l2: float = Field(700.0, ge=0)
+    oversample: int = Field(44, ge=0)
+    power_iterations: int = Field(2, ge=0, le=10)
+    # als
     max_iter: int = Field(10, gt=0)
     reg_param: float = Field(0.1, ge=0)
     alpha: float = Field(10.0, gt=0)
-    seed: int = 42
 
 
 class EncodeConfig(_Strict):
@@ -176,7 +186,10 @@ class ProfilesConfig(_Strict):
     # Rating events are scaled by (value - rating_offset) / rating_scale, floored at 0.
     rating_offset: float = 0.0
     rating_scale: float = Field(5.0, gt=0)
-    half_life_days: float = Field(30.0, gt=0)
+    # null: no time decay. Ages count from each user's last event (user_last_event)
+    # or from the run's training cut-off (run_date).
+    half_life_days: float | None = Field(30.0, gt=0)
+    decay_from: Literal["user_last_event", "run_date"] = "user_last_event"
     max_history: int = Field(200, gt=0)
 
     @field_validator("event_weights")
@@ -200,6 +213,15 @@ class RankConfig(_Strict):
     reason_history: int = Field(50, gt=0)
     search_batch: int = Field(256, gt=0)
     user_partitions: int = Field(0, ge=0)  # 0: Spark's default parallelism (one per core)
+    # Weight of the content part (the fused vector) in the ranking space, beside the
+    # behaviour part: lets items nobody interacted with be retrieved.
+    content_weight: float = Field(0.05, ge=0)
+    # At most this many items of one top-level category in a user's top-K (0: no cap).
+    max_per_category: int = Field(0, ge=0)
+    # Users with events but no profile get the popular items of the last
+    # `trending_days` days (in their most frequent category when known).
+    cold_start: bool = True
+    trending_days: int = Field(30, gt=0)
     # recs_item_similar is written by the same stage; off skips it (e.g. to time user ranking alone).
     write_similar: bool = True
 

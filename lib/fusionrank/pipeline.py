@@ -22,7 +22,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fusionrank import encoding, evaluation, index, profiles, ranking
+from fusionrank import behaviour as behaviour_model
+from fusionrank import encoding, evaluation, index, policies, profiles, ranking
 from fusionrank.config import Settings
 from fusionrank.data import cleaning, inputs
 from fusionrank.data.schemas import (
@@ -37,6 +38,10 @@ from fusionrank.spark import get_session, utc_literal
 from fusionrank.storage import TableStore
 
 log = logging.getLogger("fusionrank.pipeline")
+
+
+# The item_embeddings column the ANN index holds and user profiles are built in.
+INDEX_VECTOR = "rec_vec"
 
 
 class StageError(RuntimeError):
@@ -186,8 +191,12 @@ def encode_items(ctx: RunContext) -> dict:
         if cfg.behaviour.enabled:
             # Confidence from event types (no time decay): what was done, not when.
             history = profiles.weighted_history(ctx.training_events(), cfg.profiles, ctx.holdout_start, decay=False)
-            behaviour = encoding.behaviour_vectors(history.where(F.col("weight") > 0), cfg.behaviour)
+            history = history.where(F.col("weight") > 0)
+            behaviour = (behaviour_model.lae_item_vectors(history, cfg.behaviour) if cfg.behaviour.method == "lae"
+                         else encoding.behaviour_vectors(history, cfg.behaviour))
         fused = encoding.fused_items(text, behaviour, text_dim(cfg), cfg.behaviour.rank, cfg.fusion)
+        behaviour_dim = cfg.behaviour.rank if cfg.behaviour.enabled else 0
+        fused = behaviour_model.rec_vectors(fused, behaviour_dim, cfg.rank.content_weight)
         ctx.describe("encode_items")
         ctx.store.write(encoding.with_metadata(fused, version, ctx.run_date), "item_embeddings",
                         partition_by=["run_date"], replace={"run_date": ctx.run_date},
@@ -204,9 +213,9 @@ def build_index(ctx: RunContext) -> dict:
     """Train on a bounded sample (driver), add vectors per partition into shards of the
     trained index (executors), merge and self-check (driver); see index.py."""
     cfg = ctx.settings
-    vectors = ctx.for_date("item_embeddings").select("item_id", "fused_vec", "model_version")
-    vectors = vectors.where(F.col("fused_vec").isNotNull())
-    stats = vectors.agg(F.count("*").alias("n"), F.first(F.size("fused_vec")).alias("dim"),
+    vectors = ctx.for_date("item_embeddings").select("item_id", INDEX_VECTOR, "model_version")
+    vectors = vectors.where(F.col(INDEX_VECTOR).isNotNull())
+    stats = vectors.agg(F.count("*").alias("n"), F.first(F.size(INDEX_VECTOR)).alias("dim"),
                         F.countDistinct("model_version").alias("versions"), F.first("model_version").alias("mv")).first()
     count, dim = int(stats["n"]), int(stats["dim"] or 0)
     if count == 0:
@@ -214,7 +223,7 @@ def build_index(ctx: RunContext) -> dict:
     if stats["versions"] != 1:
         raise StageError(f"item_embeddings for {ctx.run_date} mixes {stats['versions']} model versions")
     ctx.describe("build_index")
-    built = index.build_from_spark(vectors.select("item_id", "fused_vec"), dim, count, cfg.index,
+    built = index.build_from_spark(vectors.select("item_id", F.col(INDEX_VECTOR).alias("fused_vec")), dim, count, cfg.index,
                                    index.index_dir(cfg.storage.index_root, ctx.run_date), stats["mv"],
                                    str(ctx.run_date))
     m = built.manifest
@@ -228,8 +237,9 @@ def build_index(ctx: RunContext) -> dict:
 def build_profiles(ctx: RunContext) -> dict:
     cfg = ctx.settings
     history = profiles.weighted_history(ctx.training_events(), cfg.profiles, ctx.holdout_start)
-    vectors = ctx.for_date("item_embeddings").select("item_id", "fused_vec")
-    out = profiles.build_user_profiles(history, vectors, cfg.profiles, ctx.run_date)
+    vectors = ctx.for_date("item_embeddings").select("item_id", F.col(INDEX_VECTOR).alias("vec"))
+    behaviour_dim = cfg.behaviour.rank if cfg.behaviour.enabled else 0
+    out = profiles.build_user_profiles(history, vectors, cfg.profiles, ctx.run_date, behaviour_dim)
     ctx.describe("build_profiles")
     ctx.store.write(out, "user_profiles", partition_by=["run_date"], replace={"run_date": ctx.run_date},
                     commit_info=ctx.commit_info("build_profiles"))
@@ -248,17 +258,28 @@ def rank(ctx: RunContext) -> dict:
         "user_id", "profile_vec", "history_item_ids", "history_weights", "seen"
     )
     catalog = ctx.for_date("catalog_clean")
-    recs = ranking.explain(ranking.rank_users(users, index_path, cfg.rank, cfg.rank.user_partitions,
-                                              use_gpu=cfg.index.use_gpu), catalog)
+    diverse = cfg.rank.max_per_category > 0
+    # With a per-category cap, fetch deeper so k remain after capping.
+    search_cfg = cfg.rank.model_copy(update={"k": cfg.rank.k * 3}) if diverse else cfg.rank
+    retrieved = ranking.rank_users(users, index_path, search_cfg, cfg.rank.user_partitions, use_gpu=cfg.index.use_gpu)
+    if diverse:
+        retrieved = policies.diversify(retrieved, catalog, cfg.rank.k, cfg.rank.max_per_category)
+    columns = ["user_id", "rank", "item_id", "score", "reason", "reason_item_id"]
+    recs = ranking.explain(retrieved, catalog).select(*columns)
+    if cfg.rank.cold_start:
+        known = ctx.training_events().select("user_id").distinct()
+        cold_users = known.join(profiles_df.select("user_id"), "user_id", "left_anti")
+        since = ctx.holdout_start - dt.timedelta(days=cfg.rank.trending_days)
+        recs = recs.unionByName(policies.cold_start(cold_users, ctx.training_events(), catalog, cfg.rank.k, since)
+                                .select(*columns))
     recs = recs.select(
-        F.lit(ctx.run_date).alias("run_date"), "user_id", "rank", "item_id", "score", "reason", "reason_item_id",
-        F.lit(manifest["model_version"]).alias("model_version"),
+        F.lit(ctx.run_date).alias("run_date"), *columns, F.lit(manifest["model_version"]).alias("model_version"),
     )
     ctx.describe("rank")
     ctx.store.write(recs, "recs_user_topk", partition_by=["run_date"], replace={"run_date": ctx.run_date},
                     commit_info=ctx.commit_info("rank"))
     if cfg.rank.write_similar:
-        items = ctx.for_date("item_embeddings").select("item_id", "fused_vec").where(F.col("fused_vec").isNotNull())
+        items = ctx.for_date("item_embeddings").select("item_id", F.col(INDEX_VECTOR).alias("fused_vec")).where(F.col("fused_vec").isNotNull())
         similar = ranking.similar_items(items, index_path, cfg.rank.similar_k, cfg.rank.user_partitions,
                                         use_gpu=cfg.index.use_gpu).select(
             F.lit(ctx.run_date).alias("run_date"), "item_id", "rank", "similar_item_id", "score"
