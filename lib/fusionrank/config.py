@@ -154,14 +154,24 @@ class FusionConfig(_Strict):
 
 
 class BehaviourConfig(_Strict):
-    """Item vectors learned from the logs: Spark ALS (implicit) item factors."""
+    """Item vectors learned from the logs (see fusionrank.behaviour).
+
+    lae: low-rank linear autoencoder (low-rank EASE) from a distributed randomized
+    eigensolver; als: Spark ALS implicit item factors.
+    """
 
     enabled: bool = True
-    rank: int = Field(32, gt=0, le=1024)
+    method: Literal["lae", "als"] = "lae"
+    rank: int = Field(256, gt=0, le=1024)
+    seed: int = 42
+    # lae: ridge penalty (EASE's lambda), extra search directions, power steps.
+    l2: float = Field(700.0, ge=0)
+    oversample: int = Field(44, ge=0)
+    power_iterations: int = Field(2, ge=0, le=10)
+    # als
     max_iter: int = Field(10, gt=0)
     reg_param: float = Field(0.1, ge=0)
     alpha: float = Field(10.0, gt=0)
-    seed: int = 42
 
 
 class EncodeConfig(_Strict):
@@ -171,15 +181,40 @@ class EncodeConfig(_Strict):
 
 
 class IndexConfig(_Strict):
-    type: Literal["flat", "ivf"] = "flat"
-    nlist: int = Field(64, gt=0)
+    # auto: flat up to `flat_max_items`, then IVF-Flat, or IVF-PQ when IVF-Flat would
+    # not fit `memory_budget_mb`. `ivf` is the old name of ivf_flat.
+    type: Literal["auto", "flat", "ivf", "ivf_flat", "ivf_pq", "hnsw"] = "auto"
+    flat_max_items: int = Field(10_000, ge=0)
+    # What one loaded index (driver merge, every ranking worker) may take in memory.
+    memory_budget_mb: int = Field(4096, gt=0)
+    nlist: int = Field(0, ge=0)  # 0: from the item count (about 4 x sqrt(n), a power of two)
+    # Starting nprobe (IVF) / efSearch (HNSW); doubled up to max_nprobe / max_ef_search
+    # until the self-check reaches min_recall. Set max = start to disable tuning.
     nprobe: int = Field(8, gt=0)
+    max_nprobe: int = Field(256, gt=0)
+    pq_m: int = Field(0, ge=0)  # 0: the largest sub-quantiser count that fits the budget
+    hnsw_m: int = Field(32, gt=0)
+    ef_construction: int = Field(80, gt=0)
+    ef_search: int = Field(64, gt=0)
+    max_ef_search: int = Field(1024, gt=0)
     train_sample: int = Field(100_000, gt=0)
     seed: int = 42
+    # Shards written by the executors (one per partition); 0: Spark's default parallelism.
+    build_partitions: int = Field(0, ge=0)
+    # Train on / search with a GPU when faiss reports one (the stored index is a CPU index).
+    use_gpu: bool = True
     # Recall@10 of the built index against exact search on a sample of its own
-    # vectors; the build fails below `min_recall`.
+    # vectors; the build fails below `min_recall` and the previous index stays.
     self_check_queries: int = Field(1000, gt=0)
-    min_recall: float = Field(0.9, ge=0, le=1)
+    min_recall: float = Field(0.95, ge=0, le=1)
+    # The depth the floor (and nprobe tuning) applies to: set it to rank.k to guarantee
+    # recall at the depth users are ranked to; recall@10 is recorded whatever it is.
+    self_check_k: int = Field(10, ge=10, le=1000)
+
+    @field_validator("type")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        return "ivf_flat" if value == "ivf" else value
 
 
 class ProfilesConfig(_Strict):
@@ -196,7 +231,10 @@ class ProfilesConfig(_Strict):
     # Rating events are scaled by (value - rating_offset) / rating_scale, floored at 0.
     rating_offset: float = 0.0
     rating_scale: float = Field(5.0, gt=0)
-    half_life_days: float = Field(30.0, gt=0)
+    # null: no time decay. Ages count from each user's last event (user_last_event)
+    # or from the run's training cut-off (run_date).
+    half_life_days: float | None = Field(30.0, gt=0)
+    decay_from: Literal["user_last_event", "run_date"] = "user_last_event"
     max_history: int = Field(200, gt=0)
 
     @field_validator("event_weights")
@@ -219,7 +257,18 @@ class RankConfig(_Strict):
     # History items considered when picking the reason for a recommendation.
     reason_history: int = Field(50, gt=0)
     search_batch: int = Field(256, gt=0)
-    user_partitions: int = Field(0, ge=0)  # 0: Spark's default parallelism
+    user_partitions: int = Field(0, ge=0)  # 0: Spark's default parallelism (one per core)
+    # Weight of the content part (the fused vector) in the ranking space, beside the
+    # behaviour part: lets items nobody interacted with be retrieved.
+    content_weight: float = Field(0.05, ge=0)
+    # At most this many items of one top-level category in a user's top-K (0: no cap).
+    max_per_category: int = Field(0, ge=0)
+    # Users with events but no profile get the popular items of the last
+    # `trending_days` days (in their most frequent category when known).
+    cold_start: bool = True
+    trending_days: int = Field(30, gt=0)
+    # recs_item_similar is written by the same stage; off skips it (e.g. to time user ranking alone).
+    write_similar: bool = True
 
 
 class EvaluateConfig(_Strict):

@@ -34,7 +34,7 @@ ENCODED_SCHEMA = T.StructType(
 )
 
 # item_embeddings without the columns added at write time.
-FUSED_SCHEMA = T.StructType([f for f in ITEM_EMBEDDINGS.fields if f.name not in ("model_version", "run_date")])
+FUSED_SCHEMA = T.StructType([f for f in ITEM_EMBEDDINGS.fields if f.name not in ("model_version", "run_date", "rec_vec")])
 
 
 def item_text(title: Column, category: Column, brand: Column, description: Column) -> Column:
@@ -213,4 +213,5 @@ def with_metadata(df: DataFrame, version: str, run_date: dt.date) -> DataFrame:
         "fused_vec",
         "encoded_at",
         F.lit(run_date).alias("run_date"),
+        "rec_vec",
     )

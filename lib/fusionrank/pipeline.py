@@ -22,7 +22,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fusionrank import encoding, evaluation, index, privacy, profiles, ranking
+from fusionrank import behaviour as behaviour_model
+from fusionrank import encoding, evaluation, index, policies, privacy, profiles, ranking
 from fusionrank.config import Settings
 from fusionrank.data import cleaning, inputs
 from fusionrank.data.schemas import (
@@ -37,6 +38,10 @@ from fusionrank.spark import get_session, utc_literal
 from fusionrank.storage import TableStore
 
 log = logging.getLogger("fusionrank.pipeline")
+
+
+# The item_embeddings column the ANN index holds and user profiles are built in.
+INDEX_VECTOR = "rec_vec"
 
 
 class StageError(RuntimeError):
@@ -208,8 +213,12 @@ def encode_items(ctx: RunContext) -> dict:
         if cfg.behaviour.enabled:
             # Confidence from event types (no time decay): what was done, not when.
             history = profiles.weighted_history(ctx.training_events(), cfg.profiles, ctx.holdout_start, decay=False)
-            behaviour = encoding.behaviour_vectors(history.where(F.col("weight") > 0), cfg.behaviour)
+            history = history.where(F.col("weight") > 0)
+            behaviour = (behaviour_model.lae_item_vectors(history, cfg.behaviour) if cfg.behaviour.method == "lae"
+                         else encoding.behaviour_vectors(history, cfg.behaviour))
         fused = encoding.fused_items(text, behaviour, text_dim(cfg), cfg.behaviour.rank, cfg.fusion)
+        behaviour_dim = cfg.behaviour.rank if cfg.behaviour.enabled else 0
+        fused = behaviour_model.rec_vectors(fused, behaviour_dim, cfg.rank.content_weight)
         ctx.describe("encode_items")
         ctx.store.write(encoding.with_metadata(fused, version, ctx.run_date), "item_embeddings",
                         partition_by=["run_date"], replace={"run_date": ctx.run_date},
@@ -223,46 +232,37 @@ def encode_items(ctx: RunContext) -> dict:
 
 
 def build_index(ctx: RunContext) -> dict:
+    """Train on a bounded sample (driver), add vectors per partition into shards of the
+    trained index (executors), merge and self-check (driver); see index.py."""
     cfg = ctx.settings
-    vectors = ctx.for_date("item_embeddings").select("item_id", "fused_vec", "model_version")
-    vectors = vectors.where(F.col("fused_vec").isNotNull())
-    stats = vectors.agg(F.count("*").alias("n"), F.first(F.size("fused_vec")).alias("dim"),
+    vectors = ctx.for_date("item_embeddings").select("item_id", INDEX_VECTOR, "model_version")
+    vectors = vectors.where(F.col(INDEX_VECTOR).isNotNull())
+    stats = vectors.agg(F.count("*").alias("n"), F.first(F.size(INDEX_VECTOR)).alias("dim"),
                         F.countDistinct("model_version").alias("versions"), F.first("model_version").alias("mv")).first()
     count, dim = int(stats["n"]), int(stats["dim"] or 0)
     if count == 0:
         raise StageError(f"item_embeddings has no vectors for {ctx.run_date}")
     if stats["versions"] != 1:
         raise StageError(f"item_embeddings for {ctx.run_date} mixes {stats['versions']} model versions")
-    import numpy as np
-
-    fraction = min(1.0, cfg.index.train_sample / count)
-    sample_rows = vectors.sample(fraction=fraction, seed=cfg.index.seed).limit(cfg.index.train_sample)
-    sample = np.array([r["fused_vec"] for r in sample_rows.collect()], dtype=np.float32).reshape(-1, dim) \
-        if cfg.index.type != "flat" else np.zeros((0, dim), dtype=np.float32)
-
-    def batches(size: int = 8192):
-        ids, rows = [], []
-        for row in vectors.orderBy("item_id").select("item_id", "fused_vec").toLocalIterator(prefetchPartitions=True):
-            ids.append(row["item_id"])
-            rows.append(row["fused_vec"])
-            if len(ids) == size:
-                yield ids, np.asarray(rows, dtype=np.float32)
-                ids, rows = [], []
-        if ids:
-            yield ids, np.asarray(rows, dtype=np.float32)
-
     ctx.describe("build_index")
-    built = index.build(batches(), sample, dim, count, cfg.index, index.index_dir(cfg.storage.index_root, ctx.run_date),
-                        stats["mv"], str(ctx.run_date))
-    return {"path": str(built.path), **{k: built.manifest[k] for k in ("count", "dim", "type")},
-            "self_check_recall_at_10": built.manifest["self_check"]["recall_at_10"]}
+    built = index.build_from_spark(vectors.select("item_id", F.col(INDEX_VECTOR).alias("fused_vec")), dim, count, cfg.index,
+                                   index.index_dir(cfg.storage.index_root, ctx.run_date), stats["mv"],
+                                   str(ctx.run_date))
+    m = built.manifest
+    return {"path": str(built.path), **{k: m[k] for k in ("count", "dim", "type", "shards")},
+            **{k: m[k] for k in ("nlist", "nprobe", "pq_m", "ef_search") if k in m},
+            "self_check_recall_at_10": m["self_check"]["recall_at_10"],
+            f"self_check_recall_at_{m['self_check']['k']}": m["self_check"]["recall_at_k"],
+            "min_recall": m["self_check"]["min_recall"]}
 
 
 def build_profiles(ctx: RunContext) -> dict:
     cfg = ctx.settings
     history = profiles.weighted_history(ctx.training_events(), cfg.profiles, ctx.holdout_start)
-    vectors = ctx.for_date("item_embeddings").select("item_id", "fused_vec")
-    out = ctx.pseudonymised(profiles.build_user_profiles(history, vectors, cfg.profiles, ctx.run_date))
+    vectors = ctx.for_date("item_embeddings").select("item_id", F.col(INDEX_VECTOR).alias("vec"))
+    behaviour_dim = cfg.behaviour.rank if cfg.behaviour.enabled else 0
+    out = ctx.pseudonymised(profiles.build_user_profiles(history, vectors, cfg.profiles, ctx.run_date,
+                                                         behaviour_dim))
     ctx.describe("build_profiles")
     ctx.store.write(out, "user_profiles", partition_by=["run_date"], replace={"run_date": ctx.run_date},
                     commit_info=ctx.commit_info("build_profiles"))
@@ -282,24 +282,43 @@ def rank(ctx: RunContext) -> dict:
         "user_id", "profile_vec", "history_item_ids", "history_weights", "seen"
     )
     catalog = ctx.for_date("catalog_clean")
-    recs = ranking.explain(ranking.rank_users(users, index_path, cfg.rank, cfg.rank.user_partitions), catalog)
+    diverse = cfg.rank.max_per_category > 0
+    # With a per-category cap, fetch deeper so k remain after capping.
+    search_cfg = cfg.rank.model_copy(update={"k": cfg.rank.k * 3}) if diverse else cfg.rank
+    retrieved = ranking.rank_users(users, index_path, search_cfg, cfg.rank.user_partitions, use_gpu=cfg.index.use_gpu)
+    if diverse:
+        retrieved = policies.diversify(retrieved, catalog, cfg.rank.k, cfg.rank.max_per_category)
+    columns = ["user_id", "rank", "item_id", "score", "reason", "reason_item_id"]
+    recs = ranking.explain(retrieved, catalog).select(*columns)
+    if cfg.rank.cold_start:
+        # Profiles carry user ids as they leave the system (maybe pseudonymised), the
+        # events the plain ones: match on the former, compute on the latter.
+        known = ctx.training_events().select("user_id").distinct().withColumn("_plain", F.col("user_id"))
+        cold_users = (ctx.pseudonymised(known).join(profiles_df.select("user_id"), "user_id", "left_anti")
+                      .select(F.col("_plain").alias("user_id")))
+        since = ctx.holdout_start - dt.timedelta(days=cfg.rank.trending_days)
+        cold = policies.cold_start(cold_users, ctx.training_events(), catalog, cfg.rank.k, since)
+        recs = recs.unionByName(ctx.pseudonymised(cold).select(*columns))
     recs = recs.select(
-        F.lit(ctx.run_date).alias("run_date"), "user_id", "rank", "item_id", "score", "reason", "reason_item_id",
-        F.lit(manifest["model_version"]).alias("model_version"),
+        F.lit(ctx.run_date).alias("run_date"), *columns, F.lit(manifest["model_version"]).alias("model_version"),
     )
     ctx.describe("rank")
     ctx.store.write(recs, "recs_user_topk", partition_by=["run_date"], replace={"run_date": ctx.run_date},
                     commit_info=ctx.commit_info("rank"))
-    items = ctx.for_date("item_embeddings").select("item_id", "fused_vec").where(F.col("fused_vec").isNotNull())
-    similar = ranking.similar_items(items, index_path, cfg.rank.similar_k, cfg.rank.user_partitions).select(
-        F.lit(ctx.run_date).alias("run_date"), "item_id", "rank", "similar_item_id", "score"
-    )
-    ctx.store.write(similar, "recs_item_similar", partition_by=["run_date"], replace={"run_date": ctx.run_date},
-                    commit_info=ctx.commit_info("rank"))
+    if cfg.rank.write_similar:
+        items = ctx.for_date("item_embeddings").select("item_id", F.col(INDEX_VECTOR).alias("fused_vec")).where(F.col("fused_vec").isNotNull())
+        similar = ranking.similar_items(items, index_path, cfg.rank.similar_k, cfg.rank.user_partitions,
+                                        use_gpu=cfg.index.use_gpu).select(
+            F.lit(ctx.run_date).alias("run_date"), "item_id", "rank", "similar_item_id", "score"
+        )
+        ctx.store.write(similar, "recs_item_similar", partition_by=["run_date"], replace={"run_date": ctx.run_date},
+                        commit_info=ctx.commit_info("rank"))
     written = ctx.store.read("recs_user_topk", where={"run_date": ctx.run_date})
     totals = written.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
-    return {"users_ranked": int(totals["users"]), "recs_rows": int(totals["rows"]),
-            "similar_rows": ctx.store.count_rows("recs_item_similar", where={"run_date": ctx.run_date})}
+    similar_rows = (ctx.store.count_rows("recs_item_similar", where={"run_date": ctx.run_date})
+                    if cfg.rank.write_similar else None)
+    return {"users_ranked": int(totals["users"]), "recs_rows": int(totals["rows"]), "similar_rows": similar_rows,
+            "index_type": manifest["type"], "index_recall_at_10": manifest["self_check"]["recall_at_10"]}
 
 
 def evaluate(ctx: RunContext) -> dict:

@@ -4,6 +4,8 @@ Each Python worker loads the run's FAISS index once (`index.load_index`) and
 searches its users in batches: candidates are fetched with room for the user's
 seen items, which are removed, and every recommendation is explained by the
 history item that contributed most to its score (weight x similarity).
+Batches travel as Arrow (mapInArrow) and everything after the FAISS search is
+vectorised over the batch: no per-user or per-row Python.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from functools import partial
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -62,77 +65,159 @@ def pick_reasons(
     return [history_ids[j] for j in contribution.argmax(axis=1)]
 
 
+def _list_rows(column: pa.Array, limit: int | None = None) -> tuple[np.ndarray, pa.Array]:
+    """(row of every element, the elements) of a list column; null lists are empty and
+    only the first `limit` elements of each list are kept."""
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(column)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    if limit is not None and len(rows):
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        keep = (np.arange(len(rows)) - starts) < limit
+        rows, values = rows[keep], values.filter(pa.array(keep))
+    return rows, values
+
+
+def _drop_and_cut(positions: np.ndarray, excluded_rows: np.ndarray, excluded_positions: np.ndarray, k: int):
+    """Per query row, the first k result columns that are real hits (position >= 0) and not
+    excluded for that row (seen items, the item itself). Returns (row, column, rank) arrays
+    in row-major order, i.e. by row, then by descending score."""
+    n, width = positions.shape
+    stride = np.int64(max(int(positions.max(initial=0)), int(excluded_positions.max(initial=0))) + 1)
+    keep = positions >= 0
+    if len(excluded_positions):
+        excluded = np.unique(excluded_rows.astype(np.int64) * stride + excluded_positions)
+        keep &= ~np.isin(np.arange(n, dtype=np.int64)[:, None] * stride + positions, excluded)
+    ranks = np.cumsum(keep, axis=1)
+    keep &= ranks <= k
+    rows, cols = np.nonzero(keep)
+    return rows, cols, ranks[rows, cols].astype(np.int32)
+
+
+def _reasons_batched(loaded, rows: np.ndarray, ranks: np.ndarray, item_positions: np.ndarray, n_users: int,
+                     k: int, chunk: pa.RecordBatch, reason_history: int) -> np.ndarray:
+    """Index position of each recommendation's reason item (-1: none), as `pick_reasons`
+    per user (largest weight x similarity over the first `reason_history` history items)."""
+    reason = np.full(len(rows), -1, dtype=np.int64)
+    hist_rows, hist_ids = _list_rows(chunk.column("history_item_ids"), reason_history)
+    w_rows, hist_w = _list_rows(chunk.column("history_weights"), reason_history)
+    if len(hist_rows) == 0 or len(rows) == 0:
+        return reason
+    if len(w_rows) != len(hist_rows) or (w_rows != hist_rows).any():
+        raise ValueError("user_profiles: history_item_ids and history_weights differ in length")
+    hist_pos = loaded.position_of(hist_ids.to_numpy(zero_copy_only=False))
+    known = hist_pos >= 0
+    hist_rows, hist_pos = hist_rows[known], hist_pos[known]
+    hist_w = hist_w.to_numpy(zero_copy_only=False).astype(np.float32)[known]
+    if len(hist_rows) == 0:
+        return reason
+    counts = np.bincount(hist_rows, minlength=n_users)
+    slot = np.arange(len(hist_rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    width, dim = int(counts.max()), loaded.index.d
+    hist_vecs = np.zeros((n_users, width, dim), dtype=np.float32)
+    hist_vecs[hist_rows, slot] = loaded.reconstruct(hist_pos)
+    weights = np.full((n_users, width), -np.inf, dtype=np.float32)
+    weights[hist_rows, slot] = hist_w
+    hist_at = np.full((n_users, width), -1, dtype=np.int64)
+    hist_at[hist_rows, slot] = hist_pos
+    cand_vecs = np.zeros((n_users, k, dim), dtype=np.float32)
+    cand_vecs[rows, ranks - 1] = loaded.reconstruct(item_positions)
+    contribution = np.matmul(cand_vecs, hist_vecs.transpose(0, 2, 1)) * np.where(np.isinf(weights), 1, weights)[:, None, :]
+    contribution = np.where(np.isinf(weights)[:, None, :], -np.inf, contribution)
+    best = contribution.argmax(axis=2)  # (users, k): slot of the best history item
+    has_history = counts[rows] > 0
+    reason[has_history] = hist_at[rows[has_history], best[rows[has_history], ranks[has_history] - 1]]
+    return reason
+
+
+def _take_ids(loaded, positions: np.ndarray) -> pa.Array:
+    """Item ids at index `positions` (-1: null) as an Arrow string array."""
+    valid = positions >= 0
+    taken = loaded.ids_arrow.take(pa.array(np.where(valid, positions, 0)))
+    return pc.if_else(pa.array(valid), taken, pa.scalar(None, taken.type)).cast(pa.string())
+
+
+def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reason_history: int) -> pa.RecordBatch | None:
+    """Top-k unseen items (with reasons) of one batch of users: one FAISS search, the rest
+    vectorised. A re-ranker plugs in between the search and `_drop_and_cut`: rescore
+    `scores` (same shape as `positions`) and re-sort each row."""
+    from fusionrank.index import arrow_vectors
+
+    chunk = chunk.filter(pc.is_valid(chunk.column("profile_vec")))  # no profile, nothing to search with
+    n, total = chunk.num_rows, int(loaded.index.ntotal)
+    if n == 0 or total == 0:
+        return None
+    seen_rows, seen_ids = _list_rows(chunk.column("seen"))
+    longest_seen = int(np.bincount(seen_rows, minlength=n).max()) if len(seen_rows) else 0
+    fetch = min(total, max_candidates, k + longest_seen)
+    scores, positions = loaded.search(arrow_vectors(chunk, "profile_vec", loaded.index.d), fetch)
+    seen_pos = loaded.position_of(seen_ids.to_numpy(zero_copy_only=False))
+    rows, cols, ranks = _drop_and_cut(positions, seen_rows[seen_pos >= 0], seen_pos[seen_pos >= 0], k)
+    if len(rows) == 0:
+        return None
+    item_positions = positions[rows, cols]
+    reasons = _reasons_batched(loaded, rows, ranks, item_positions, n, k, chunk, reason_history)
+    return pa.RecordBatch.from_arrays(
+        [chunk.column("user_id").take(pa.array(rows)).cast(pa.string()), pa.array(ranks, pa.int32()),
+         _take_ids(loaded, item_positions), pa.array(scores[rows, cols], pa.float32()), _take_ids(loaded, reasons)],
+        names=RANKED_SCHEMA.fieldNames(),
+    )
+
+
 def rank_partition(
-    batches: Iterator[pd.DataFrame],
+    batches: Iterator[pa.RecordBatch],
     index_path: str,
     k: int,
     max_candidates: int,
     reason_history: int,
     search_batch: int,
-) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: top-k unseen items per user, with reasons."""
+    use_gpu: bool = False,
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: top-k unseen items per user, with reasons, `search_batch` users per search."""
     import faiss
 
     from fusionrank.index import load_index
     from fusionrank.spark import task_cpus
 
     faiss.omp_set_num_threads(task_cpus())
-    loaded = load_index(index_path)
-    total = int(loaded.index.ntotal)
-    for pdf in batches:
-        for start in range(0, len(pdf), search_batch):
-            chunk = pdf.iloc[start:start + search_batch]
-            seen_sets = [set(_as_list(s)) for s in chunk["seen"]]
-            fetch = min(total, max_candidates, k + max((len(s) for s in seen_sets), default=0))
-            if fetch <= 0:
-                continue
-            queries = np.ascontiguousarray(np.stack(chunk["profile_vec"].map(np.asarray).tolist()), dtype=np.float32)
-            scores, positions = loaded.index.search(queries, fetch)
-            rows = []
-            for row, user_id, seen, score_row, pos_row in zip(
-                chunk.itertuples(index=False), chunk["user_id"], seen_sets, scores, positions
-            ):
-                ids = np.where(pos_row >= 0, loaded.ids[np.maximum(pos_row, 0)], None)
-                picked = top_unseen(ids, score_row, seen, k)
-                if not picked:
-                    continue
-                hist_ids = _as_list(row.history_item_ids)[:reason_history]
-                hist_w = np.asarray(_as_list(row.history_weights)[:reason_history], dtype=np.float32)
-                hist_vecs, known = loaded.vectors(hist_ids)
-                hist_w = hist_w[[hist_ids.index(i) for i in known]] if known else hist_w[:0]
-                cand_vecs, _ = loaded.vectors([item for item, _ in picked])
-                reasons = pick_reasons(cand_vecs, hist_vecs, known, hist_w)
-                for rank, ((item, score), reason) in enumerate(zip(picked, reasons), start=1):
-                    rows.append((user_id, rank, item, score, reason))
-            if rows:
-                yield pd.DataFrame(rows, columns=RANKED_SCHEMA.fieldNames())
+    loaded = load_index(index_path, use_gpu=use_gpu)  # once per Python worker
+    for batch in batches:
+        for start in range(0, batch.num_rows, search_batch):
+            out = rank_chunk(loaded, batch.slice(start, search_batch), k, max_candidates, reason_history)
+            if out is not None:
+                yield out
 
 
-def similar_partition(batches: Iterator[pd.DataFrame], index_path: str, k: int) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: the k nearest other items of every item."""
+def similar_partition(batches: Iterator[pa.RecordBatch], index_path: str, k: int, search_batch: int = 1024,
+                      use_gpu: bool = False) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: the k nearest other items of every item."""
     import faiss
 
-    from fusionrank.index import load_index
+    from fusionrank.index import arrow_vectors, load_index
     from fusionrank.spark import task_cpus
 
     faiss.omp_set_num_threads(task_cpus())
-    loaded = load_index(index_path)
+    loaded = load_index(index_path, use_gpu=use_gpu)
     fetch = min(int(loaded.index.ntotal), k + 1)
-    for pdf in batches:
-        if pdf.empty or fetch <= 0:
-            continue
-        queries = np.ascontiguousarray(np.stack(pdf["fused_vec"].map(np.asarray).tolist()), dtype=np.float32)
-        scores, positions = loaded.index.search(queries, fetch)
-        rows = []
-        for item_id, score_row, pos_row in zip(pdf["item_id"], scores, positions):
-            ids = np.where(pos_row >= 0, loaded.ids[np.maximum(pos_row, 0)], None)
-            for rank, (other, score) in enumerate(top_unseen(ids, score_row, {item_id}, k), start=1):
-                rows.append((item_id, rank, other, score))
-        if rows:
-            yield pd.DataFrame(rows, columns=SIMILAR_SCHEMA.fieldNames())
+    for batch in batches:
+        for start in range(0, batch.num_rows, search_batch):
+            chunk = batch.slice(start, search_batch)
+            chunk = chunk.filter(pc.is_valid(chunk.column("fused_vec")))
+            if chunk.num_rows == 0 or fetch <= 0:
+                continue
+            scores, positions = loaded.search(arrow_vectors(chunk, "fused_vec", loaded.index.d), fetch)
+            own = loaded.position_of(chunk.column("item_id").to_numpy(zero_copy_only=False))
+            rows, cols, ranks = _drop_and_cut(positions, np.nonzero(own >= 0)[0], own[own >= 0], k)
+            if len(rows) == 0:
+                continue
+            yield pa.RecordBatch.from_arrays(
+                [chunk.column("item_id").take(pa.array(rows)).cast(pa.string()), pa.array(ranks, pa.int32()),
+                 _take_ids(loaded, positions[rows, cols]), pa.array(scores[rows, cols], pa.float32())],
+                names=SIMILAR_SCHEMA.fieldNames(),
+            )
 
 
-def rank_users(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0) -> DataFrame:
+def rank_users(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0, use_gpu: bool = False) -> DataFrame:
     """users: (user_id, profile_vec, history_item_ids, history_weights, seen)."""
     users = _stable_batches(users, "user_id", partitions)
     body = partial(
@@ -142,21 +227,23 @@ def rank_users(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0)
         max_candidates=rank_cfg.max_candidates,
         reason_history=rank_cfg.reason_history,
         search_batch=rank_cfg.search_batch,
+        use_gpu=use_gpu,
     )
-    return users.mapInPandas(body, RANKED_SCHEMA)
+    return users.mapInArrow(body, RANKED_SCHEMA)
 
 
 def _stable_batches(df: DataFrame, key: str, partitions: int = 0) -> DataFrame:
     """Hash-partition and sort by `key`, so every rerun searches the same batches:
-    BLAS results depend (in the last bits) on the batch a query is in."""
-    parts = partitions or int(df.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    BLAS results depend (in the last bits) on the batch a query is in. Default: one
+    partition per core (each Python worker loads the index once and keeps it)."""
+    parts = partitions or df.sparkSession.sparkContext.defaultParallelism
     return df.repartition(parts, key).sortWithinPartitions(key)
 
 
-def similar_items(items: DataFrame, index_path: str, k: int, partitions: int = 0) -> DataFrame:
+def similar_items(items: DataFrame, index_path: str, k: int, partitions: int = 0, use_gpu: bool = False) -> DataFrame:
     """items: (item_id, fused_vec)."""
     items = _stable_batches(items, "item_id", partitions)
-    return items.mapInPandas(partial(similar_partition, index_path=index_path, k=k), SIMILAR_SCHEMA)
+    return items.mapInArrow(partial(similar_partition, index_path=index_path, k=k, use_gpu=use_gpu), SIMILAR_SCHEMA)
 
 
 def explain(recs: DataFrame, catalog: DataFrame) -> DataFrame:

@@ -62,7 +62,7 @@ def test_self_check_failure_keeps_the_previous_artifact(tmp_path):
     # One probe over many lists of noise: recall far below the floor.
     noise = np.random.default_rng(3).normal(size=(2000, 32)).astype(np.float32)
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-    cfg = IndexConfig(type="ivf", nlist=50, nprobe=1, min_recall=0.99, self_check_queries=200)
+    cfg = IndexConfig(type="ivf", nlist=50, nprobe=1, max_nprobe=1, min_recall=0.99, self_check_queries=200)
     with pytest.raises(index.IndexError_, match="self-check failed: recall@10"):
         index.build(batches(ids, noise), noise, 32, 2000, cfg, target, "v2", "2026-11-22")
     assert json.loads((target / "manifest.json").read_text())["model_version"] == "v1"
@@ -73,3 +73,130 @@ def test_duplicate_ids_are_refused(tmp_path):
     vectors = clustered(10)
     with pytest.raises(index.IndexError_, match="not unique"):
         index.build(batches(["a"] * 10, vectors), np.zeros((0, 32)), 32, 10, IndexConfig(), tmp_path / "x", "v", "d")
+
+
+# -- index type selection ------------------------------------------------------------------
+def test_auto_type_follows_size_and_memory_budget():
+    small = index.choose_spec(5000, 64, IndexConfig())
+    assert small.type == "flat"
+    mid = index.choose_spec(50_000, 64, IndexConfig())
+    assert mid.type == "ivf_flat" and mid.nlist == 1024 and mid.nprobe == 8  # ~4 sqrt(n), a power of two
+    big = index.choose_spec(2_000_000, 64, IndexConfig(memory_budget_mb=256))
+    assert big.type == "ivf_pq" and big.estimated_mb <= 256 and 64 % big.pq_m == 0 and big.pq_m >= 8
+    assert IndexConfig(type="ivf").type == "ivf_flat"  # the old name still works
+    with pytest.raises(index.IndexError_, match="memory_budget_mb"):
+        index.choose_spec(2_000_000, 64, IndexConfig(type="ivf_flat", memory_budget_mb=256))
+    assert index.choose_spec(50, 64, IndexConfig(type="ivf_pq")).type == "flat"  # too few to train lists
+
+
+def test_pq_is_chosen_and_built_under_a_small_memory_budget(tmp_path):
+    vectors = clustered(20_000, seed=4)
+    ids = [f"i{i:05d}" for i in range(20_000)]
+    cfg = IndexConfig(flat_max_items=1000, memory_budget_mb=2, self_check_queries=300, min_recall=0.9)
+    sample = vectors[np.random.default_rng(0).choice(20_000, 12_000, replace=False)]
+    built = index.build(batches(ids, vectors, 4000), sample, 32, 20_000, cfg, tmp_path / "pq", "v", "d")
+    m = built.manifest
+    assert m["type"] == "ivf_pq" and m["estimated_mb"] <= 2
+    assert (built.path / "index.faiss").stat().st_size < 20_000 * 32 * 4  # smaller than the raw vectors
+    assert m["self_check"]["recall_at_10"] >= 0.9
+    loaded = index.load_index(built.path)
+    _, positions = loaded.search(vectors[:20], 1)
+    assert (loaded.ids[positions[:, 0]] == np.array(ids[:20])).mean() >= 0.9
+
+
+def test_nprobe_is_raised_until_the_self_check_passes(tmp_path):
+    # Noise has no clusters: one probe finds few true neighbours, more probes find them all.
+    vectors = np.random.default_rng(5).normal(size=(6000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [str(i) for i in range(6000)]
+    cfg = IndexConfig(type="ivf_flat", nlist=64, nprobe=1, max_nprobe=64, min_recall=0.97, self_check_queries=300)
+    built = index.build(batches(ids, vectors), vectors, 32, 6000, cfg, tmp_path / "tuned", "v", "d")
+    assert built.manifest["nprobe"] > 1 and built.manifest["self_check"]["recall_at_10"] >= 0.97
+    assert index.load_index(built.path).index.nprobe == built.manifest["nprobe"]
+
+
+def test_hnsw_build_passes_its_self_check(tmp_path):
+    vectors = clustered(3000, seed=6)
+    ids = [str(i) for i in range(3000)]
+    cfg = IndexConfig(type="hnsw", hnsw_m=16, self_check_queries=200)
+    built = index.build(batches(ids, vectors), vectors[:500], 32, 3000, cfg, tmp_path / "hnsw", "v", "d")
+    assert built.manifest["type"] == "hnsw" and built.manifest["self_check"]["recall_at_10"] >= 0.95
+    loaded = index.load_index(built.path)
+    np.testing.assert_allclose(loaded.vectors(["7"])[0][0], vectors[7], atol=1e-6)
+
+
+# -- sharded builds on Spark ---------------------------------------------------------------
+def vector_frame(spark, ids, vectors, partitions):
+    from pyspark.sql import types as T
+
+    schema = T.StructType([T.StructField("item_id", T.StringType()), T.StructField("fused_vec", T.ArrayType(T.FloatType()))])
+    rows = [(i, v.tolist()) for i, v in zip(ids, vectors)]
+    return spark.createDataFrame(rows, schema).repartition(partitions)
+
+
+def top10_ids(loaded, queries):
+    scores, positions = loaded.search(queries, 10)
+    return loaded.ids[positions], scores
+
+
+def test_sharded_flat_build_equals_the_single_process_build(spark, tmp_path):
+    vectors = clustered(3000, seed=7)
+    ids = [f"item{i:04d}" for i in range(3000)]
+    cfg = IndexConfig(type="flat")
+    frame = vector_frame(spark, ids, vectors, 3)
+    assert frame.rdd.getNumPartitions() == 3
+    sharded = index.build_from_spark(frame, 32, 3000, cfg, tmp_path / "sharded", "v", "d", partitions=4)
+    single = index.build(batches(ids, vectors), np.zeros((0, 32)), 32, 3000, cfg, tmp_path / "single", "v", "d")
+    assert sharded.manifest["shards"] == 4 and single.manifest["shards"] == 1
+    assert sharded.manifest["count"] == 3000
+    assert not list(tmp_path.glob(".staging-*"))  # shards cleaned up after the merge
+    a, b = index.load_index(sharded.path), index.load_index(single.path)
+    got_ids, got_scores = top10_ids(a, vectors[:100])
+    want_ids, want_scores = top10_ids(b, vectors[:100])
+    assert (got_ids == want_ids).all()
+    np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
+    np.testing.assert_allclose(a.vectors(["item0042"])[0][0], vectors[42], atol=1e-6)
+    # Reruns give the same positions (hash-partitioned, sorted shards).
+    again = index.build_from_spark(frame, 32, 3000, cfg, tmp_path / "sharded", "v", "d", partitions=4)
+    assert (index.load_index(again.path).ids == a.ids).all()
+
+
+def test_sharded_ivf_build_has_the_recall_of_the_single_process_build(spark, tmp_path):
+    vectors = clustered(8000, seed=8, clusters=100)
+    ids = [f"item{i:04d}" for i in range(8000)]
+    cfg = IndexConfig(type="ivf_flat", nlist=64, nprobe=4, self_check_queries=400)
+    sharded = index.build_from_spark(vector_frame(spark, ids, vectors, 3), 32, 8000, cfg, tmp_path / "s", "v", "d",
+                                     partitions=3)
+    sample = vectors[np.random.default_rng(0).choice(8000, 4000, replace=False)]
+    single = index.build(batches(ids, vectors), sample, 32, 8000, cfg, tmp_path / "one", "v", "d")
+    m = sharded.manifest
+    assert m["type"] == "ivf_flat" and m["shards"] == 3 and m["count"] == 8000 and m["train_sample"] > 0
+    assert m["self_check"]["recall_at_10"] >= 0.95 and single.manifest["self_check"]["recall_at_10"] >= 0.95
+    # Recall of both against exact search on fresh queries.
+    exact = index.load_index(single.path)
+    rng = np.random.default_rng(9)
+    queries = (vectors[rng.choice(8000, 300, replace=False)] + 0.05 * rng.normal(size=(300, 32))).astype(np.float32)
+    flat = __import__("faiss").IndexFlatIP(32)
+    flat.add(vectors)
+    _, truth = flat.search(queries, 10)
+    truth_ids = np.array(ids)[truth]
+    recalls = []
+    for loaded in (index.load_index(sharded.path), exact):
+        got, _ = top10_ids(loaded, queries)
+        recalls.append(sum(len(set(t) & set(g)) for t, g in zip(truth_ids.tolist(), got.tolist())) / truth_ids.size)
+    assert recalls[0] >= 0.9 and recalls[0] >= recalls[1] - 0.03
+    assert sorted(index.load_index(sharded.path).ids) == ids
+
+
+def test_failed_self_check_of_a_spark_build_keeps_the_previous_index(spark, tmp_path):
+    target = tmp_path / "run_date=2026-11-22"
+    good = clustered(2000, seed=10)
+    ids = [str(i) for i in range(2000)]
+    index.build_from_spark(vector_frame(spark, ids, good, 2), 32, 2000, IndexConfig(type="flat"), target, "v1", "d")
+    noise = np.random.default_rng(11).normal(size=(2000, 32)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    cfg = IndexConfig(type="ivf_flat", nlist=50, nprobe=1, max_nprobe=1, min_recall=0.99, self_check_queries=200)
+    with pytest.raises(index.IndexError_, match="self-check failed"):
+        index.build_from_spark(vector_frame(spark, ids, noise, 2), 32, 2000, cfg, target, "v2", "d")
+    assert json.loads((target / "manifest.json").read_text())["model_version"] == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run_date=2026-11-22"]  # no staging or tmp left

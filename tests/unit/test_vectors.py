@@ -141,7 +141,7 @@ def _history_frame() -> pd.DataFrame:
             "item_id": ["c", "a", "b", "d"],
             "weight": [1.0, 2.0, 1.0, 0.5],
             "last_ts": ts,
-            "fused_vec": [
+            "vec": [
                 np.array([0.0, 0.0, 1.0], dtype=np.float32),
                 np.array([1.0, 0.0, 0.0], dtype=np.float32),
                 np.array([0.0, 1.0, 0.0], dtype=np.float32),
@@ -163,6 +163,22 @@ def test_pool_user_profile_is_normalised_weighted_sum():
     assert np.linalg.norm(row["profile_vec"]) == pytest.approx(1.0, rel=1e-6)
     assert row["history_len"] == 4
     assert row["last_event_ts"] == pd.Timestamp("2024-01-05")
+
+
+def test_pool_user_behaviour_part_is_a_plain_sum_content_part_normalised():
+    # behaviour_dim=1: the first component is the linear autoencoder's user code
+    # (weighted sum, magnitude kept), the rest is the content profile (unit length).
+    row = pool_user(_history_frame(), max_history=10, behaviour_dim=1).iloc[0]
+    assert row["profile_vec"][0] == pytest.approx(2.3, rel=1e-6)
+    np.testing.assert_allclose(row["profile_vec"][1:], np.array([1.4, 1.0]) / np.linalg.norm([1.4, 1.0]), rtol=1e-6)
+
+
+def test_pool_user_same_bits_whatever_the_row_order():
+    frame = _history_frame()
+    a = pool_user(frame, max_history=10, behaviour_dim=2).iloc[0]
+    b = pool_user(frame.iloc[::-1].reset_index(drop=True), max_history=10, behaviour_dim=2).iloc[0]
+    assert a["profile_vec"].tobytes() == b["profile_vec"].tobytes()
+    assert a["history_item_ids"] == b["history_item_ids"]
 
 
 def test_pool_user_history_heaviest_first_ties_by_item_id():
@@ -270,3 +286,17 @@ def test_weighted_history_collapses_events(spark):
     assert got[("u1", "b")][0] == pytest.approx(0.25)
     assert got[("u2", "a")][0] == pytest.approx(0.5)
     assert got[("u1", "a")][1] == got[("u1", "b")][1] - 2 * day  # latest event of the pair
+
+
+def test_weighted_history_decays_from_each_users_last_event(spark):
+    day = dt.timedelta(days=1)
+    rows = [("u1", "purchase", "a", AS_OF - 40 * day, None), ("u1", "purchase", "b", AS_OF - 10 * day, None)]
+    events = spark.createDataFrame(rows, "user_id string, event_type string, item_id string, event_ts timestamp, value double")
+    own = {r.item_id: r.weight for r in weighted_history(events, ProfilesConfig(half_life_days=30), AS_OF).collect()}
+    assert own["b"] == pytest.approx(3.0)  # the user's latest event weighs in full
+    assert own["a"] == pytest.approx(1.5)  # one half-life older than it
+    run = {r.item_id: r.weight for r in weighted_history(
+        events, ProfilesConfig(half_life_days=30, decay_from="run_date"), AS_OF).collect()}
+    assert run["b"] == pytest.approx(3.0 * 2 ** (-10 / 30))
+    flat = {r.item_id: r.weight for r in weighted_history(events, ProfilesConfig(half_life_days=None), AS_OF).collect()}
+    assert flat == {"a": 3.0, "b": 3.0}

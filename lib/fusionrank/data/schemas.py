@@ -68,6 +68,8 @@ ITEM_EMBEDDINGS = T.StructType(
         T.StructField("fused_vec", VECTOR),
         T.StructField("encoded_at", T.TimestampType()),
         T.StructField("run_date", T.DateType(), False),
+        # The ranking space the ANN index holds: behaviour part ⊕ weighted fused (behaviour.py).
+        T.StructField("rec_vec", VECTOR),
     ]
 )
 

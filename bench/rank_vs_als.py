@@ -1,0 +1,244 @@
+"""Speed of fusionrank's `rank` stage against Spark ALS `recommendForAllUsers(k)`.
+
+Synthetic clustered factors (dim 64) for U users x I items, k=100, in one run:
+
+  (a) Spark ALS recommendForAllUsers(k) over an ALSModel holding exactly these factors
+      (a 1-iteration model is saved, its userFactors/itemFactors Parquet replaced by
+      ours, and the model loaded back); the output is forced with a no-op write;
+  (b) FAISS exact search (IndexFlatIP) of all users in one process;
+  (c) the same search over fusionrank's built index (the artifact itself) in one process;
+  (d) fusionrank's real stages through pipeline.run_stage: build_index (timed on its own)
+      and rank (Spark, index loading, seen-item filtering, reasons, writing
+      recs_user_topk as Delta), from item_embeddings / user_profiles Delta tables.
+
+recs_item_similar is skipped (rank.write_similar: false) unless --with-similar, in which
+case the rank stage includes it. Recall@100 is measured against (b) on all users for
+(c) and on --recall-users sampled users for (d), read back from recs_user_topk.
+
+    python bench/rank_vs_als.py --users 50000 --items 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+RUN_DATE = dt.date(2026, 1, 15)
+
+
+def clustered_factors(n: int, dim: int, centres: np.ndarray, rng, spread: float) -> np.ndarray:
+    vectors = centres[rng.integers(0, len(centres), n)] + spread * rng.normal(size=(n, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def vector_column(vectors: np.ndarray) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, vectors.size + 1, vectors.shape[1], dtype=np.int32)),
+                                    pa.array(vectors.ravel(), pa.float32()))
+
+
+def write_parquet(table: pa.Table, folder: Path) -> str:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    pq.write_table(table, folder / "part-00000.parquet", row_group_size=64 * 1024)
+    return str(folder)
+
+
+def recall_at(got: np.ndarray, truth: np.ndarray) -> float:
+    """Mean |got_u ∩ truth_u| / |truth_u| over rows (positions; -1 ignored)."""
+    hits = sum(len(set(g[g >= 0].tolist()) & set(t.tolist())) for g, t in zip(got, truth))
+    return hits / float(truth.size)
+
+
+def als_seconds(spark, users: np.ndarray, items: np.ndarray, k: int, work: Path) -> float:
+    from pyspark.ml.recommendation import ALS, ALSModel
+
+    tiny = spark.createDataFrame([(0, 0, 1.0), (0, 1, 1.0), (1, 0, 1.0), (1, 1, 1.0)], "user int, item int, rating float")
+    model = ALS(rank=users.shape[1], maxIter=1, userCol="user", itemCol="item", ratingCol="rating", seed=1).fit(tiny)
+    path = work / "als_model"
+    model.write().overwrite().save(str(path))
+    # The saved model's factor tables, replaced by ours (same schema: id int, features array<float>).
+    for name, vectors in (("userFactors", users), ("itemFactors", items)):
+        write_parquet(pa.table({"id": pa.array(np.arange(len(vectors), dtype=np.int32)),
+                                "features": vector_column(vectors)}), path / name)
+    model = ALSModel.load(str(path))
+    assert model.userFactors.count() == len(users) and model.itemFactors.count() == len(items)
+    started = time.perf_counter()
+    model.recommendForAllUsers(k).write.format("noop").mode("overwrite").save()
+    return time.perf_counter() - started
+
+
+def write_tables(spark, store, users: np.ndarray, items: np.ndarray, work: Path, history: int, seed: int) -> None:
+    from pyspark.sql import functions as F
+
+    from fusionrank.data import schemas
+
+    rng = np.random.default_rng(seed)
+    item_ids = pa.array([f"i{i:07d}" for i in range(len(items))])
+    user_ids = pa.array([f"u{u:07d}" for u in range(len(users))])
+
+    def load(table: pa.Table, name: str, schema):
+        df = spark.read.parquet(write_parquet(table, work / "src" / name))
+        df = df.select(*[(F.col(f.name) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
+                         for f in schema.fields])
+        store.write(df, name, partition_by=["run_date"] if "run_date" in schema.fieldNames() else ["event_date"],
+                    replace={"run_date": RUN_DATE} if "run_date" in schema.fieldNames() else None)
+
+    n_items, n_users = len(items), len(users)
+    load(pa.table({"item_id": item_ids, "title": pa.array([f"item {i}" for i in range(n_items)]),
+                   "content_hash": item_ids, "run_date": pa.array([RUN_DATE] * n_items)}),
+         "catalog_clean", schemas.CATALOG_CLEAN)
+    load(pa.table({"item_id": item_ids, "content_hash": item_ids, "model_version": pa.array(["bench"] * n_items),
+                   "fused_vec": vector_column(items), "rec_vec": vector_column(items),  # whichever the index reads
+                   "run_date": pa.array([RUN_DATE] * n_items)}),
+         "item_embeddings", schemas.ITEM_EMBEDDINGS)
+    hist = rng.integers(0, n_items, size=(n_users, history))
+    hist_offsets = pa.array(np.arange(0, n_users * history + 1, history, dtype=np.int32))
+    load(pa.table({"user_id": user_ids, "run_date": pa.array([RUN_DATE] * n_users), "profile_vec": vector_column(users),
+                   "history_len": pa.array(np.full(n_users, history, dtype=np.int32)),
+                   "history_item_ids": pa.ListArray.from_arrays(hist_offsets, item_ids.take(pa.array(hist.ravel()))),
+                   "history_weights": pa.ListArray.from_arrays(
+                       hist_offsets, pa.array(rng.uniform(0.5, 2, n_users * history).astype(np.float32)))}),
+         "user_profiles", schemas.USER_PROFILES)
+    # One training event of a user without a profile: the stage's seen-item join runs, and
+    # no ranked user has seen items, so its lists compare with ALS's unfiltered ones.
+    when = dt.datetime(2025, 12, 1, tzinfo=dt.timezone.utc)
+    load(pa.table({"user_id": ["nobody"], "event_type": ["view"], "item_id": ["i0000000"],
+                   "event_ts": pa.array([when], pa.timestamp("us", tz="UTC")), "event_date": [when.date()]}),
+         "events_clean", schemas.EVENTS_CLEAN)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=50_000)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--clusters", type=int, default=256)
+    parser.add_argument("--spread", type=float, default=0.35, help="noise around the cluster centres")
+    parser.add_argument("--index-type", default="ivf_flat")
+    parser.add_argument("--nlist", type=int, default=0, help="0: fusionrank's choice from the item count")
+    parser.add_argument("--nprobe", type=int, default=8)
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--history", type=int, default=10, help="history items per user (for reasons)")
+    parser.add_argument("--recall-users", type=int, default=2000)
+    parser.add_argument("--with-similar", action="store_true", help="rank stage also writes recs_item_similar")
+    parser.add_argument("--skip-als", action="store_true")
+    parser.add_argument("--breakdown", action="store_true", help="also time rank_users' search alone")
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir, removed)")
+    args = parser.parse_args(argv)
+
+    import faiss
+
+    from fusionrank import index as index_mod
+    from fusionrank.config import load_config
+    from fusionrank.pipeline import make_context, run_stage
+    from fusionrank.spark import get_session
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="rank_vs_als-"))
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(args.clusters, args.dim))
+    items = clustered_factors(args.items, args.dim, centres, rng, args.spread)
+    users = clustered_factors(args.users, args.dim, centres, rng, args.spread)
+    settings = load_config(ROOT / "conf" / "local.yaml", overrides={
+        "spark": {"master": f"local[{args.cores}]", "ui_enabled": False, "driver_memory": "6g",
+                  "conf": {"spark.sql.shuffle.partitions": str(args.cores),
+                           "spark.sql.execution.arrow.maxRecordsPerBatch": "4096"}},
+        "storage": {"root": str(work / "warehouse")},
+        "index": {"type": args.index_type, "nlist": args.nlist, "nprobe": args.nprobe, "flat_max_items": 0,
+                  "self_check_k": args.k},
+        "rank": {"k": args.k, "max_candidates": args.k + 100, "search_batch": 1024, "write_similar": args.with_similar},
+    })
+    spark = get_session(settings)
+    ctx = make_context(settings, RUN_DATE, spark)
+    print(f"{args.users} users x {args.items} items, dim {args.dim}, k={args.k}, {args.cores} cores, "
+          f"{args.clusters} clusters; work dir {work}", flush=True)
+    rows = []
+    try:
+        als = None
+        if not args.skip_als:
+            als = als_seconds(spark, users, items, args.k, work)
+            rows.append(("(a) Spark ALS recommendForAllUsers", als, 1.0))
+            print(f"  ALS done in {als:.1f}s", flush=True)
+
+        faiss.omp_set_num_threads(args.cores)
+        exact = faiss.IndexFlatIP(args.dim)
+        exact.add(items)
+        started = time.perf_counter()
+        _, truth = exact.search(users, args.k)
+        flat_s = time.perf_counter() - started
+        rows.append(("(b) FAISS exact, one process", flat_s, 1.0))
+
+        write_tables(spark, ctx.store, users, items, work, args.history, seed=1)
+        built = run_stage("build_index", settings, RUN_DATE, ctx=ctx)
+        manifest = index_mod.read_manifest(ctx.index_path())
+        print(f"  build_index {built.seconds:.1f}s: {built.counts}", flush=True)
+
+        ann = faiss.read_index(str(Path(ctx.index_path()) / index_mod.INDEX_FILE))
+        if "nprobe" in manifest:
+            faiss.extract_index_ivf(ann).nprobe = manifest["nprobe"]
+        faiss.omp_set_num_threads(args.cores)
+        started = time.perf_counter()
+        _, got = ann.search(users, args.k)
+        ivf_s = time.perf_counter() - started
+        item_numbers = np.array([int(i[1:]) for i in pq.read_table(
+            Path(ctx.index_path()) / index_mod.IDS_FILE).column("item_id").to_pylist()])
+        ivf_recall = recall_at(np.where(got >= 0, item_numbers[np.maximum(got, 0)], -1), truth)
+        rows.append((f"(c) FAISS {manifest['type']} (the built index), one process", ivf_s, ivf_recall))
+
+        ranked = run_stage("rank", settings, RUN_DATE, ctx=ctx)
+        if args.breakdown:
+            # The search alone: profiles -> hash-partitioned mapInArrow -> a no-op sink (no
+            # seen join, no reason titles, no Delta write, no counts; index already loaded).
+            from fusionrank import ranking
+
+            users_df = ctx.for_date("user_profiles").select(
+                "user_id", "profile_vec", "history_item_ids", "history_weights",
+                __import__("pyspark.sql.functions", fromlist=["lit"]).lit(None).cast("array<string>").alias("seen"))
+            started = time.perf_counter()
+            ranking.rank_users(users_df, ctx.index_path(), settings.rank, settings.rank.user_partitions) \
+                .write.format("noop").mode("overwrite").save()
+            search_only = time.perf_counter() - started
+        sample = np.sort(np.random.default_rng(2).choice(args.users, min(args.recall_users, args.users), replace=False))
+        wanted = [f"u{u:07d}" for u in sample]
+        recs = (ctx.store.read("recs_user_topk", where={"run_date": RUN_DATE}).where(
+            __import__("pyspark.sql.functions", fromlist=["col"]).col("user_id").isin(wanted))
+            .select("user_id", "item_id").toPandas())
+        by_user = recs.groupby("user_id")["item_id"].apply(lambda s: {int(i[1:]) for i in s}).to_dict()
+        rank_recall = sum(len(by_user.get(f"u{u:07d}", set()) & set(truth[u])) for u in sample) / float(len(sample) * args.k)
+        rows.append((f"(d) fusionrank rank stage{' (+ similar items)' if args.with_similar else ''}", ranked.seconds,
+                     rank_recall))
+        if args.breakdown:
+            rows.append(("(d0) rank_users search alone (noop sink, separate run)", search_only, float("nan")))
+    finally:
+        spark.stop()
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+    base = als
+    print()
+    print(f"{'method':<58}{'seconds':>9}{'users/s':>11}{'vs ALS':>9}{'recall@100':>12}")
+    for name, seconds, recall in rows:
+        speed = f"{base / seconds:.1f}x" if base else "-"
+        print(f"{name:<58}{seconds:>9.2f}{args.users / seconds:>11.0f}{speed:>9}{recall:>12.3f}")
+    print(f"{'build_index stage (separately, not in (d))':<58}{built.seconds:>9.2f}"
+          f"{'':>11}{'':>9}{manifest['self_check']['recall_at_k']:>12.3f}  (self-check recall@{manifest['self_check']['k']})")
+    print(f"\nindex: {manifest['type']} nlist={manifest.get('nlist')} nprobe={manifest.get('nprobe')} "
+          f"shards={manifest.get('shards')}; rank stage / in-process ANN search (d)/(c): {ranked.seconds / ivf_s:.1f}x; "
+          f"recs_item_similar {'included' if args.with_similar else 'skipped (rank.write_similar: false)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
