@@ -20,6 +20,7 @@ OUTPUT_TABLES = [
     ("recs_user_topk", "run_date"),
     ("recs_item_similar", "run_date"),
     ("metrics", "run_date"),
+    ("query_topk", "run_date"),
 ]
 
 
@@ -156,6 +157,20 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from fusionrank.queries import search
+
+    settings = _load(args)
+    hits = search(args.query, k=args.k, settings=settings, run_date=args.date)
+    if args.json:
+        print(json.dumps([h.__dict__ for h in hits], indent=2))
+        return 0
+    print(f"  {'rank':>4}  {'item_id':<12} {'score':>7}  title")
+    for hit in hits:
+        print(f"  {hit.rank:>4}  {hit.item_id:<12} {hit.score:>7.4f}  {hit.title or ''}")
+    return 0
+
+
 def cmd_data_fetch(args) -> int:
     from fusionrank.data.adapters import fetch_movielens_100k
 
@@ -229,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--date", type=_date, help="run date (default: the latest run)")
     show.add_argument("--json", action="store_true", help="JSON instead of a table")
     show.set_defaults(func=cmd_show)
+
+    query = sub.add_parser("search", help="the top items for a query over a night's index (no Spark)")
+    query.add_argument("query")
+    query.add_argument("--conf", required=True)
+    query.add_argument("--k", type=int, default=10)
+    query.add_argument("--date", type=_date, help="run date of the index (default: the latest)")
+    query.add_argument("--json", action="store_true", help="JSON instead of a table")
+    query.set_defaults(func=cmd_search)
 
     from fusionrank.pipeline import ORDER
 

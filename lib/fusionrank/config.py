@@ -55,6 +55,7 @@ class TableNames(_Strict):
     recs_user_topk: str = "recs_user_topk"
     recs_item_similar: str = "recs_item_similar"
     metrics: str = "metrics"
+    query_topk: str = "query_topk"
 
 
 class StorageConfig(_Strict):
@@ -213,6 +214,40 @@ class RankConfig(_Strict):
     user_partitions: int = Field(0, ge=0)  # 0: Spark's default parallelism
 
 
+class QueryConfig(_Strict):
+    """query_topk: the most searched queries, matched against the index and re-ranked
+    with the click-through the logs show for them."""
+
+    # How many of the most frequent queries (in the last `lookback_days` of training
+    # events) get a precomputed top-K; bounded, as they are encoded on the driver.
+    top_queries: int = Field(1000, gt=0, le=100_000)
+    lookback_days: int = Field(30, gt=0)
+    min_searches: int = Field(1, gt=0)
+    k: int = Field(10, gt=0, le=1000)
+    # Nearest items fetched from the index per query before re-ranking.
+    candidates: int = Field(100, gt=0)
+    # score = (1 - ctr_weight) * similarity + ctr_weight * ctr, where
+    # ctr = engagement / (searches + ctr_prior): clicks, add_to_carts and purchases
+    # in the same session after a search of the query, weighted per event type.
+    ctr_weight: float = Field(0.5, ge=0, le=1)
+    ctr_prior: float = Field(10.0, ge=0)
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0})
+    # Engaged items per query considered besides the index candidates.
+    max_engaged_items: int = Field(200, gt=0)
+
+    @field_validator("event_weights")
+    @classmethod
+    def _engagement_types(cls, value: dict[str, float]) -> dict[str, float]:
+        allowed = {"view", "click", "add_to_cart", "purchase"}
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ValueError(f"unknown event type(s) {unknown}; allowed: {sorted(allowed)}")
+        if any(v < 0 for v in value.values()):
+            raise ValueError("event weights must be >= 0")
+        return value
+
+
 class EvaluateConfig(_Strict):
     # The last `holdout_days` days up to the run date are held out from every stage
     # upstream of evaluate (backtest protocol).
@@ -245,6 +280,7 @@ class Settings(_Strict):
     index: IndexConfig = Field(default_factory=IndexConfig)
     profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
+    query: QueryConfig = Field(default_factory=QueryConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

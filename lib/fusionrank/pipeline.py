@@ -22,7 +22,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fusionrank import encoding, evaluation, index, profiles, ranking
+from fusionrank import encoding, evaluation, index, profiles, queries, ranking
 from fusionrank.config import Settings
 from fusionrank.data import cleaning, inputs
 from fusionrank.data.schemas import (
@@ -286,7 +286,28 @@ def rank(ctx: RunContext) -> dict:
     written = ctx.store.read("recs_user_topk", where={"run_date": ctx.run_date})
     totals = written.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
     return {"users_ranked": int(totals["users"]), "recs_rows": int(totals["rows"]),
-            "similar_rows": ctx.store.count_rows("recs_item_similar", where={"run_date": ctx.run_date})}
+            "similar_rows": ctx.store.count_rows("recs_item_similar", where={"run_date": ctx.run_date}),
+            **_query_topk(ctx, index_path, manifest["model_version"])}
+
+
+def _query_topk(ctx: RunContext, index_path: str, version: str) -> dict:
+    """query_topk for the most frequent queries of the training window (the held-out
+    days stay out, as for every other output of a backtest run)."""
+    from fusionrank.data.schemas import QUERY_TOPK
+
+    cfg = ctx.settings
+    since = ctx.holdout_start - dt.timedelta(days=cfg.query.lookback_days)
+    ctx.describe("rank")
+    rows, counts = queries.compute_query_topk(ctx.training_events(), index_path, cfg, since, ctx.holdout_start)
+    if rows.empty:
+        frame = ctx.spark.createDataFrame([], QUERY_TOPK)
+    else:
+        rows.insert(0, "run_date", ctx.run_date)
+        rows["model_version"] = version
+        frame = ctx.spark.createDataFrame(rows[QUERY_TOPK.fieldNames()], QUERY_TOPK)
+    ctx.store.write(frame, "query_topk", partition_by=["run_date"], replace={"run_date": ctx.run_date},
+                    commit_info=ctx.commit_info("rank"))
+    return counts
 
 
 def evaluate(ctx: RunContext) -> dict:
