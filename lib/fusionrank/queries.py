@@ -12,7 +12,8 @@ query_topk (computed at the end of the `rank` stage):
    `encoding.query_vectors` (the text part of a fused vector: image and behaviour
    parts zero, the same projection W), and searched in the run's FAISS index for
    `query.candidates` items; items engaged with after the query join the
-   candidates with their similarity.
+   candidates. A candidate's similarity is the cosine between the query and the
+   item's text part (`text_similarity`), so a behaviour part does not dilute it.
 4. Re-rank: score = (1 - ctr_weight) * similarity + ctr_weight * ctr with
    ctr = engagement / (searches + ctr_prior), a click-through shrunk towards zero
    for rarely searched queries; the top `query.k` are kept.
@@ -98,15 +99,34 @@ def query_engagement(events, queries, since: dt.datetime, until: dt.datetime, we
 
 
 # -- driver side (numpy, bounded by query.top_queries) ----------------------------------------
-def encode_queries(texts: list[str], settings, model_version: str | None = None) -> np.ndarray:
-    """Query texts -> vectors in the index's space (text part only, same projection)."""
+def encode_queries(texts: list[str], settings, model_version: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Query texts -> (text vectors, vectors in the index's space: text part only,
+    the same projection)."""
     from fusionrank import encoding
     from fusionrank.models import get_text_encoder, text_model_path
 
     text_cfg = settings.models.text
     encoder = get_text_encoder(text_model_path(settings), dtype=text_cfg.dtype)
     text = encoder.encode(list(texts), batch_size=text_cfg.batch_size, max_length=text_cfg.max_length)
-    return encoding.query_vectors(text, settings, model_version)
+    fused = np.ascontiguousarray(encoding.query_vectors(text, settings, model_version), dtype=np.float32)
+    return text, fused
+
+
+def text_similarity(item_vecs: np.ndarray, query_text: np.ndarray, settings, model_version: str | None) -> np.ndarray:
+    """Cosine between a query's text vector and the text part of fused item vectors.
+
+    The inner product with the fused vector would divide each item's text match by
+    the norm of all its parts, so an item nobody interacted with (zero behaviour
+    part) would outrank a better-matching popular one. The text part is read back
+    through W (exactly for the identity and for orthogonal rotations).
+    """
+    from fusionrank import encoding
+
+    dims = encoding.fusion_dims(settings)
+    w = encoding.projection_matrix(encoding.projection_spec(settings, model_version))
+    part = item_vecs[:, :dims.text] if w is None else item_vecs @ w[:dims.text].T
+    query = query_text / max(float(np.linalg.norm(query_text)), 1e-12)
+    return encoding.l2_normalize(part) @ query.astype(np.float32)
 
 
 def rerank(
@@ -159,26 +179,22 @@ def top_k_for_queries(
     if queries.empty:
         return pd.DataFrame(columns=columns)
     loaded = load_index(index_path)
+    version = loaded.manifest.get("model_version")
     texts = queries["query"].tolist()
-    vectors = np.ascontiguousarray(encode_queries(texts, settings, loaded.manifest.get("model_version")),
-                                   dtype=np.float32)
+    text, vectors = encode_queries(texts, settings, version)
     _check_dim(vectors, loaded, index_path)
-    scores, positions = loaded.index.search(vectors, min(int(loaded.index.ntotal), cfg.candidates))
+    _, positions = loaded.index.search(vectors, min(int(loaded.index.ntotal), cfg.candidates))
     engaged_by_query: dict[str, dict[str, tuple[float, int]]] = {}
     for row in engagement.itertuples(index=False):
         engaged_by_query.setdefault(row.query, {})[row.item_id] = (float(row.engagement), int(row.clicks))
     rows = []
     for q, (query, searches) in enumerate(zip(texts, queries["searches"].astype(int))):
-        ids = [loaded.ids[p] for p in positions[q] if p >= 0]
-        sims = [float(s) for s, p in zip(scores[q], positions[q]) if p >= 0]
+        found = [loaded.ids[p] for p in positions[q] if p >= 0]
         engaged = engaged_by_query.get(query, {})
-        extra = sorted(set(engaged) - set(ids))
-        if extra:
-            vecs, known = loaded.vectors(extra)
-            ids += known
-            sims += (vecs @ vectors[q]).tolist()
+        vecs, ids = loaded.vectors(found + sorted(set(engaged) - set(found)))
+        sims = text_similarity(vecs, text[q], settings, version)
         for rank, (item, score, similarity, ctr, clicks) in enumerate(
-                rerank(ids, np.asarray(sims), engaged, searches, cfg.k, cfg.ctr_weight, cfg.ctr_prior), start=1):
+                rerank(ids, sims, engaged, searches, cfg.k, cfg.ctr_weight, cfg.ctr_prior), start=1):
             rows.append((query, rank, item, score, similarity, ctr, clicks, int(searches)))
     return pd.DataFrame(rows, columns=columns)
 
@@ -237,7 +253,7 @@ def _delta_rows(table_path: str, run_date: str, columns: list[str], filter_expr)
     table = DeltaTable(table_path)
     if "run_date" not in table.metadata().partition_columns:
         return pd.DataFrame(columns=columns)
-    dataset = table.to_pyarrow_dataset(partitions=[("run_date", "=", run_date)])
+    dataset = table.to_pyarrow_dataset(file_pruning_predicate=[("run_date", "=", run_date)])
     return dataset.to_table(columns=columns, filter=filter_expr).to_pandas()
 
 
@@ -269,11 +285,14 @@ def search(query: str, k: int = 10, settings=None, run_date: str | dt.date | Non
     else:
         path = index_dir(settings.storage.index_root, day)
         loaded = load_index(path)
-        vector = np.ascontiguousarray(encode_queries([normalized], settings, loaded.manifest.get("model_version")),
-                                      dtype=np.float32)
+        version = loaded.manifest.get("model_version")
+        text, vector = encode_queries([normalized], settings, version)
         _check_dim(vector, loaded, str(path))
-        scores, positions = loaded.index.search(vector, min(k, int(loaded.index.ntotal)))
-        hits = [(str(loaded.ids[p]), float(s)) for s, p in zip(scores[0], positions[0]) if p >= 0]
+        _, positions = loaded.index.search(vector, min(max(k, settings.query.candidates), int(loaded.index.ntotal)))
+        vecs, ids = loaded.vectors([loaded.ids[p] for p in positions[0] if p >= 0])
+        sims = text_similarity(vecs, text[0], settings, version)
+        order = sorted(range(len(ids)), key=lambda j: (-sims[j], ids[j]))[:k]
+        hits = [(str(ids[j]), float(sims[j])) for j in order]
     titles = _delta_rows(settings.storage.table_path("catalog_clean"), day, ["item_id", "title"],
                          pc.field("item_id").isin([i for i, _ in hits]))
     title_of = dict(zip(titles["item_id"], titles["title"]))
