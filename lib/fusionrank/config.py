@@ -137,6 +137,15 @@ class FusionConfig(_Strict):
     # Columns of W; null keeps the concatenated size. Not allowed with identity.
     output_dim: int | None = Field(None, gt=0, le=8192)
     seed: int = 42
+    # learned: item pairs co-occurring in users' histories (the most frequent
+    # `learn_pairs`, at most `learn_items_per_user` items per user) are positives,
+    # the rest of a batch negatives (InfoNCE); trained on the driver.
+    learn_pairs: int = Field(50_000, gt=0)
+    learn_items_per_user: int = Field(30, ge=2)
+    learn_epochs: int = Field(5, gt=0)
+    learn_batch_size: int = Field(256, ge=2)
+    learn_temperature: float = Field(0.05, gt=0)
+    learn_rate: float = Field(1e-3, gt=0)
 
     @model_validator(mode="after")
     def _identity_keeps_the_size(self) -> "FusionConfig":

@@ -191,11 +191,17 @@ def encode_items(ctx: RunContext) -> dict:
                         images["images_missing"], images["images_corrupt"])
         fresh = encoded.drop("image_status").withColumn("encoded_at", F.current_timestamp())
         both = carried.unionByName(fresh)
-        behaviour = None
-        if cfg.behaviour.enabled:
+        behaviour = history = None
+        learn = projection[0] == "learned" and not Path(projection[3]).exists()
+        if cfg.behaviour.enabled or learn:
             # Confidence from event types (no time decay): what was done, not when.
             history = profiles.weighted_history(ctx.training_events(), cfg.profiles, ctx.holdout_start, decay=False)
+        if cfg.behaviour.enabled:
             behaviour = encoding.behaviour_vectors(history.where(F.col("weight") > 0), cfg.behaviour)
+        learned = {}
+        if learn:
+            # Trained once per model_version and reused, so fused vectors stay comparable.
+            learned = encoding.learn_projection(both, behaviour, history, dims, cfg.fusion, projection)
         fused = encoding.fused_items(both, behaviour, dims, cfg.fusion, projection)
         ctx.describe("encode_items")
         ctx.store.write(encoding.with_metadata(fused, version, ctx.run_date), "item_embeddings",
@@ -206,7 +212,7 @@ def encode_items(ctx: RunContext) -> dict:
     written = ctx.store.read("item_embeddings", where={"run_date": ctx.run_date})
     with_behaviour = written.where(F.col("behaviour_vec").isNotNull()).count()
     return {"items": total, "encoded": to_encode, "carried_over": total - to_encode,
-            "with_behaviour": with_behaviour, **images, "fused_dim": dims.total if projection[0] == "identity"
+            "with_behaviour": with_behaviour, **images, **learned, "fused_dim": dims.total if projection[0] == "identity"
             else projection[2], "previous_run_date": previous_date, "model_version": version}
 
 

@@ -161,3 +161,39 @@ def test_default_efficientnet_lite0_through_spark(spark, tmp_path):
     # Red items' images (0, 10) are closer to each other than to the blue one (1).
     red, red_again, blue = (np.asarray(emb.at[f"sku-{i:04d}", "image_vec"]) for i in (0, 10, 1))
     assert red @ red_again > red @ blue
+
+
+def test_learned_projection_is_trained_once_per_model_version(spark, tmp_path):
+    """Users view items of one product each: those items co-occur, W is learned from
+    them, saved under storage.root, reused by the next run and by query_vectors."""
+    from fusionrank import encoding, models
+
+    rows, _ = make_catalog(tmp_path, 60)
+    for row in rows:
+        row["image_uri"] = None
+    events = [{"user_id": f"u{u}", "event_type": "view", "item_id": rows[(u % 6) * 10 + k]["item_id"],
+               "event_ts": f"2024-04-{10 + k:02d}T12:00:00Z"} for u in range(48) for k in range(4)]
+    settings = make_settings(tmp_path, write_jsonl(tmp_path / "catalog.jsonl", rows),
+                             write_jsonl(tmp_path / "events.jsonl", events), behaviour={"enabled": False},
+                             evaluate={"holdout_days": 1},
+                             fusion={"projection": "learned", "output_dim": 32, "learn_batch_size": 4,
+                                     "learn_epochs": 3, "learn_pairs": 200})
+    ctx = make_context(settings, DAY_1, spark)
+    run_stage("clean_catalog", settings, DAY_1, ctx=ctx)
+    run_stage("clean_events", settings, DAY_1, ctx=ctx)
+    counts = run_stage("encode_items", settings, DAY_1, ctx=ctx).counts
+    version = models.model_version(settings)
+    artifact = encoding.learned_projection_path(settings, version)
+    assert artifact.exists() and counts["projection_pairs"] > 0 and counts["fused_dim"] == 32
+    matrix = np.load(artifact)
+    assert matrix.shape == (384, 32)
+
+    emb = embeddings(settings, DAY_1)
+    text = np.stack(emb["text_vec"].map(np.asarray).to_numpy())
+    fused = np.stack(emb["fused_vec"].map(np.asarray).to_numpy())
+    np.testing.assert_allclose(fused, encoding.l2_normalize(text @ matrix), atol=1e-5)
+    np.testing.assert_allclose(encoding.query_vectors(text, settings), fused, atol=1e-5)
+
+    again = run_day(settings, spark, DAY_2)
+    assert "projection_pairs" not in again and again["encoded"] == 0  # same W, nothing re-encoded
+    np.testing.assert_array_equal(np.load(artifact), matrix)
