@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo data test test-unit dist clean
+.PHONY: install demo data synth test test-unit dist clean
 
 install: $(STAMP)
 
@@ -32,6 +32,17 @@ data: $(DEMO_DATA)/events.jsonl
 
 $(DEMO_DATA)/events.jsonl: | $(STAMP)
 	$(VENV)/bin/fusionrank data fetch movielens-100k --out $(DEMO_DATA)
+
+# A small synthetic e-commerce shop (images, searches) for conf/synthetic.yaml:
+#   make synth && .venv/bin/fusionrank run --conf conf/synthetic.yaml --date $(SYNTH_END_DATE)
+SYNTH_DATA := data/raw/synthetic
+SYNTH_END_DATE ?= 2026-11-22
+SYNTH_ARGS ?= --items 2000 --users 1000 --days 60 --seed 0
+
+synth: $(SYNTH_DATA)/events.jsonl
+
+$(SYNTH_DATA)/events.jsonl: | $(STAMP)
+	$(VENV)/bin/fusionrank data synth $(SYNTH_ARGS) --end-date $(SYNTH_END_DATE) --out $(SYNTH_DATA)
 
 demo: install data
 	$(VENV)/bin/fusionrank run --conf conf/local.yaml --date $(DEMO_DATE)

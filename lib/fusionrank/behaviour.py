@@ -190,3 +190,21 @@ def rec_vectors(items: DataFrame, behaviour_dim: int, content_weight: float) -> 
 
     schema = T.StructType(items.schema.fields + [T.StructField("rec_vec", VECTOR)])
     return items.mapInPandas(body, schema)
+
+
+def behaviour_dim(settings) -> int:
+    """Width of the behaviour part at the front of every ranking-space vector."""
+    return settings.behaviour.rank if settings.behaviour.enabled else 0
+
+
+def to_ranking_space(fused: np.ndarray, settings) -> np.ndarray:
+    """Vectors of the fused space (e.g. an encoded text query) -> the ranking space:
+    behaviour part zero, so the index score is the content similarity alone."""
+    fused = np.asarray(fused, dtype=np.float32)
+    pad = np.zeros((fused.shape[0], behaviour_dim(settings)), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate([pad, fused], axis=1))
+
+
+def fused_part(vectors: np.ndarray, settings) -> np.ndarray:
+    """Ranking-space vectors -> their content (fused) part, up to the content weight."""
+    return np.asarray(vectors)[:, behaviour_dim(settings):]

@@ -21,6 +21,7 @@ OUTPUT_TABLES = [
     ("recs_item_similar", "run_date"),
     ("metrics", "run_date"),
     ("published", "run_date"),
+    ("query_topk", "run_date"),
 ]
 
 
@@ -182,6 +183,20 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from fusionrank.queries import search
+
+    settings = _load(args)
+    hits = search(args.query, k=args.k, settings=settings, run_date=args.date)
+    if args.json:
+        print(json.dumps([h.__dict__ for h in hits], indent=2))
+        return 0
+    print(f"  {'rank':>4}  {'item_id':<12} {'score':>7}  title")
+    for hit in hits:
+        print(f"  {hit.rank:>4}  {hit.item_id:<12} {hit.score:>7.4f}  {hit.title or ''}")
+    return 0
+
+
 def cmd_data_fetch(args) -> int:
     from fusionrank.data.adapters import fetch_movielens_100k
 
@@ -202,6 +217,25 @@ def cmd_data_convert(args) -> int:
             raise SystemExit("error: amazon-reviews-2023 needs --reviews FILE and --meta FILE")
         counts = adapters.convert_amazon_reviews_2023(args.reviews, args.meta, args.out)
     print(f"{args.dataset}: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + f" -> {args.out}")
+    return 0
+
+
+def cmd_data_synth(args) -> int:
+    from fusionrank.data.synth import generate
+
+    images = "none" if args.no_images else args.images
+    try:
+        manifest = generate(args.out, items=args.items, users=args.users, days=args.days, seed=args.seed,
+                            end_date=args.end_date, images=images, dirty=args.dirty)
+    except ValueError as exc:
+        raise SystemExit(f"error: data synth: {exc}") from None
+    by_type = ", ".join(f"{k} {v}" for k, v in manifest["events_by_type"].items())
+    print(f"synthetic shop: {manifest['items']} items ({manifest['images_written']} images), "
+          f"{manifest['users']} users, {manifest['events']} events ({by_type}), "
+          f"{manifest['first_event_day']} .. {args.end_date} -> {args.out}")
+    if manifest["dirty_rows"]:
+        print(f"dirty rows injected: {manifest['dirty_rows']['catalog']} catalog, {manifest['dirty_rows']['events']} "
+              f"events; expected quarantine in {Path(args.out) / 'dirty_expected.json'}")
     return 0
 
 
@@ -238,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--limit", type=int, default=10, help="published: how many recent decisions to list")
     show.set_defaults(func=cmd_show)
 
+    query = sub.add_parser("search", help="the top items for a query over a night's index (no Spark)")
+    query.add_argument("query")
+    query.add_argument("--conf", required=True)
+    query.add_argument("--k", type=int, default=10)
+    query.add_argument("--date", type=_date, help="run date of the index (default: the latest)")
+    query.add_argument("--json", action="store_true", help="JSON instead of a table")
+    query.set_defaults(func=cmd_search)
+
     from fusionrank.pipeline import ORDER
 
     stage = sub.add_parser("stage", help="run one stage for one date")
@@ -259,6 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--meta", help="amazon-reviews-2023: item metadata JSON lines (.jsonl or .jsonl.gz)")
     convert.add_argument("--out", required=True)
     convert.set_defaults(func=cmd_data_convert)
+    synth = data_sub.add_parser(
+        "synth", help="generate a synthetic e-commerce shop (catalog, product images, events with searches)")
+    synth.add_argument("--items", type=int, default=2000, help="catalog size (default 2000)")
+    synth.add_argument("--users", type=int, default=1000, help="users (default 1000)")
+    synth.add_argument("--days", type=int, default=60, help="days of events, ending on --end-date (default 60)")
+    synth.add_argument("--end-date", type=_date, default=dt.date(2026, 11, 22),
+                       help="last day of events, the run date to use (default 2026-11-22)")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    synth.add_argument("--images", choices=["item", "variant", "none"], default="item",
+                       help="a PNG per item (default), one per (category, colour) shared by its items, or none")
+    synth.add_argument("--no-images", action="store_true", help="same as --images none")
+    synth.add_argument("--dirty", action="store_true",
+                       help="inject bad rows and a bot user; expected quarantine counts in dirty_expected.json")
+    synth.add_argument("--out", required=True)
+    synth.set_defaults(func=cmd_data_synth)
     return parser
 
 

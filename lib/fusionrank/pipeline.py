@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fusionrank import behaviour as behaviour_model
-from fusionrank import encoding, evaluation, index, policies, privacy, profiles, ranking
+from fusionrank import encoding, evaluation, index, policies, privacy, profiles, queries, ranking
 from fusionrank.config import Settings
 from fusionrank.data import cleaning, inputs
 from fusionrank.data.schemas import (
@@ -33,7 +33,7 @@ from fusionrank.data.schemas import (
     EVENT_REQUIRED,
 )
 from fusionrank.logs import log_context
-from fusionrank.models import model_version, text_dim, text_model_path
+from fusionrank.models import model_version
 from fusionrank.spark import get_session, utc_literal
 from fusionrank.storage import TableStore
 
@@ -203,20 +203,35 @@ def encode_items(ctx: RunContext) -> dict:
     previous_date = ctx.store.latest_partition("item_embeddings", "run_date", at_most=str(ctx.run_date))
     previous = ctx.store.read("item_embeddings", where={"run_date": previous_date}) if previous_date else None
     carried, todo = encoding.plan_encoding(catalog, previous, version)
-    todo = todo.persist(StorageLevel.MEMORY_AND_DISK)
+    dims = encoding.fusion_dims(cfg)
+    projection = encoding.projection_spec(cfg, version)
+    # The encoder output is cached: it is counted (image outcomes) and then written,
+    # and the models must run once per item.
+    encoded = encoding.encode(todo, cfg, cfg.encode.partitions).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        to_encode = todo.count()
         total = catalog.count()
-        encoded = encoding.encode(todo, str(text_model_path(cfg)), cfg, cfg.encode.partitions)
-        text = carried.unionByName(encoded.withColumn("encoded_at", F.current_timestamp()))
-        behaviour = None
-        if cfg.behaviour.enabled:
+        statuses = {row["image_status"]: row["count"] for row in encoded.groupBy("image_status").count().collect()}
+        to_encode = sum(statuses.values())
+        images = {f"images_{s}": int(statuses.get(s, 0)) for s in encoding.IMAGE_STATUSES}
+        if images["images_missing"] or images["images_corrupt"]:
+            log.warning("encode_items: %d item image(s) missing and %d corrupt; those items have no image_vec",
+                        images["images_missing"], images["images_corrupt"])
+        fresh = encoded.drop("image_status").withColumn("encoded_at", F.current_timestamp())
+        both = carried.unionByName(fresh)
+        behaviour = history = None
+        learn = projection[0] == "learned" and not Path(projection[3]).exists()
+        if cfg.behaviour.enabled or learn:
             # Confidence from event types (no time decay): what was done, not when.
             history = profiles.weighted_history(ctx.training_events(), cfg.profiles, ctx.holdout_start, decay=False)
-            history = history.where(F.col("weight") > 0)
-            behaviour = (behaviour_model.lae_item_vectors(history, cfg.behaviour) if cfg.behaviour.method == "lae"
-                         else encoding.behaviour_vectors(history, cfg.behaviour))
-        fused = encoding.fused_items(text, behaviour, text_dim(cfg), cfg.behaviour.rank, cfg.fusion)
+        if cfg.behaviour.enabled:
+            positive = history.where(F.col("weight") > 0)
+            behaviour = (behaviour_model.lae_item_vectors(positive, cfg.behaviour) if cfg.behaviour.method == "lae"
+                         else encoding.behaviour_vectors(positive, cfg.behaviour))
+        learned = {}
+        if learn:
+            # Trained once per model_version and reused, so fused vectors stay comparable.
+            learned = encoding.learn_projection(both, behaviour, history, dims, cfg.fusion, projection)
+        fused = encoding.fused_items(both, behaviour, dims, cfg.fusion, projection)
         behaviour_dim = cfg.behaviour.rank if cfg.behaviour.enabled else 0
         fused = behaviour_model.rec_vectors(fused, behaviour_dim, cfg.rank.content_weight)
         ctx.describe("encode_items")
@@ -224,11 +239,12 @@ def encode_items(ctx: RunContext) -> dict:
                         partition_by=["run_date"], replace={"run_date": ctx.run_date},
                         commit_info={**ctx.commit_info("encode_items"), "fusionrank.model_version": version})
     finally:
-        todo.unpersist()
+        encoded.unpersist()
     written = ctx.store.read("item_embeddings", where={"run_date": ctx.run_date})
     with_behaviour = written.where(F.col("behaviour_vec").isNotNull()).count()
     return {"items": total, "encoded": to_encode, "carried_over": total - to_encode,
-            "with_behaviour": with_behaviour, "previous_run_date": previous_date, "model_version": version}
+            "with_behaviour": with_behaviour, **images, **learned, "fused_dim": dims.total if projection[0] == "identity"
+            else projection[2], "previous_run_date": previous_date, "model_version": version}
 
 
 def build_index(ctx: RunContext) -> dict:
@@ -318,7 +334,28 @@ def rank(ctx: RunContext) -> dict:
     similar_rows = (ctx.store.count_rows("recs_item_similar", where={"run_date": ctx.run_date})
                     if cfg.rank.write_similar else None)
     return {"users_ranked": int(totals["users"]), "recs_rows": int(totals["rows"]), "similar_rows": similar_rows,
-            "index_type": manifest["type"], "index_recall_at_10": manifest["self_check"]["recall_at_10"]}
+            "index_type": manifest["type"], "index_recall_at_10": manifest["self_check"]["recall_at_10"],
+            **_query_topk(ctx, index_path, manifest["model_version"])}
+
+
+def _query_topk(ctx: RunContext, index_path: str, version: str) -> dict:
+    """query_topk for the most frequent queries of the training window (the held-out
+    days stay out, as for every other output of a backtest run)."""
+    from fusionrank.data.schemas import QUERY_TOPK
+
+    cfg = ctx.settings
+    since = ctx.holdout_start - dt.timedelta(days=cfg.query.lookback_days)
+    ctx.describe("rank")
+    rows, counts = queries.compute_query_topk(ctx.training_events(), index_path, cfg, since, ctx.holdout_start)
+    if rows.empty:
+        frame = ctx.spark.createDataFrame([], QUERY_TOPK)
+    else:
+        rows.insert(0, "run_date", ctx.run_date)
+        rows["model_version"] = version
+        frame = ctx.spark.createDataFrame(rows[QUERY_TOPK.fieldNames()], QUERY_TOPK)
+    ctx.store.write(frame, "query_topk", partition_by=["run_date"], replace={"run_date": ctx.run_date},
+                    commit_info=ctx.commit_info("rank"))
+    return counts
 
 
 def evaluate(ctx: RunContext) -> dict:

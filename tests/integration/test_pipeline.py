@@ -73,6 +73,9 @@ def test_every_table_is_delta_with_the_contract_columns(runs):
         table = DeltaTable(str(runs["root"] / name))
         fields = [f.name for f in table.schema().fields]
         assert set(columns) <= set(fields), f"{name} lacks {set(columns) - set(fields)}"
+        if name == "query_topk":  # MovieLens has no search events: the night's partition is empty
+            assert len(table.to_pandas()) == 0
+            continue
         assert len(runs["first"][name]) > 0, f"{name} is empty"
     assert DeltaTable(str(runs["root"] / "recs_user_topk")).metadata().partition_columns == ["run_date"]
 

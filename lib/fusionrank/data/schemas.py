@@ -121,6 +121,23 @@ METRICS = T.StructType(
     ]
 )
 
+QUERY_TOPK = T.StructType(
+    [
+        T.StructField("run_date", T.DateType(), False),
+        T.StructField("query", T.StringType(), False),
+        T.StructField("rank", T.IntegerType(), False),
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("score", T.FloatType()),
+        # How the score came about: similarity to the query in the index's space,
+        # the smoothed click-through, the item's clicks after the query, the query's searches.
+        T.StructField("similarity", T.FloatType()),
+        T.StructField("ctr", T.FloatType()),
+        T.StructField("clicks", T.IntegerType()),
+        T.StructField("searches", T.IntegerType()),
+        T.StructField("model_version", T.StringType()),
+    ]
+)
+
 # The columns DESIGN.md promises for each output table.
 CONTRACT_COLUMNS = {
     "item_embeddings": ["item_id", "content_hash", "model_version", "text_vec", "image_vec", "fused_vec", "encoded_at"],
@@ -128,4 +145,5 @@ CONTRACT_COLUMNS = {
     "recs_user_topk": ["run_date", "user_id", "rank", "item_id", "score", "reason", "reason_item_id", "model_version"],
     "recs_item_similar": ["run_date", "item_id", "rank", "similar_item_id", "score"],
     "metrics": ["run_date", "metric", "k", "value", "baseline", "split"],
+    "query_topk": ["run_date", "query", "rank", "item_id", "score"],
 }
