@@ -306,12 +306,14 @@ class _Report:
             k = None if pd.isna(r["k"]) else int(r["k"])
             name = r["metric"] if k is None else f"{r['metric']}@{k}"
             value, base = float(r["value"]), float(r["baseline"])
-            if r["metric"] == "users_evaluated":
+            if pd.isna(base):  # no baseline for this metric (the index's recall)
+                rows.append((name, value, "–", "–"))
+            elif r["metric"] == "users_evaluated":
                 rows.append((name, int(value), int(base), "–"))
             else:
                 rows.append((name, value, base, value - base))
         table = _table(["metric", "fusionrank", baseline, "difference"], rows, numeric=[1, 2, 3])
-        at_k = metrics[metrics["k"].notna()]
+        at_k = metrics[metrics["k"].notna() & metrics["baseline"].notna()]
         chart = ""
         if not at_k.empty:
             labels = [f"{m}@{int(k)}" for m, k in zip(at_k["metric"], at_k["k"])]
