@@ -151,7 +151,7 @@ def incremental(tmp: Path, rows: list[dict], cores: int, spark) -> tuple[float, 
         for row in rows[:: 100]:  # 1% of the items get a new title for the next day
             row["title"] = "new " + row["title"]
         write_jsonl(tmp / "catalog.jsonl", rows)
-    return results[0].elapsed, results[1].elapsed, results[1].counts
+    return results[0].seconds, results[1].seconds, results[1].counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--images", type=int, default=200, help="items with an image (0: skip the image rows)")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--parts", default="text,image,incremental",
+                        help="comma-separated subset of text,image,incremental to run")
     args = parser.parse_args(argv)
 
     from fusionrank.spark import get_session
@@ -176,17 +178,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<27} {n:>6} {n / raw:>9.1f} {n / warm:>11.1f} {raw / warm:>6.2f} {n / cold:>10.1f}",
                   flush=True)
 
-        raw = raw_encode(rows, settings, args.cores)
-        cold, warm = spark_encode(spark, rows, settings, args.cores)
-        row("text (MiniLM-L6)", len(rows), raw, cold, warm)
+        parts = set(args.parts.split(","))
+        if "text" in parts:
+            raw = raw_encode(rows, settings, args.cores)
+            cold, warm = spark_encode(spark, rows, settings, args.cores)
+            row("text (MiniLM-L6)", len(rows), raw, cold, warm)
 
-        if args.images:
+        if args.images and "image" in parts:
             with_images = rows[:args.images]
             image_settings = settings_for(tmp, args.cores, "efficientnet_lite0")
             raw = raw_encode(with_images, image_settings, args.cores)
             cold, warm = spark_encode(spark, with_images, image_settings, args.cores)
             row("text+image (EffNet-Lite0)", len(with_images), raw, cold, warm)
 
+        if "incremental" not in parts:
+            spark.stop()
+            return 0
         full, incr, counts = incremental(tmp / "incremental", [dict(r, image_uri=None) for r in rows], args.cores,
                                          spark)
         spark.stop()
