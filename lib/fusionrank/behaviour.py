@@ -32,7 +32,6 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -121,15 +120,11 @@ def _orthonormalise(vectors: DataFrame, key: str, width: int) -> DataFrame:
     return vectors
 
 
-_cached: list[DataFrame] = []
-
-
 def _materialise(frame: DataFrame) -> DataFrame:
-    """Persist and compute now, so each power step is not recomputed from scratch."""
-    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
-    frame.count()
-    _cached.append(frame)
-    return frame
+    """Compute now and cut the lineage: every power step builds on the previous one,
+    and without the cut the query plans (and their planning time) grow with each
+    step. Local checkpoints live in the executors' block managers."""
+    return frame.localCheckpoint(eager=True)
 
 
 def lae_item_vectors(history: DataFrame, cfg) -> DataFrame:
@@ -148,27 +143,21 @@ def lae_item_vectors(history: DataFrame, cfg) -> DataFrame:
         rows = events.join(user_vecs, "user_id")
         return _materialise(_grouped_sum(rows, "item_id", "user_id", width, buckets))
 
-    try:
-        basis = by_items(by_users(_random_start(items, width, cfg.seed)))
-        for _ in range(cfg.power_iterations):
-            basis = by_items(by_users(_orthonormalise(basis, "item_id", width)))
-        basis = _orthonormalise(basis, "item_id", width)
-        # Rayleigh-Ritz: eigenvectors of Qᵀ G Q = (XQ)ᵀ(XQ) give G's top eigenvectors.
-        small = _gram(by_users(basis), width)
-        values, vectors = np.linalg.eigh(small)
-        top = np.argsort(-values, kind="stable")[: cfg.rank]
-        values = np.maximum(values[top], 0.0)
-        # Fix each eigenvector's sign so reruns agree even if a solver flips one.
-        chosen = vectors[:, top] * np.sign(vectors[:, top].sum(axis=0) + 1e-300)
-        projection = chosen * np.sqrt(values / (values + cfg.l2))
-        result = _times(basis, "item_id", projection).select(
-            "item_id", F.col("vec").cast(VECTOR).alias("behaviour_vec"))
-        return _materialise(result)
-    finally:
-        keep = _cached[-1:] if _cached else []
-        for frame in _cached[:-1]:
-            frame.unpersist()
-        _cached[:] = keep
+    basis = by_items(by_users(_random_start(items, width, cfg.seed)))
+    for _ in range(cfg.power_iterations):
+        basis = by_items(by_users(_orthonormalise(basis, "item_id", width)))
+    basis = _orthonormalise(basis, "item_id", width)
+    # Rayleigh-Ritz: eigenvectors of Qᵀ G Q = (XQ)ᵀ(XQ) give G's top eigenvectors.
+    small = _gram(by_users(basis), width)
+    values, vectors = np.linalg.eigh(small)
+    top = np.argsort(-values, kind="stable")[: cfg.rank]
+    values = np.maximum(values[top], 0.0)
+    # Fix each eigenvector's sign so reruns agree even if a solver flips one.
+    chosen = vectors[:, top] * np.sign(vectors[:, top].sum(axis=0) + 1e-300)
+    projection = chosen * np.sqrt(values / (values + cfg.l2))
+    result = _times(basis, "item_id", projection).select(
+        "item_id", F.col("vec").cast(VECTOR).alias("behaviour_vec"))
+    return _materialise(result)
 
 
 def rec_vectors(items: DataFrame, behaviour_dim: int, content_weight: float) -> DataFrame:
