@@ -15,6 +15,7 @@ import pytest
 from deltalake import DeltaTable
 
 from fusionrank import cli
+from fusionrank.config import load_config
 from fusionrank.data.schemas import CONTRACT_COLUMNS
 from tests.conftest import ROOT, RUN_DATE
 
@@ -95,7 +96,8 @@ def test_embeddings_are_unit_vectors_of_one_model(runs):
     assert text.shape == (len(runs["first"]["catalog_clean"]), 384)  # all-MiniLM-L6-v2
     np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-4)
     fused = np.array([np.asarray(v) for v in emb["fused_vec"]])
-    assert fused.shape == (len(emb), 384 + 32)  # text ⊕ ALS behaviour (rank 32)
+    rank = load_config(ROOT / "conf" / "local.yaml").behaviour.rank
+    assert fused.shape == (len(emb), 384 + rank)  # text ⊕ behaviour
     np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-4)
     # Items someone interacted with in training carry a behaviour vector; the rest
     # are text only (zero behaviour block) and still get a vector.
@@ -105,7 +107,11 @@ def test_embeddings_are_unit_vectors_of_one_model(runs):
     assert emb["model_version"].nunique() == 1
     assert emb["image_vec"].isna().all()  # no image model in the foundation
     manifest = json.loads((runs["root"] / "index" / f"run_date={RUN_DATE}" / "manifest.json").read_text())
-    assert manifest["count"] == len(emb) and manifest["dim"] == 416
+    # the index holds the ranking space: behaviour ⊕ weighted fused vector
+    assert manifest["count"] == len(emb) and manifest["dim"] == rank + 384 + rank
+    ranking_space = np.array([np.asarray(v) for v in emb["rec_vec"]])
+    np.testing.assert_allclose(ranking_space[:, rank:] / np.linalg.norm(ranking_space[:, rank:], axis=1)[:, None],
+                               fused, atol=1e-5)
     assert manifest["model_version"] == emb["model_version"].iloc[0]
     assert manifest["self_check"]["recall_at_10"] >= 0.9
 

@@ -76,7 +76,7 @@ def test_efficientnet_lite0_gives_1280d_features_that_follow_the_picture():
 def test_hf_vision_folder_loads_through_the_settings(tiny_vit, tmp_path):
     settings = make_settings(tmp_path, models={"image": {"backend": "hf", "path": str(tiny_vit)}})
     assert models.image_dim(settings) == 32
-    assert encoding.fusion_dims(settings) == (384, 32, 32)
+    assert encoding.fusion_dims(settings) == (384, 32, settings.behaviour.rank)
     options = encoding.image_options(settings)
     encoder = models.get_image_encoder(options["backend"], options["path"], device="cpu")
     vectors = encoder.encode([solid((200, 0, 0)), solid((0, 0, 200)), solid((210, 0, 0), (50, 50))])
