@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import ROOT
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
