@@ -33,7 +33,7 @@ from fusionrank.data.schemas import (
     EVENT_REQUIRED,
 )
 from fusionrank.logs import log_context
-from fusionrank.models import model_version
+from fusionrank.models import model_version, text_model_path
 from fusionrank.spark import get_session, utc_literal
 from fusionrank.storage import TableStore
 
