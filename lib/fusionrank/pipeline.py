@@ -394,14 +394,13 @@ def evaluate(ctx: RunContext) -> dict:
     # the ranking metrics so the report and the publish gate can see it.
     check = index.read_manifest(ctx.index_path())["self_check"]
     rows.append(("index_recall", 10, float(check["recall_at_10"]), None))
-    summary["index_recall@10"] = (float(check["recall_at_10"]), None)
     frame = ctx.spark.createDataFrame(
         [(ctx.run_date, m, k, float(v), None if b is None else float(b), split, "popularity") for m, k, v, b in rows],
         "run_date date, metric string, k int, value double, baseline double, split string, baseline_name string",
     )
     ctx.store.write(frame, "metrics", partition_by=["run_date"], replace={"run_date": ctx.run_date},
                     commit_info=ctx.commit_info("evaluate"))
-    return {"split": split, "metrics": summary}
+    return {"split": split, "metrics": summary, "index_recall_at_10": float(check["recall_at_10"])}
 
 
 def _read_delta_input(ctx: RunContext, path: str) -> DataFrame:
