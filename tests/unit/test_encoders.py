@@ -131,13 +131,14 @@ def test_load_image_classifies_every_outcome(tmp_path):
 def test_random_orthogonal_projection_is_seeded_and_orthonormal(tmp_path):
     settings = make_settings(tmp_path, fusion={"projection": "random_orthogonal", "output_dim": 64})
     spec = encoding.projection_spec(settings)
-    assert spec == ("random_orthogonal", 416, 64, 42)
+    width = 384 + settings.behaviour.rank  # text ⊕ behaviour (no image model)
+    assert spec == ("random_orthogonal", width, 64, 42)
     w = encoding.projection_matrix(spec)
-    assert w.shape == (416, 64)
+    assert w.shape == (width, 64)
     np.testing.assert_allclose(w.T @ w, np.eye(64), atol=1e-5)
     encoding.projection_matrix.cache_clear()
     np.testing.assert_array_equal(w, encoding.projection_matrix(spec))
-    other = encoding.projection_matrix(("random_orthogonal", 416, 64, 7))
+    other = encoding.projection_matrix(("random_orthogonal", width, 64, 7))
     assert not np.allclose(w, other)
 
 
@@ -147,7 +148,8 @@ def test_projection_sizes_are_checked(tmp_path):
     too_wide = make_settings(tmp_path, fusion={"projection": "random_orthogonal", "output_dim": 5000})
     with pytest.raises(ValueError, match="fusion.output_dim: 5000"):
         encoding.projection_spec(too_wide)
-    assert encoding.projection_spec(make_settings(tmp_path)) == ("identity", 416)
+    plain = make_settings(tmp_path)
+    assert encoding.projection_spec(plain) == ("identity", 384 + plain.behaviour.rank)
 
 
 @pytest.mark.parametrize("fusion", [{}, {"projection": "random_orthogonal", "output_dim": 100, "text_weight": 2.0}])
