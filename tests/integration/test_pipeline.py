@@ -22,7 +22,7 @@ from tests.conftest import ROOT, RUN_DATE
 pytestmark = pytest.mark.integration
 
 TABLES = ["catalog_clean", "events_clean", "quarantine", "item_embeddings", "user_profiles",
-          "recs_user_topk", "recs_item_similar", "metrics"]
+          "recs_user_topk", "recs_item_similar", "metrics", "query_topk"]
 VOLATILE = {"quarantined_at"}  # wall-clock columns that legitimately differ between runs
 
 
