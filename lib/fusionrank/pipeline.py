@@ -232,8 +232,7 @@ def encode_items(ctx: RunContext) -> dict:
             # Trained once per model_version and reused, so fused vectors stay comparable.
             learned = encoding.learn_projection(both, behaviour, history, dims, cfg.fusion, projection)
         fused = encoding.fused_items(both, behaviour, dims, cfg.fusion, projection)
-        behaviour_dim = cfg.behaviour.rank if cfg.behaviour.enabled else 0
-        fused = behaviour_model.rec_vectors(fused, behaviour_dim, cfg.rank.content_weight)
+        fused = behaviour_model.rec_vectors(fused, behaviour_model.behaviour_dim(cfg), cfg.rank.content_weight)
         ctx.describe("encode_items")
         ctx.store.write(encoding.with_metadata(fused, version, ctx.run_date), "item_embeddings",
                         partition_by=["run_date"], replace={"run_date": ctx.run_date},
@@ -276,9 +275,8 @@ def build_profiles(ctx: RunContext) -> dict:
     cfg = ctx.settings
     history = profiles.weighted_history(ctx.training_events(), cfg.profiles, ctx.holdout_start)
     vectors = ctx.for_date("item_embeddings").select("item_id", F.col(INDEX_VECTOR).alias("vec"))
-    behaviour_dim = cfg.behaviour.rank if cfg.behaviour.enabled else 0
     out = ctx.pseudonymised(profiles.build_user_profiles(history, vectors, cfg.profiles, ctx.run_date,
-                                                         behaviour_dim))
+                                                         behaviour_model.behaviour_dim(cfg)))
     ctx.describe("build_profiles")
     ctx.store.write(out, "user_profiles", partition_by=["run_date"], replace={"run_date": ctx.run_date},
                     commit_info=ctx.commit_info("build_profiles"))

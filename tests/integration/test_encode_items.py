@@ -68,20 +68,6 @@ def run_day(settings, spark, day: dt.date) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_vit(tmp_path_factory):
-    import torch
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    folder = tmp_path_factory.mktemp("tiny_vit")
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       image_size=32, patch_size=8)
-    ViTModel(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def two_days(spark, tiny_vit, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("encode_items")
     rows, expected = make_catalog(tmp, 300)

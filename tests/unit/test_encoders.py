@@ -20,21 +20,6 @@ def solid(colour, size=(96, 64)) -> Image.Image:
     return Image.new("RGB", size, colour)
 
 
-@pytest.fixture(scope="module")
-def tiny_vit(tmp_path_factory):
-    """A 2-layer ViT (hidden 32, 32px images, 8px patches) saved as a HF folder."""
-    import torch
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    folder = tmp_path_factory.mktemp("tiny_vit")
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       image_size=32, patch_size=8)
-    ViTModel(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
-
-
 # -- text ------------------------------------------------------------------------------
 
 
