@@ -3,7 +3,9 @@
 The artifact for a run date is a folder `<storage.root>/<index_dir>/run_date=D/`
 holding `index.faiss`, `ids.parquet` (the item id of every index position) and
 `manifest.json` (count, dim, type, params, model_version, created_at, self-check
-recall). It is written to a temporary folder and renamed into place, so readers
+recall), and `attributes/` (item_id, title, top-level category of the indexed items,
+Parquet written by Spark) so that ranking workers explain and diversify without a
+Spark join. It is written to a temporary folder and renamed into place, so readers
 see the old artifact or the new one, never half of one.
 
 Building follows the autofaiss pattern, so no process but a shard writer ever
@@ -53,6 +55,7 @@ log = logging.getLogger("fusionrank.index")
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
+ATTRIBUTES_DIR = "attributes"
 TRAINED_FILE = "trained.faiss"
 SELF_CHECK_K = 10
 DENSE_COPY_MAX_BYTES = 512 * 2**20  # loaded indexes keep a float32 copy of their vectors up to this size
@@ -462,7 +465,7 @@ def assemble(spec: IndexSpec, staging: Staging, shards: list[dict], queries: np.
             f"index.min_recall {cfg.min_recall} ({spec.params()}); raise index.max_nprobe / max_ef_search, "
             f"index.memory_budget_mb (for ivf_pq) or use type: flat"
         )
-    save(index, ids, manifest, out_dir)
+    save(index, ids, manifest, out_dir, staging.path / ATTRIBUTES_DIR)
     return BuiltIndex(Path(out_dir), manifest)
 
 
@@ -497,9 +500,10 @@ def build(
 
 
 def build_from_spark(vectors, dim: int, count: int, cfg: IndexConfig, out_dir: Path, model_version: str,
-                     run_date: str, partitions: int = 0) -> BuiltIndex:
+                     run_date: str, partitions: int = 0, attributes=None) -> BuiltIndex:
     """Build from a Spark DataFrame of (item_id, fused_vec) without collecting it: only a
-    bounded sample and one small row per shard reach the driver."""
+    bounded sample and one small row per shard reach the driver. `attributes`
+    (item_id, title, category), when given, is written beside the index by Spark."""
     import faiss
     from functools import partial
 
@@ -523,6 +527,9 @@ def build_from_spark(vectors, dim: int, count: int, cfg: IndexConfig, out_dir: P
         # Hash-partitioned and sorted: the same shards, so the same positions, on every rerun.
         shards = [row.asDict() for row in vectors.repartition(parts, "item_id").sortWithinPartitions("item_id")
                   .mapInArrow(body, SHARD_DDL).collect()]
+        if attributes is not None:
+            attributes.select("item_id", "title", "category").coalesce(1).write.parquet(
+                str(staging.path / ATTRIBUTES_DIR))
         return assemble(spec, staging, shards, queries, dim, count, cfg, out_dir, model_version, run_date,
                         extra={"train_sample": int(len(sample)) if spec.trained else 0})
     finally:
@@ -544,7 +551,7 @@ def reconstruct(index, positions: np.ndarray) -> np.ndarray:
     return index.reconstruct_batch(np.asarray(positions, dtype=np.int64))
 
 
-def save(index, ids, manifest: dict, out_dir: Path) -> None:
+def save(index, ids, manifest: dict, out_dir: Path, attributes_dir: Path | None = None) -> None:
     import faiss
 
     out_dir = Path(out_dir)
@@ -556,6 +563,8 @@ def save(index, ids, manifest: dict, out_dir: Path) -> None:
         ids = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
         pq.write_table(pa.table({"item_id": ids}), tmp / IDS_FILE)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if attributes_dir is not None and Path(attributes_dir).exists():
+            shutil.move(str(attributes_dir), str(tmp / ATTRIBUTES_DIR))
         old = None
         if out_dir.exists():
             old = out_dir.parent / f".old-{out_dir.name}-{uuid.uuid4().hex[:8]}"
@@ -584,6 +593,8 @@ class LoadedIndex:
     ids_arrow: pa.Array = None  # the same ids, for vectorised takes into Arrow output
     search_index: object = None  # a GPU copy when one is used, else `index`
     dense: np.ndarray | None = None  # every vector, when small enough: lookups without FAISS calls
+    titles: pa.Array | None = None  # title of every position (null: unknown), from attributes/
+    category_codes: np.ndarray | None = None  # top-level category code of every position (-1: none)
 
     def reconstruct(self, positions: np.ndarray) -> np.ndarray:
         """Vectors at index `positions` (a row gather when the dense copy is kept)."""
@@ -634,6 +645,27 @@ def load_index(path: Path | str, use_gpu: bool = False) -> LoadedIndex:
             dense = index.reconstruct_n(0, index.ntotal) if index.ntotal * index.d * 4 <= DENSE_COPY_MAX_BYTES else None
             loaded = LoadedIndex(index, ids, {item: i for i, item in enumerate(ids)}, manifest, ids_arrow, search_index,
                                  dense)
+            _attach_attributes(loaded, Path(path) / ATTRIBUTES_DIR)
             _LOADED.clear()  # one artifact per worker at a time: bounded memory
             _LOADED[key] = loaded
     return loaded
+
+
+def _attach_attributes(loaded: LoadedIndex, folder: Path) -> None:
+    """Titles and category codes aligned to index positions (artifacts built before
+    attributes existed have neither: reasons then name the item id, no diversity)."""
+    if not folder.exists():
+        return
+    table = pq.read_table(folder, columns=["item_id", "title", "category"])
+    if table.num_rows == 0:
+        return
+    found = loaded.position_of(table.column("item_id").to_numpy(zero_copy_only=False))
+    row_at = np.full(int(loaded.index.ntotal), -1, dtype=np.int64)
+    row_at[found[found >= 0]] = np.nonzero(found >= 0)[0]
+    taken = pa.array(np.maximum(row_at, 0))
+    missing = pa.array(row_at < 0)
+    titles = table.column("title").combine_chunks().cast(pa.string()).take(taken)
+    loaded.titles = pc.if_else(missing, pa.scalar(None, pa.string()), titles)
+    codes = pc.fill_null(table.column("category").combine_chunks().cast(pa.string()).dictionary_encode().indices, -1)
+    loaded.category_codes = np.where(row_at < 0, -1, codes.to_numpy(zero_copy_only=False)[np.maximum(row_at, 0)]) \
+        .astype(np.int32)

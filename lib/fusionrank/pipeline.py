@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
 
+import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -31,6 +32,8 @@ from fusionrank.data.schemas import (
     CATALOG_REQUIRED,
     EVENT_FIELDS,
     EVENT_REQUIRED,
+    RECS_ITEM_SIMILAR,
+    RECS_USER_TOPK,
 )
 from fusionrank.logs import log_context
 from fusionrank.models import model_version, text_model_path
@@ -260,9 +263,13 @@ def build_index(ctx: RunContext) -> dict:
     if stats["versions"] != 1:
         raise StageError(f"item_embeddings for {ctx.run_date} mixes {stats['versions']} model versions")
     ctx.describe("build_index")
+    # What ranking workers need to explain and diversify, shipped with the index.
+    attributes = (ctx.for_date("catalog_clean")
+                  .select("item_id", "title", policies.top_category(F.col("category")).alias("category"))
+                  .join(vectors.select("item_id"), "item_id", "left_semi")) if ctx.store.exists("catalog_clean") else None
     built = index.build_from_spark(vectors.select("item_id", F.col(INDEX_VECTOR).alias("fused_vec")), dim, count, cfg.index,
                                    index.index_dir(cfg.storage.index_root, ctx.run_date), stats["mv"],
-                                   str(ctx.run_date))
+                                   str(ctx.run_date), attributes=attributes)
     m = built.manifest
     return {"path": str(built.path), **{k: m[k] for k in ("count", "dim", "type", "shards")},
             **{k: m[k] for k in ("nlist", "nprobe", "pq_m", "ef_search") if k in m},
@@ -288,6 +295,7 @@ def rank(ctx: RunContext) -> dict:
     cfg = ctx.settings
     index_path = ctx.index_path()
     manifest = index.read_manifest(index_path)
+    version = manifest["model_version"]
     profiles_df = ctx.for_date("user_profiles")
     seen = (ctx.training_events().where(F.col("item_id").isNotNull())
             .groupBy("user_id").agg(F.collect_set("item_id").alias("seen")))
@@ -295,15 +303,10 @@ def rank(ctx: RunContext) -> dict:
     users = profiles_df.join(seen, "user_id", "left").select(
         "user_id", "profile_vec", "history_item_ids", "history_weights", "seen"
     )
-    catalog = ctx.for_date("catalog_clean")
-    diverse = cfg.rank.max_per_category > 0
-    # With a per-category cap, fetch deeper so k remain after capping.
-    search_cfg = cfg.rank.model_copy(update={"k": cfg.rank.k * 3}) if diverse else cfg.rank
-    retrieved = ranking.rank_users(users, index_path, search_cfg, cfg.rank.user_partitions, use_gpu=cfg.index.use_gpu)
-    if diverse:
-        retrieved = policies.diversify(retrieved, catalog, cfg.rank.k, cfg.rank.max_per_category)
-    columns = ["user_id", "rank", "item_id", "score", "reason", "reason_item_id"]
-    recs = ranking.explain(retrieved, catalog).select(*columns)
+    # Search, seen-item removal, the per-category cap and reasons run on the executors,
+    # which write their rows' Parquet files themselves (no Spark rows in between).
+    ranked = ranking.rank_batches(users, index_path, cfg.rank, cfg.rank.user_partitions, use_gpu=cfg.index.use_gpu)
+    cold = None
     if cfg.rank.cold_start:
         # Profiles carry user ids as they leave the system (maybe pseudonymised), the
         # events the plain ones: match on the former, compute on the latter.
@@ -311,29 +314,28 @@ def rank(ctx: RunContext) -> dict:
         cold_users = (ctx.pseudonymised(known).join(profiles_df.select("user_id"), "user_id", "left_anti")
                       .select(F.col("_plain").alias("user_id")))
         since = ctx.holdout_start - dt.timedelta(days=cfg.rank.trending_days)
-        cold = policies.cold_start(cold_users, ctx.training_events(), catalog, cfg.rank.k, since)
-        recs = recs.unionByName(ctx.pseudonymised(cold).select(*columns))
-    recs = recs.select(
-        F.lit(ctx.run_date).alias("run_date"), *columns, F.lit(manifest["model_version"]).alias("model_version"),
-    )
+        cold = ctx.pseudonymised(policies.cold_start(cold_users, ctx.training_events(), ctx.for_date("catalog_clean"),
+                                                     cfg.rank.k, since)).select(
+            F.lit(ctx.run_date).alias("run_date"), "user_id", "rank", "item_id", "score", "reason", "reason_item_id",
+            F.lit(version).alias("model_version"))
     ctx.describe("rank")
-    ctx.store.write(recs, "recs_user_topk", partition_by=["run_date"], replace={"run_date": ctx.run_date},
-                    commit_info=ctx.commit_info("rank"))
+    ctx.store.write(cold, "recs_user_topk", partition_by=["run_date"], replace={"run_date": ctx.run_date},
+                    commit_info=ctx.commit_info("rank"), batches=ranked, schema=RECS_USER_TOPK)
     if cfg.rank.write_similar:
         items = ctx.for_date("item_embeddings").select("item_id", F.col(INDEX_VECTOR).alias("fused_vec")).where(F.col("fused_vec").isNotNull())
-        similar = ranking.similar_items(items, index_path, cfg.rank.similar_k, cfg.rank.user_partitions,
-                                        use_gpu=cfg.index.use_gpu).select(
-            F.lit(ctx.run_date).alias("run_date"), "item_id", "rank", "similar_item_id", "score"
-        )
-        ctx.store.write(similar, "recs_item_similar", partition_by=["run_date"], replace={"run_date": ctx.run_date},
-                        commit_info=ctx.commit_info("rank"))
-    written = ctx.store.read("recs_user_topk", where={"run_date": ctx.run_date})
-    totals = written.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
+        similar = ranking.similar_batches(items, index_path, cfg.rank.similar_k, cfg.rank.user_partitions,
+                                          use_gpu=cfg.index.use_gpu)
+        ctx.store.write(None, "recs_item_similar", partition_by=["run_date"], replace={"run_date": ctx.run_date},
+                        commit_info=ctx.commit_info("rank"), batches=similar, schema=RECS_ITEM_SIMILAR)
+    # Counts from the Delta log and the rank column alone: no re-read of the rows.
+    users_ranked = ctx.store.read("recs_user_topk", where={"run_date": ctx.run_date}).where(F.col("rank") == 1).count()
     similar_rows = (ctx.store.count_rows("recs_item_similar", where={"run_date": ctx.run_date})
                     if cfg.rank.write_similar else None)
-    return {"users_ranked": int(totals["users"]), "recs_rows": int(totals["rows"]), "similar_rows": similar_rows,
-            "index_type": manifest["type"], "index_recall_at_10": manifest["self_check"]["recall_at_10"],
-            **_query_topk(ctx, index_path, manifest["model_version"])}
+    return {"users_ranked": int(users_ranked),
+            "recs_rows": ctx.store.count_rows("recs_user_topk", where={"run_date": ctx.run_date}),
+            "similar_rows": similar_rows, "index_type": manifest["type"],
+            "index_recall_at_10": manifest["self_check"]["recall_at_10"],
+            **_query_topk(ctx, index_path, version)}
 
 
 def _query_topk(ctx: RunContext, index_path: str, version: str) -> dict:
@@ -345,14 +347,11 @@ def _query_topk(ctx: RunContext, index_path: str, version: str) -> dict:
     since = ctx.holdout_start - dt.timedelta(days=cfg.query.lookback_days)
     ctx.describe("rank")
     rows, counts = queries.compute_query_topk(ctx.training_events(), index_path, cfg, since, ctx.holdout_start)
-    if rows.empty:
-        frame = ctx.spark.createDataFrame([], QUERY_TOPK)
-    else:
-        rows.insert(0, "run_date", ctx.run_date)
-        rows["model_version"] = version
-        frame = ctx.spark.createDataFrame(rows[QUERY_TOPK.fieldNames()], QUERY_TOPK)
-    ctx.store.write(frame, "query_topk", partition_by=["run_date"], replace={"run_date": ctx.run_date},
-                    commit_info=ctx.commit_info("rank"))
+    # A few hundred rows at most, already on the driver: written without a Spark job.
+    rows["model_version"] = version
+    ctx.store.write_rows(pa.Table.from_pandas(rows, preserve_index=False), "query_topk", QUERY_TOPK,
+                         partition_by=["run_date"], replace={"run_date": ctx.run_date},
+                         commit_info=ctx.commit_info("rank"))
     return counts
 
 

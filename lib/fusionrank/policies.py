@@ -1,7 +1,7 @@
 """Ranking policies applied after retrieval, as Spark DataFrame transforms.
 
-* `diversify`: at most `max_per_category` items of one top-level category in a
-  user's top-K (candidates are fetched deeper, then capped and re-numbered).
+(The per-category cap, `rank.max_per_category`, runs on the ranking workers:
+ranking._cap_per_category.)
 * `cold_start`: users with events but no profile (nothing weighted in their
   history, e.g. only searches, or only items not in the index) get the most
   popular items of the recent window, in their most frequent top-level category
@@ -21,22 +21,6 @@ from fusionrank.spark import utc_literal
 def top_category(category):
     """'Women > Dresses > Maxi' -> 'Women' (null stays null)."""
     return F.trim(F.split(category, ">").getItem(0))
-
-
-def diversify(recs: DataFrame, catalog: DataFrame, k: int, max_per_category: int) -> DataFrame:
-    """recs (user_id, rank, item_id, score, ...) fetched deeper than k -> at most k per user,
-    at most `max_per_category` per top-level category; ranks renumbered 1..k."""
-    if max_per_category <= 0:
-        return recs.where(F.col("rank") <= k)
-    cats = catalog.select("item_id", top_category(F.col("category")).alias("_cat"))
-    ranked = recs.join(cats, "item_id", "left").withColumn("_cat", F.coalesce("_cat", F.lit("")))
-    in_category = Window.partitionBy("user_id", "_cat").orderBy("rank")
-    capped = ranked.withColumn("_n", F.row_number().over(in_category)).where(
-        (F.col("_n") <= max_per_category) | (F.col("_cat") == "")
-    )
-    per_user = Window.partitionBy("user_id").orderBy("rank")
-    return (capped.withColumn("rank", F.row_number().over(per_user)).where(F.col("rank") <= k)
-            .drop("_cat", "_n"))
 
 
 def cold_start(users: DataFrame, events: DataFrame, catalog: DataFrame, k: int, since: dt.datetime) -> DataFrame:

@@ -2,10 +2,14 @@
 
 Each Python worker loads the run's FAISS index once (`index.load_index`) and
 searches its users in batches: candidates are fetched with room for the user's
-seen items, which are removed, and every recommendation is explained by the
-history item that contributed most to its score (weight x similarity).
-Batches travel as Arrow (mapInArrow) and everything after the FAISS search is
-vectorised over the batch: no per-user or per-row Python.
+seen items, which are removed, at most `rank.max_per_category` items of one
+top-level category are kept, and every recommendation is explained by the history
+item that contributed most to its score (weight x similarity), named by its title
+(the index artifact carries titles and categories). Batches travel as Arrow
+(mapInArrow) and everything after the FAISS search is vectorised over the batch:
+no per-user or per-row Python. The stage has the workers write the output
+Parquet themselves (`storage.ExecutorBatches`): turning millions of result rows
+into Spark rows only to write them again was most of the stage's time.
 """
 
 from __future__ import annotations
@@ -17,18 +21,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fusionrank.data.schemas import RECS_ITEM_SIMILAR, RECS_USER_TOPK
+from fusionrank.storage import ExecutorBatches
 
 
 def _columns(schema: T.StructType, names: list[str]) -> T.StructType:
     return T.StructType([schema[name] for name in names])
 
 
-# What the executors emit; run_date, reason text and model_version are added after.
-RANKED_SCHEMA = _columns(RECS_USER_TOPK, ["user_id", "rank", "item_id", "score", "reason_item_id"])
+# What the executors emit: the tables' columns but run_date (the partition folder).
+RANKED_SCHEMA = _columns(RECS_USER_TOPK, ["user_id", "rank", "item_id", "score", "reason", "reason_item_id",
+                                          "model_version"])
 SIMILAR_SCHEMA = _columns(RECS_ITEM_SIMILAR, ["item_id", "rank", "similar_item_id", "score"])
 
 
@@ -78,20 +83,42 @@ def _list_rows(column: pa.Array, limit: int | None = None) -> tuple[np.ndarray, 
     return rows, values
 
 
-def _drop_and_cut(positions: np.ndarray, excluded_rows: np.ndarray, excluded_positions: np.ndarray, k: int):
-    """Per query row, the first k result columns that are real hits (position >= 0) and not
-    excluded for that row (seen items, the item itself). Returns (row, column, rank) arrays
-    in row-major order, i.e. by row, then by descending score."""
+def _drop_and_cut(positions: np.ndarray, excluded_rows: np.ndarray, excluded_positions: np.ndarray, k: int,
+                  categories: np.ndarray | None = None, max_per_category: int = 0):
+    """Per query row, the first k result columns that are real hits (position >= 0), not
+    excluded for that row (seen items, the item itself) and, with `max_per_category`,
+    not beyond that many of one category (`categories`: code per index position, -1
+    none; items without a category are never capped). Returns (row, column, rank)
+    arrays in row-major order, i.e. by row, then by descending score."""
     n, width = positions.shape
     stride = np.int64(max(int(positions.max(initial=0)), int(excluded_positions.max(initial=0))) + 1)
     keep = positions >= 0
     if len(excluded_positions):
         excluded = np.unique(excluded_rows.astype(np.int64) * stride + excluded_positions)
         keep &= ~np.isin(np.arange(n, dtype=np.int64)[:, None] * stride + positions, excluded)
+    if max_per_category > 0 and categories is not None and len(categories):
+        _cap_per_category(keep, np.where(positions >= 0, categories[np.maximum(positions, 0)], -1), max_per_category)
     ranks = np.cumsum(keep, axis=1)
     keep &= ranks <= k
     rows, cols = np.nonzero(keep)
     return rows, cols, ranks[rows, cols].astype(np.int32)
+
+
+def _cap_per_category(keep: np.ndarray, codes: np.ndarray, max_per_category: int) -> None:
+    """Clear `keep` (in place) past the first `max_per_category` kept entries of each
+    (row, category code >= 0), counting along the row (descending score)."""
+    rows, cols = np.nonzero(keep & (codes >= 0))
+    if len(rows) == 0:
+        return
+    key = rows.astype(np.int64) * (int(codes.max()) + 1) + codes[rows, cols]
+    order = np.argsort(key, kind="stable")  # stable: within a group, still by column
+    grouped = key[order]
+    starts = np.r_[True, grouped[1:] != grouped[:-1]]
+    group_first = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    nth = np.empty(len(order), dtype=np.int64)
+    nth[order] = np.arange(len(order)) - group_first
+    over = nth >= max_per_category
+    keep[rows[over], cols[over]] = False
 
 
 def _reasons_batched(loaded, rows: np.ndarray, ranks: np.ndarray, item_positions: np.ndarray, n_users: int,
@@ -137,7 +164,18 @@ def _take_ids(loaded, positions: np.ndarray) -> pa.Array:
     return pc.if_else(pa.array(valid), taken, pa.scalar(None, taken.type)).cast(pa.string())
 
 
-def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reason_history: int) -> pa.RecordBatch | None:
+def reason_text(loaded, reasons: np.ndarray) -> pa.Array:
+    """'similar to <title of the reason item>' (its id where the title is unknown), or
+    'close to your profile' where there is no reason item."""
+    ids = _take_ids(loaded, reasons)
+    titles = loaded.titles.take(pa.array(np.maximum(reasons, 0))) if loaded.titles is not None and len(reasons) \
+        else pa.nulls(len(reasons), pa.string())
+    named = pc.coalesce(pc.if_else(pa.array(reasons >= 0), titles, pa.scalar(None, pa.string())), ids)
+    return pc.fill_null(pc.binary_join_element_wise("similar to ", named, ""), "close to your profile")
+
+
+def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reason_history: int,
+               max_per_category: int = 0) -> pa.RecordBatch | None:
     """Top-k unseen items (with reasons) of one batch of users: one FAISS search, the rest
     vectorised. A re-ranker plugs in between the search and `_drop_and_cut`: rescore
     `scores` (same shape as `positions`) and re-sort each row."""
@@ -149,17 +187,23 @@ def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reaso
         return None
     seen_rows, seen_ids = _list_rows(chunk.column("seen"))
     longest_seen = int(np.bincount(seen_rows, minlength=n).max()) if len(seen_rows) else 0
-    fetch = min(total, max_candidates, k + longest_seen)
+    diverse = max_per_category > 0 and loaded.category_codes is not None
+    # With a per-category cap, fetch deeper so that k remain after capping.
+    fetch = min(total, max_candidates, (3 * k if diverse else k) + longest_seen)
     scores, positions = loaded.search(arrow_vectors(chunk, "profile_vec", loaded.index.d), fetch)
     seen_pos = loaded.position_of(seen_ids.to_numpy(zero_copy_only=False))
-    rows, cols, ranks = _drop_and_cut(positions, seen_rows[seen_pos >= 0], seen_pos[seen_pos >= 0], k)
+    rows, cols, ranks = _drop_and_cut(positions, seen_rows[seen_pos >= 0], seen_pos[seen_pos >= 0], k,
+                                      loaded.category_codes, max_per_category if diverse else 0)
     if len(rows) == 0:
         return None
     item_positions = positions[rows, cols]
     reasons = _reasons_batched(loaded, rows, ranks, item_positions, n, k, chunk, reason_history)
+    version = pa.array([loaded.manifest.get("model_version")], pa.string())
     return pa.RecordBatch.from_arrays(
         [chunk.column("user_id").take(pa.array(rows)).cast(pa.string()), pa.array(ranks, pa.int32()),
-         _take_ids(loaded, item_positions), pa.array(scores[rows, cols], pa.float32()), _take_ids(loaded, reasons)],
+         _take_ids(loaded, item_positions), pa.array(scores[rows, cols], pa.float32()),
+         reason_text(loaded, reasons), _take_ids(loaded, reasons),
+         version.take(pa.array(np.zeros(len(rows), dtype=np.int32)))],
         names=RANKED_SCHEMA.fieldNames(),
     )
 
@@ -172,6 +216,7 @@ def rank_partition(
     reason_history: int,
     search_batch: int,
     use_gpu: bool = False,
+    max_per_category: int = 0,
 ) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: top-k unseen items per user, with reasons, `search_batch` users per search."""
     import faiss
@@ -183,7 +228,8 @@ def rank_partition(
     loaded = load_index(index_path, use_gpu=use_gpu)  # once per Python worker
     for batch in batches:
         for start in range(0, batch.num_rows, search_batch):
-            out = rank_chunk(loaded, batch.slice(start, search_batch), k, max_candidates, reason_history)
+            out = rank_chunk(loaded, batch.slice(start, search_batch), k, max_candidates, reason_history,
+                             max_per_category)
             if out is not None:
                 yield out
 
@@ -217,9 +263,10 @@ def similar_partition(batches: Iterator[pa.RecordBatch], index_path: str, k: int
             )
 
 
-def rank_users(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0, use_gpu: bool = False) -> DataFrame:
-    """users: (user_id, profile_vec, history_item_ids, history_weights, seen)."""
-    users = _stable_batches(users, "user_id", partitions)
+def rank_batches(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0,
+                 use_gpu: bool = False) -> ExecutorBatches:
+    """users: (user_id, profile_vec, history_item_ids, history_weights, seen) -> the
+    recs_user_topk rows (but run_date) as Arrow batches made on the executors."""
     body = partial(
         rank_partition,
         index_path=index_path,
@@ -228,8 +275,15 @@ def rank_users(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0,
         reason_history=rank_cfg.reason_history,
         search_batch=rank_cfg.search_batch,
         use_gpu=use_gpu,
+        max_per_category=rank_cfg.max_per_category,
     )
-    return users.mapInArrow(body, RANKED_SCHEMA)
+    return ExecutorBatches(_stable_batches(users, "user_id", partitions), body, RANKED_SCHEMA)
+
+
+def rank_users(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0, use_gpu: bool = False) -> DataFrame:
+    """`rank_batches` as a Spark DataFrame (for inspection and tests; the stage writes
+    the batches directly)."""
+    return rank_batches(users, index_path, rank_cfg, partitions, use_gpu).to_dataframe()
 
 
 def _stable_batches(df: DataFrame, key: str, partitions: int = 0) -> DataFrame:
@@ -240,17 +294,12 @@ def _stable_batches(df: DataFrame, key: str, partitions: int = 0) -> DataFrame:
     return df.repartition(parts, key).sortWithinPartitions(key)
 
 
+def similar_batches(items: DataFrame, index_path: str, k: int, partitions: int = 0,
+                    use_gpu: bool = False) -> ExecutorBatches:
+    """items: (item_id, fused_vec) -> recs_item_similar rows (but run_date) as Arrow batches."""
+    return ExecutorBatches(_stable_batches(items, "item_id", partitions),
+                           partial(similar_partition, index_path=index_path, k=k, use_gpu=use_gpu), SIMILAR_SCHEMA)
+
+
 def similar_items(items: DataFrame, index_path: str, k: int, partitions: int = 0, use_gpu: bool = False) -> DataFrame:
-    """items: (item_id, fused_vec)."""
-    items = _stable_batches(items, "item_id", partitions)
-    return items.mapInArrow(partial(similar_partition, index_path=index_path, k=k, use_gpu=use_gpu), SIMILAR_SCHEMA)
-
-
-def explain(recs: DataFrame, catalog: DataFrame) -> DataFrame:
-    """Add a readable `reason` from the reason item's title."""
-    titles = catalog.select(F.col("item_id").alias("reason_item_id"), F.col("title").alias("_reason_title"))
-    joined = recs.join(titles, "reason_item_id", "left")
-    reason = F.when(
-        F.col("_reason_title").isNotNull(), F.concat(F.lit("similar to "), F.col("_reason_title"))
-    ).otherwise(F.lit("close to your profile"))
-    return joined.withColumn("reason", reason).drop("_reason_title")
+    return similar_batches(items, index_path, k, partitions, use_gpu).to_dataframe()

@@ -23,6 +23,12 @@ after its Parquet files are written and before the commit, by raising or by
 sleeping until the process is killed. The crash tests use it to interrupt a write at
 its most delicate moment; it is never set in production.
 
+Large outputs made as Arrow batches on the executors (the ranking stage's millions
+of recommendations) can skip Spark rows altogether: `ExecutorBatches` has each task
+write its batches to Parquet with pyarrow and report the file; the driver commits
+exactly the reported files (a failed task attempt's leftovers are never
+committed), in the same commit as any rows written by Spark beside them.
+
 Nothing else in fusionrank knows which engine wrote a table.
 """
 
@@ -37,7 +43,8 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from urllib.parse import unquote, urlparse
+from typing import Callable, Iterator
+from urllib.parse import quote, unquote, urlparse
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
@@ -68,6 +75,59 @@ class TableInfo:
     rows: int | None
     partitions: list[str]
     last_commit: str | None
+
+
+@dataclass(frozen=True)
+class ExecutorBatches:
+    """Rows produced on the executors as Arrow batches: `frame.mapInArrow(produce)`
+    with `schema` (a table's columns but its partition columns)."""
+
+    frame: DataFrame
+    produce: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+    schema: T.StructType
+
+    def to_dataframe(self) -> DataFrame:
+        return self.frame.mapInArrow(self.produce, self.schema)
+
+
+FILE_REPORT_DDL = "path string, rows long, bytes long"
+ROW_GROUP_ROWS = 256 * 1024
+
+
+def write_batches_partition(batches: Iterator[pa.RecordBatch], produce, folder: str,
+                            schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: this task's produced batches -> one Parquet file in `folder`
+    (none when it produced no rows); yields (path, rows, bytes) of the file."""
+    import pyarrow.parquet as pq
+    from pyspark import TaskContext
+
+    task = TaskContext.get()
+    name = f"part-{task.partitionId() if task else 0:05d}-{uuid.uuid4().hex}.parquet"  # unique per attempt
+    path = os.path.join(folder, name)
+    writer, rows, pending = None, 0, []
+
+    def flush():
+        nonlocal writer
+        if writer is None:
+            os.makedirs(folder, exist_ok=True)
+            writer = pq.ParquetWriter(path, schema)
+        writer.write_table(pa.Table.from_batches(pending).cast(schema), row_group_size=ROW_GROUP_ROWS)
+        pending.clear()
+
+    try:
+        for batch in produce(batches):
+            if batch.num_rows:
+                pending.append(batch)
+                rows += batch.num_rows
+                if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
+                    flush()
+        if pending:
+            flush()
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is not None:
+        yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows], "bytes": [os.path.getsize(path)]})
 
 
 def _local_path(uri: str) -> str:
@@ -110,11 +170,13 @@ class TableStore:
     # -- writing ---------------------------------------------------------------
     def write(
         self,
-        df: DataFrame,
+        df: DataFrame | None,
         name: str,
         partition_by: list[str] | None = None,
         replace: dict[str, object] | None = None,
         commit_info: dict[str, str] | None = None,
+        batches: ExecutorBatches | None = None,
+        schema: T.StructType | None = None,
     ) -> int:
         """Write `df` as table `name` in one commit and return the new version.
 
@@ -122,21 +184,89 @@ class TableStore:
         ``{"run_date": date}``): rows of other partitions stay untouched. Without it
         the whole table is replaced. The columns named in `replace` are set to those
         values, so a write can never leak into another partition.
+
+        `batches` adds rows that the executors write to Parquet themselves (see
+        `ExecutorBatches`); then `replace` must name every partition column, and
+        `schema` (the table's) is required when there is no `df`.
         """
         partition_by = list(partition_by or [])
         replace = {k: _format_value(v) for k, v in (replace or {}).items()}
         missing = [c for c in replace if c not in partition_by]
         if missing:
             raise StorageError(f"table {name}: replace keys {missing} must be partition columns {partition_by}")
-        for column, value in replace.items():
-            data_type = df.schema[column].dataType if column in df.columns else T.StringType()
-            df = df.withColumn(column, F.lit(value).cast(data_type))
-        absent = [c for c in partition_by if c not in df.columns]
-        if absent:
-            raise StorageError(f"table {name}: partition columns {absent} are not in the data ({df.columns})")
+        if df is None and (batches is None or schema is None):
+            raise StorageError(f"table {name}: nothing to write (no DataFrame, or executor batches without a schema)")
+        if batches is not None and set(replace) != set(partition_by):
+            raise StorageError(f"table {name}: executor-written rows need every partition column {partition_by} "
+                               f"fixed by replace (got {sorted(replace)})")
+        schema = schema or df.schema
+        if df is not None:
+            for column, value in replace.items():
+                data_type = df.schema[column].dataType if column in df.columns else T.StringType()
+                df = df.withColumn(column, F.lit(value).cast(data_type))
+            absent = [c for c in partition_by if c not in df.columns]
+            if absent:
+                raise StorageError(f"table {name}: partition columns {absent} are not in the data ({df.columns})")
+        if batches is not None:
+            expected = [f.name for f in schema.fields if f.name not in partition_by]
+            if batches.schema.fieldNames() != expected:
+                raise StorageError(f"table {name}: executor batches have columns {batches.schema.fieldNames()}, "
+                                   f"expected {expected}")
         if self.engine == "delta-spark":
+            return self._write_delta_spark_with(df, name, partition_by, replace, commit_info, batches, schema)
+        return self._write_delta_rs(df, name, partition_by, replace, commit_info, batches, schema)
+
+    def write_rows(self, rows: pa.Table, name: str, schema: T.StructType, partition_by: list[str] | None = None,
+                   replace: dict[str, object] | None = None, commit_info: dict[str, str] | None = None) -> int:
+        """Write a small table held by the driver (`rows`: the table's columns but those
+        fixed by `replace`) without a Spark job: one Parquet file, one commit."""
+        partition_by = list(partition_by or [])
+        fixed = {k: _format_value(v) for k, v in (replace or {}).items()}
+        if set(fixed) != set(partition_by):
+            raise StorageError(f"table {name}: driver rows need every partition column {partition_by} fixed by replace")
+        file_schema = to_arrow_schema(T.StructType([f for f in schema.fields if f.name not in partition_by]),
+                                      timezone="UTC")
+        rows = rows.select(file_schema.names).cast(file_schema)
+        if self.engine == "delta-spark":
+            frame = self.spark.createDataFrame(rows.to_pandas(), T.StructType(
+                [f for f in schema.fields if f.name not in partition_by]))
+            for column, value in fixed.items():
+                frame = frame.withColumn(column, F.lit(value).cast(schema[column].dataType))
+            return self._write_delta_spark(frame.select(*schema.fieldNames()), name, partition_by, fixed, commit_info)
+        return self._write_delta_rs(None, name, partition_by, fixed, commit_info, schema=schema, driver_rows=rows)
+
+    def _write_batches(self, batches: ExecutorBatches, folder: str) -> list[dict]:
+        """Run `batches` with each task writing its Parquet file into `folder`; the files' reports."""
+        from functools import partial
+
+        from pyspark.sql.pandas.types import to_arrow_schema as arrow_schema_of
+
+        body = partial(write_batches_partition, produce=batches.produce, folder=folder,
+                       schema=arrow_schema_of(batches.schema, timezone="UTC"))
+        return [row.asDict() for row in batches.frame.mapInArrow(body, FILE_REPORT_DDL).collect()]
+
+    def _write_delta_spark_with(self, df, name, partition_by, replace, commit_info, batches, schema) -> int:
+        """delta-spark cannot commit foreign files: executor files are staged, read back
+        by Spark and written as Delta with the rest."""
+        if batches is None:
             return self._write_delta_spark(df, name, partition_by, replace, commit_info)
-        return self._write_delta_rs(df, name, partition_by, replace, commit_info)
+        staging = os.path.join(_local_path(self.path(name)) + "_staging", uuid.uuid4().hex)
+        try:
+            files = self._write_batches(batches, staging)
+            data = None
+            if files:
+                data = self.spark.read.schema(batches.schema).parquet(*[f["path"] for f in files])
+                for column, value in replace.items():
+                    data = data.withColumn(column, F.lit(value).cast(schema[column].dataType))
+                data = data.select(*schema.fieldNames())
+            if df is not None:
+                df = df.select(*schema.fieldNames())
+                data = df if data is None else data.unionByName(df)
+            if data is None:
+                data = self.spark.createDataFrame([], schema)
+            return self._write_delta_spark(data, name, partition_by, replace, commit_info)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _write_delta_spark(self, df, name, partition_by, replace, commit_info) -> int:
         writer = df.write.format("delta").mode("overwrite")
@@ -150,7 +280,8 @@ class TableStore:
         writer.save(self.path(name))
         return self._version(name)
 
-    def _write_delta_rs(self, df, name, partition_by, replace, commit_info) -> int:
+    def _write_delta_rs(self, df, name, partition_by, replace, commit_info, batches=None, schema=None,
+                        driver_rows: pa.Table | None = None) -> int:
         from deltalake import CommitProperties, DeltaTable
         from deltalake.schema import Schema as DeltaSchema
         from deltalake.transaction import AddAction, create_table_with_add_actions
@@ -158,13 +289,30 @@ class TableStore:
         table_path = self.path(name)
         write_dir = "part-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         staging = os.path.join(table_path, write_dir)
-        arrow_schema = to_arrow_schema(df.schema, timezone="UTC")
+        arrow_schema = to_arrow_schema(schema if schema is not None else df.schema, timezone="UTC")
         try:
-            writer = df.write.mode("errorifexists")
-            if partition_by:
-                writer = writer.partitionBy(*partition_by)
-            writer.parquet(staging)
-            actions = self._add_actions(table_path, write_dir, partition_by, AddAction)
+            actions = []
+            if batches is not None:
+                # Executor files go to the partition folder; Spark's (if any) to a subfolder.
+                folder = os.path.join(staging, *[f"{c}={quote(replace[c], safe='')}" for c in partition_by])
+                files = self._write_batches(batches, folder)
+                actions += self._file_actions(table_path, files, {c: replace[c] for c in partition_by}, AddAction)
+            if driver_rows is not None and driver_rows.num_rows:
+                import pyarrow.parquet as pq
+
+                folder = os.path.join(staging, *[f"{c}={quote(replace[c], safe='')}" for c in partition_by])
+                os.makedirs(folder, exist_ok=True)
+                path = os.path.join(folder, f"part-00000-{uuid.uuid4().hex}.parquet")
+                pq.write_table(driver_rows, path)
+                files = [{"path": path, "rows": driver_rows.num_rows, "bytes": os.path.getsize(path)}]
+                actions += self._file_actions(table_path, files, {c: replace[c] for c in partition_by}, AddAction)
+            if df is not None:
+                spark_dir = write_dir if batches is None else f"{write_dir}/spark"
+                writer = df.select(*arrow_schema.names).write.mode("errorifexists")
+                if partition_by:
+                    writer = writer.partitionBy(*partition_by)
+                writer.parquet(os.path.join(table_path, spark_dir))
+                actions += self._add_actions(table_path, spark_dir, partition_by, AddAction)
             _fault_point(name)
             properties = CommitProperties(custom_metadata=dict(commit_info or {}))
             delta_schema = DeltaSchema.from_arrow(arrow_schema)
@@ -197,6 +345,20 @@ class TableStore:
         if removed:
             log.info("table %s: removed %d uncommitted folder(s) of interrupted writes: %s", name, len(removed), removed)
         return self._version(name)
+
+    @staticmethod
+    def _file_actions(table_path: str, files: list[dict], values: dict[str, str], action_cls) -> list:
+        return [
+            action_cls(
+                path=os.path.relpath(f["path"], _local_path(table_path)).replace(os.sep, "/"),
+                size=int(f["bytes"]),
+                partition_values=dict(values),
+                modification_time=int(os.stat(f["path"]).st_mtime * 1000),
+                data_change=True,
+                stats=json.dumps({"numRecords": int(f["rows"])}),
+            )
+            for f in sorted(files, key=lambda f: f["path"])
+        ]
 
     def _add_actions(self, table_path: str, write_dir: str, partition_by: list[str], action_cls) -> list:
         import pyarrow.parquet as pq

@@ -1,4 +1,4 @@
-"""policies.diversify and policies.cold_start on small frames built in code."""
+"""policies.cold_start on small frames built in code."""
 
 from __future__ import annotations
 
@@ -12,20 +12,6 @@ def _catalog(spark):
         [("a1", "A > x"), ("a2", "A > y"), ("a3", "A"), ("b1", "B > z"), ("b2", "B"), ("n1", None)],
         "item_id string, category string",
     )
-
-
-def test_diversify_caps_each_category_and_renumbers(spark):
-    from fusionrank.policies import diversify
-
-    recs = spark.createDataFrame(
-        [("u", 1, "a1", 0.9), ("u", 2, "a2", 0.8), ("u", 3, "a3", 0.7), ("u", 4, "b1", 0.6), ("u", 5, "n1", 0.5),
-         ("u", 6, "b2", 0.4)],
-        "user_id string, rank int, item_id string, score double",
-    )
-    got = [(r["rank"], r["item_id"]) for r in diversify(recs, _catalog(spark), 4, 2).orderBy("rank").collect()]
-    assert got == [(1, "a1"), (2, "a2"), (3, "b1"), (4, "n1")]  # a3 dropped: third of A
-    off = diversify(recs, _catalog(spark), 3, 0).orderBy("rank").collect()
-    assert [r["item_id"] for r in off] == ["a1", "a2", "a3"]
 
 
 def test_cold_start_uses_the_users_category_then_overall(spark):

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from fusionrank import index, ranking
@@ -63,8 +66,12 @@ def reference(loaded, batch, k, reason_history):
 def test_batched_search_equals_the_per_user_reference(loaded):
     batch = users_batch(loaded)
     got = ranking.rank_chunk(loaded, batch, k=10, max_candidates=1000, reason_history=5)
-    rows = list(zip(*[got.column(c).to_pylist() for c in ranking.RANKED_SCHEMA.fieldNames()]))
+    rows = list(zip(*[got.column(c).to_pylist() for c in ["user_id", "rank", "item_id", "score", "reason_item_id"]]))
     want = reference(loaded, batch, 10, 5)
+    # This artifact has no attributes (titles): a reason names its item's id.
+    assert got.column("reason").to_pylist() == [
+        "close to your profile" if item is None else f"similar to {item}" for item in got.column("reason_item_id").to_pylist()]
+    assert set(got.column("model_version").to_pylist()) == {"v"}
     assert [r[:3] + r[4:] for r in rows] == [w[:3] + w[4:] for w in want]
     np.testing.assert_allclose([r[3] for r in rows], [w[3] for w in want], rtol=1e-5)
     seen = {u: set(s or []) for u, s in zip(batch.column("user_id").to_pylist(), batch.column("seen").to_pylist())}
@@ -99,3 +106,42 @@ def test_spark_rank_is_the_same_on_any_partitioning(spark, loaded):
     assert len(one) == 60 * 5  # 600 items: every user has 5 unseen
     assert one[["user_id", "rank", "item_id", "reason_item_id"]].equals(three[["user_id", "rank", "item_id", "reason_item_id"]])
     np.testing.assert_allclose(one["score"], three["score"], rtol=1e-5)
+
+
+def test_attributes_name_the_reasons_and_cap_each_category(tmp_path):
+    """Titles and top-level categories shipped in the artifact: reasons read 'similar to
+    <title>', and `max_per_category` equals a greedy cap over the uncapped ranking."""
+    n = 300
+    ids = [f"c{i:03d}" for i in range(n)]
+    built = index.build(batches(ids, clustered(n, seed=5)), np.zeros((0, 32)), 32, n, IndexConfig(type="flat"),
+                        tmp_path / "idx", "v7", "d")
+    categories = [None if i % 10 == 0 else f"cat{i % 3}" for i in range(n)]
+    (built.path / index.ATTRIBUTES_DIR).mkdir()
+    pq.write_table(pa.table({"item_id": ids, "title": [f"title {i}" for i in range(n)], "category": categories}),
+                   built.path / index.ATTRIBUTES_DIR / "part-0.parquet")
+    loaded = index.load_index(built.path)
+    batch = users_batch(loaded, n=30, seed=3)
+
+    plain = ranking.rank_chunk(loaded, batch, k=12, max_candidates=1000, reason_history=5).to_pandas()
+    assert (plain["reason"] == [("close to your profile" if r is None else f"similar to title {int(r[1:])}")
+                                for r in plain["reason_item_id"]]).all()
+    assert plain["reason_item_id"].notna().any()
+
+    k, cap = 12, 2
+    capped = ranking.rank_chunk(loaded, batch, k=k, max_candidates=1000, reason_history=5,
+                                max_per_category=cap).to_pandas()
+    # The capped search fetches 3k + the longest seen list deep: every unseen hit of that depth.
+    depth = 3 * k + max(len(s or []) for s in batch.column("seen").to_pylist())
+    deep = ranking.rank_chunk(loaded, batch, k=depth, max_candidates=depth, reason_history=5).to_pandas()
+    category_of = dict(zip(ids, categories))
+    for user, group in deep.groupby("user_id"):
+        counts, want = Counter(), []
+        for item in group.sort_values("rank")["item_id"]:
+            category = category_of[item]
+            if category is None or counts[category] < cap:
+                counts[category] += 1
+                want.append(item)
+        got = capped[capped["user_id"] == user].sort_values("rank")
+        assert list(got["item_id"]) == want[:k]
+        assert list(got["rank"]) == list(range(1, len(got) + 1))
+    assert len(capped) < len(plain)  # the cap did bite
