@@ -303,32 +303,36 @@ def rank(ctx: RunContext) -> dict:
     users = profiles_df.join(seen, "user_id", "left").select(
         "user_id", "profile_vec", "history_item_ids", "history_weights", "seen"
     )
-    # Search, seen-item removal, the per-category cap and reasons run on the executors,
-    # which write their rows' Parquet files themselves (no Spark rows in between).
-    ranked = ranking.rank_batches(users, index_path, cfg.rank, cfg.rank.user_partitions, use_gpu=cfg.index.use_gpu)
-    cold = None
+    popular = None
     if cfg.rank.cold_start:
+        # Users with events but no profile get popular lists: the lists are small (driver),
+        # the users are matched to theirs in Spark and ranked beside everyone else.
         # Profiles carry user ids as they leave the system (maybe pseudonymised), the
         # events the plain ones: match on the former, compute on the latter.
+        since = ctx.holdout_start - dt.timedelta(days=cfg.rank.trending_days)
+        catalog = ctx.for_date("catalog_clean")
+        popular = policies.popular_lists(ctx.training_events(), catalog, cfg.rank.k, since)
         known = ctx.training_events().select("user_id").distinct().withColumn("_plain", F.col("user_id"))
         cold_users = (ctx.pseudonymised(known).join(profiles_df.select("user_id"), "user_id", "left_anti")
                       .select(F.col("_plain").alias("user_id")))
-        since = ctx.holdout_start - dt.timedelta(days=cfg.rank.trending_days)
-        cold = ctx.pseudonymised(policies.cold_start(cold_users, ctx.training_events(), ctx.for_date("catalog_clean"),
-                                                     cfg.rank.k, since)).select(
-            F.lit(ctx.run_date).alias("run_date"), "user_id", "rank", "item_id", "score", "reason", "reason_item_id",
-            F.lit(version).alias("model_version"))
+        cold = ctx.pseudonymised(policies.assign_lists(cold_users, ctx.training_events(), catalog, popular))
+        users = users.withColumn("popular_list", F.lit(None).cast("string")).unionByName(
+            cold, allowMissingColumns=True)
+    # Search, seen-item removal, the per-category cap, reasons and cold-start lists run
+    # on the executors, which write their Parquet files themselves (no Spark rows).
+    ranked = ranking.rank_batches(users, index_path, cfg.rank, cfg.rank.user_partitions,
+                                  use_gpu=cfg.index.use_gpu, popular=popular)
     ctx.describe("rank")
-    ctx.store.write(cold, "recs_user_topk", partition_by=["run_date"], replace={"run_date": ctx.run_date},
+    ctx.store.write(None, "recs_user_topk", partition_by=["run_date"], replace={"run_date": ctx.run_date},
                     commit_info=ctx.commit_info("rank"), batches=ranked, schema=RECS_USER_TOPK)
+    users_ranked = ctx.store.last_write["distinct"]  # counted by the writing tasks: no re-read
     if cfg.rank.write_similar:
         items = ctx.for_date("item_embeddings").select("item_id", F.col(INDEX_VECTOR).alias("fused_vec")).where(F.col("fused_vec").isNotNull())
         similar = ranking.similar_batches(items, index_path, cfg.rank.similar_k, cfg.rank.user_partitions,
                                           use_gpu=cfg.index.use_gpu)
         ctx.store.write(None, "recs_item_similar", partition_by=["run_date"], replace={"run_date": ctx.run_date},
                         commit_info=ctx.commit_info("rank"), batches=similar, schema=RECS_ITEM_SIMILAR)
-    # Counts from the Delta log and the rank column alone: no re-read of the rows.
-    users_ranked = ctx.store.read("recs_user_topk", where={"run_date": ctx.run_date}).where(F.col("rank") == 1).count()
+    # Counts from the writers' reports and the Delta log: no re-read of the rows.
     similar_rows = (ctx.store.count_rows("recs_item_similar", where={"run_date": ctx.run_date})
                     if cfg.rank.write_similar else None)
     return {"users_ranked": int(users_ranked),

@@ -1,11 +1,13 @@
-"""Ranking policies applied after retrieval, as Spark DataFrame transforms.
+"""Ranking policies beside retrieval.
 
-(The per-category cap, `rank.max_per_category`, runs on the ranking workers:
-ranking._cap_per_category.)
-* `cold_start`: users with events but no profile (nothing weighted in their
+* diversity: the per-category cap, `rank.max_per_category`, runs on the ranking
+  workers (ranking._cap_per_category) over the index's item attributes.
+* cold start: users with events but no profile (nothing weighted in their
   history, e.g. only searches, or only items not in the index) get the most
   popular items of the recent window, in their most frequent top-level category
   when their events name one ("popular in <category>"), else overall ("popular").
+  `popular_lists` computes the lists (small, on the driver), `assign_lists` each
+  cold user's list, and the ranking workers write the rows.
 """
 
 from __future__ import annotations
@@ -23,36 +25,47 @@ def top_category(category):
     return F.trim(F.split(category, ">").getItem(0))
 
 
-def cold_start(users: DataFrame, events: DataFrame, catalog: DataFrame, k: int, since: dt.datetime) -> DataFrame:
-    """(user_id, rank, item_id, score, reason, reason_item_id) for `users` (user_id) from
-    popularity among `events` since `since`; score is the item's share of the window."""
+def popular_lists(events: DataFrame, catalog: DataFrame, k: int, since: dt.datetime) -> dict[str, list[tuple]]:
+    """{top-level category: [(item_id, score, reason)] * <= k, "": the overall list}: each
+    category's most popular items of the window, filled up with the overall ones; score
+    is the item's share of the window's events. Only (categories + 1) x k rows reach
+    the driver."""
     recent = events.where((F.col("event_ts") >= utc_literal(since)) & F.col("item_id").isNotNull())
     cats = catalog.select("item_id", top_category(F.col("category")).alias("category"))
-    counts = recent.groupBy("item_id").agg(F.count("*").alias("n")).join(cats, "item_id")
-    total = recent.count() or 1
-    by_popularity = Window.orderBy(F.desc("n"), "item_id")
-    overall = (counts.withColumn("rank", F.row_number().over(by_popularity)).where(F.col("rank") <= k)
-               .select("rank", "item_id", (F.col("n") / total).alias("score")))
-    in_category = Window.partitionBy("category").orderBy(F.desc("n"), "item_id")
+    counts = (recent.groupBy("item_id").agg(F.count("*").alias("n"))
+              .crossJoin(recent.agg(F.count("*").alias("_total")))  # one row: broadcast
+              .join(cats, "item_id"))
+    overall = (counts.withColumn("rank", F.row_number().over(Window.orderBy(F.desc("n"), "item_id")))
+               .where(F.col("rank") <= k).withColumn("category", F.lit(None).cast("string")))
     per_category = (counts.where(F.col("category").isNotNull())
-                    .withColumn("rank", F.row_number().over(in_category)).where(F.col("rank") <= k)
-                    .select("category", "rank", "item_id", (F.col("n") / total).alias("score")))
-    # Each cold user's most frequent category among the items they touched.
+                    .withColumn("rank", F.row_number().over(Window.partitionBy("category").orderBy(F.desc("n"), "item_id")))
+                    .where(F.col("rank") <= k))
+    columns = ["category", "rank", "item_id", (F.col("n") / F.col("_total")).alias("score")]
+    rows = overall.select(*columns).unionByName(per_category.select(*columns)).collect()
+    ordered = sorted(rows, key=lambda r: (r["category"] or "", r["rank"]))
+    top = [(r["item_id"], r["score"], "popular") for r in ordered if r["category"] is None]
+    lists = {"": top}
+    for r in ordered:
+        if r["category"] is not None:
+            lists.setdefault(r["category"], []).append((r["item_id"], r["score"], f"popular in {r['category']}"))
+    for category, items in lists.items():
+        if category:
+            have = {item for item, _, _ in items}
+            lists[category] = (items + [entry for entry in top if entry[0] not in have])[:k]
+    return lists
+
+
+def assign_lists(users: DataFrame, events: DataFrame, catalog: DataFrame, lists: dict) -> DataFrame:
+    """(user_id, popular_list) for `users` (user_id): the key in `lists` of each user's
+    most frequent top-level category among the items they touched (ties by name), or
+    "" (the overall list) when they touched none or that category has no list. The
+    ranking workers expand the keys into rows (ranking.popular_rows)."""
+    cats = catalog.select("item_id", top_category(F.col("category")).alias("category"))
     touched = (events.where(F.col("item_id").isNotNull()).join(users, "user_id").join(cats, "item_id")
                .where(F.col("category").isNotNull()).groupBy("user_id", "category").count())
     favourite = (touched.withColumn("_n", F.row_number().over(
         Window.partitionBy("user_id").orderBy(F.desc("count"), "category"))).where(F.col("_n") == 1)
         .select("user_id", "category"))
-    with_category = users.join(favourite, "user_id", "left")
-    by_category = (with_category.where(F.col("category").isNotNull()).join(per_category, "category")
-                   .select("user_id", "rank", "item_id", "score",
-                           F.concat(F.lit("popular in "), F.col("category")).alias("reason")))
-    # Users without a category, and categories with fewer than k items, fall back to overall.
-    have = by_category.groupBy("user_id").agg(F.count("*").alias("_have"))
-    need = with_category.join(have, "user_id", "left").where(F.coalesce("_have", F.lit(0)) < k).select("user_id")
-    fill = need.crossJoin(overall).select("user_id", "rank", "item_id", "score", F.lit("popular").alias("reason"))
-    merged = by_category.unionByName(fill.join(by_category.select("user_id", "item_id"), ["user_id", "item_id"],
-                                               "left_anti").withColumn("rank", F.col("rank") + F.lit(k)))
-    order = Window.partitionBy("user_id").orderBy("rank", "item_id")
-    return (merged.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= k)
-            .withColumn("reason_item_id", F.lit(None).cast("string")))
+    known = sorted(c for c in lists if c)
+    return users.join(favourite, "user_id", "left").select(
+        "user_id", F.when(F.col("category").isin(known), F.col("category")).otherwise(F.lit("")).alias("popular_list"))

@@ -208,6 +208,30 @@ def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reaso
     )
 
 
+def popular_rows(chunk: pa.RecordBatch, popular: dict, version: str | None) -> pa.RecordBatch | None:
+    """The rows of the users in `chunk` without a profile whose `popular_list` names a
+    list in `popular` ({key: [(item_id, score, reason)]}, policies.popular_lists)."""
+    if "popular_list" not in chunk.schema.names or not popular:
+        return None
+    cold = chunk.filter(pc.and_(pc.is_null(chunk.column("profile_vec")), pc.is_valid(chunk.column("popular_list"))))
+    if cold.num_rows == 0:
+        return None
+    keys = cold.column("popular_list").to_pylist()
+    entries = [popular.get(key, []) for key in keys]
+    lengths = np.array([len(e) for e in entries], dtype=np.int64)
+    flat = [entry for e in entries for entry in e]
+    if not flat:
+        return None
+    users = cold.column("user_id").take(pa.array(np.repeat(np.arange(cold.num_rows), lengths)))
+    ranks = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 1
+    return pa.RecordBatch.from_arrays(
+        [users.cast(pa.string()), pa.array(ranks, pa.int32()), pa.array([e[0] for e in flat], pa.string()),
+         pa.array([e[1] for e in flat], pa.float32()), pa.array([e[2] for e in flat], pa.string()),
+         pa.nulls(len(flat), pa.string()), pa.array([version] * len(flat), pa.string())],
+        names=RANKED_SCHEMA.fieldNames(),
+    )
+
+
 def rank_partition(
     batches: Iterator[pa.RecordBatch],
     index_path: str,
@@ -217,8 +241,10 @@ def rank_partition(
     search_batch: int,
     use_gpu: bool = False,
     max_per_category: int = 0,
+    popular: dict | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: top-k unseen items per user, with reasons, `search_batch` users per search."""
+    """mapInArrow body: top-k unseen items per user, with reasons, `search_batch` users per
+    search; users without a profile get their popular list (cold start), if any."""
     import faiss
 
     from fusionrank.index import load_index
@@ -228,10 +254,11 @@ def rank_partition(
     loaded = load_index(index_path, use_gpu=use_gpu)  # once per Python worker
     for batch in batches:
         for start in range(0, batch.num_rows, search_batch):
-            out = rank_chunk(loaded, batch.slice(start, search_batch), k, max_candidates, reason_history,
-                             max_per_category)
-            if out is not None:
-                yield out
+            chunk = batch.slice(start, search_batch)
+            for out in (rank_chunk(loaded, chunk, k, max_candidates, reason_history, max_per_category),
+                        popular_rows(chunk, popular, loaded.manifest.get("model_version"))):
+                if out is not None:
+                    yield out
 
 
 def similar_partition(batches: Iterator[pa.RecordBatch], index_path: str, k: int, search_batch: int = 1024,
@@ -264,9 +291,9 @@ def similar_partition(batches: Iterator[pa.RecordBatch], index_path: str, k: int
 
 
 def rank_batches(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0,
-                 use_gpu: bool = False) -> ExecutorBatches:
-    """users: (user_id, profile_vec, history_item_ids, history_weights, seen) -> the
-    recs_user_topk rows (but run_date) as Arrow batches made on the executors."""
+                 use_gpu: bool = False, popular: dict | None = None) -> ExecutorBatches:
+    """users: (user_id, profile_vec, history_item_ids, history_weights, seen[, popular_list])
+    -> the recs_user_topk rows (but run_date) as Arrow batches made on the executors."""
     body = partial(
         rank_partition,
         index_path=index_path,
@@ -276,8 +303,9 @@ def rank_batches(users: DataFrame, index_path: str, rank_cfg, partitions: int = 
         search_batch=rank_cfg.search_batch,
         use_gpu=use_gpu,
         max_per_category=rank_cfg.max_per_category,
+        popular=popular,
     )
-    return ExecutorBatches(_stable_batches(users, "user_id", partitions), body, RANKED_SCHEMA)
+    return ExecutorBatches(_stable_batches(users, "user_id", partitions), body, RANKED_SCHEMA, distinct="user_id")
 
 
 def rank_users(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0, use_gpu: bool = False) -> DataFrame:

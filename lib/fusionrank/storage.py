@@ -47,6 +47,7 @@ from typing import Callable, Iterator
 from urllib.parse import quote, unquote, urlparse
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -85,26 +86,29 @@ class ExecutorBatches:
     frame: DataFrame
     produce: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
     schema: T.StructType
+    # A column whose values never repeat across produced batches (e.g. the user of a
+    # ranked list): the files' reports then count its distinct values, no re-read needed.
+    distinct: str | None = None
 
     def to_dataframe(self) -> DataFrame:
         return self.frame.mapInArrow(self.produce, self.schema)
 
 
-FILE_REPORT_DDL = "path string, rows long, bytes long"
+FILE_REPORT_DDL = "path string, rows long, bytes long, distinct long"
 ROW_GROUP_ROWS = 256 * 1024
 
 
 def write_batches_partition(batches: Iterator[pa.RecordBatch], produce, folder: str,
-                            schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+                            schema: pa.Schema, distinct: str | None = None) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: this task's produced batches -> one Parquet file in `folder`
-    (none when it produced no rows); yields (path, rows, bytes) of the file."""
+    (none when it produced no rows); yields (path, rows, bytes, distinct) of the file."""
     import pyarrow.parquet as pq
     from pyspark import TaskContext
 
     task = TaskContext.get()
     name = f"part-{task.partitionId() if task else 0:05d}-{uuid.uuid4().hex}.parquet"  # unique per attempt
     path = os.path.join(folder, name)
-    writer, rows, pending = None, 0, []
+    writer, rows, pending, keys = None, 0, [], 0
 
     def flush():
         nonlocal writer
@@ -119,6 +123,8 @@ def write_batches_partition(batches: Iterator[pa.RecordBatch], produce, folder: 
             if batch.num_rows:
                 pending.append(batch)
                 rows += batch.num_rows
+                if distinct:
+                    keys += pc.count_distinct(batch.column(distinct)).as_py()
                 if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
                     flush()
         if pending:
@@ -127,7 +133,10 @@ def write_batches_partition(batches: Iterator[pa.RecordBatch], produce, folder: 
         if writer is not None:
             writer.close()
     if writer is not None:
-        yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows], "bytes": [os.path.getsize(path)]})
+        yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows], "bytes": [os.path.getsize(path)],
+                                          "distinct": [keys if distinct else None]},
+                                         schema=pa.schema([("path", pa.string()), ("rows", pa.int64()),
+                                                           ("bytes", pa.int64()), ("distinct", pa.int64())]))
 
 
 def _local_path(uri: str) -> str:
@@ -157,6 +166,7 @@ class TableStore:
                 "or set storage.engine: auto"
             )
         self.engine = engine
+        self.last_write: dict = {}  # what the last executor-batches write reported (rows, distinct)
 
     # -- paths -----------------------------------------------------------------
     def path(self, name: str) -> str:
@@ -242,8 +252,11 @@ class TableStore:
         from pyspark.sql.pandas.types import to_arrow_schema as arrow_schema_of
 
         body = partial(write_batches_partition, produce=batches.produce, folder=folder,
-                       schema=arrow_schema_of(batches.schema, timezone="UTC"))
-        return [row.asDict() for row in batches.frame.mapInArrow(body, FILE_REPORT_DDL).collect()]
+                       schema=arrow_schema_of(batches.schema, timezone="UTC"), distinct=batches.distinct)
+        files = [row.asDict() for row in batches.frame.mapInArrow(body, FILE_REPORT_DDL).collect()]
+        self.last_write = {"rows": sum(f["rows"] for f in files),
+                           "distinct": sum(f["distinct"] for f in files) if batches.distinct else None}
+        return files
 
     def _write_delta_spark_with(self, df, name, partition_by, replace, commit_info, batches, schema) -> int:
         """delta-spark cannot commit foreign files: executor files are staged, read back
@@ -308,6 +321,8 @@ class TableStore:
                 actions += self._file_actions(table_path, files, {c: replace[c] for c in partition_by}, AddAction)
             if df is not None:
                 spark_dir = write_dir if batches is None else f"{write_dir}/spark"
+                if schema is not None:  # the table's types, as the executor files have them
+                    df = df.select(*[F.col(f.name).cast(f.dataType) for f in schema.fields])
                 writer = df.select(*arrow_schema.names).write.mode("errorifexists")
                 if partition_by:
                     writer = writer.partitionBy(*partition_by)

@@ -36,7 +36,7 @@ def store(spark, tmp_path):
 
 def _batches(spark, n: int, offset: int = 0) -> ExecutorBatches:
     return ExecutorBatches(spark.range(n).select(F.col("id").cast("int").alias("n")).repartition(3),
-                           partial(double_values, offset=offset), PRODUCED)
+                           partial(double_values, offset=offset), PRODUCED, distinct="key")
 
 
 def test_executor_rows_and_spark_rows_land_in_one_commit(spark, store):
@@ -49,6 +49,7 @@ def test_executor_rows_and_spark_rows_land_in_one_commit(spark, store):
     first = {r["key"]: r["value"] for r in store.read("recs_item_similar", where={"run_date": day1}).collect()}
     assert len(first) == 41 and first["spark-row"] == -1 and first["7-b"] == 14
     assert store.count_rows("recs_item_similar", where={"run_date": day1}) == 41  # numRecords from the reports
+    assert store.last_write == {"rows": 10, "distinct": 10}  # the day-2 write: the tasks' own counts
     # Rerunning a date replaces that date only; the files committed are the reported ones.
     store.write(None, "recs_item_similar", partition_by=["run_date"], replace={"run_date": day1},
                 batches=_batches(spark, 2, offset=1), schema=TABLE)
