@@ -11,8 +11,11 @@ Prints one table:
     run, model loads included, is printed too.
   * text+image: the same with EfficientNet-Lite0 on `--images` items that have an
     image file (drawn with Pillow; decode + resize + encode).
-  * incremental: the encode_items stage on a catalog of `--items`, then on the next
-    day with 1% of the titles changed (target <= 0.10 of the full time).
+  * incremental: the encode_items stage on a catalog of `--incremental-items`
+    (default `--items`), then on the next day with 1% of the titles changed (target
+    <= 0.10 of the full time). The incremental run has a fixed cost (Spark jobs,
+    reading and rewriting the carried-over rows) that a full run amortises, so the
+    ratio falls as the catalog grows.
 Self-contained: writes its data and warehouse under a temporary folder.
 """
 
@@ -159,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--images", type=int, default=200, help="items with an image (0: skip the image rows)")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--incremental-items", type=int, default=0,
+                        help="catalog size for the full-vs-incremental part (default: --items)")
     parser.add_argument("--parts", default="text,image,incremental",
                         help="comma-separated subset of text,image,incremental to run")
     args = parser.parse_args(argv)
@@ -194,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         if "incremental" not in parts:
             spark.stop()
             return 0
-        full, incr, counts = incremental(tmp / "incremental", [dict(r, image_uri=None) for r in rows], args.cores,
+        n_incremental = args.incremental_items or args.items
+        catalog = rows if n_incremental == len(rows) else catalog_rows(n_incremental, 0, tmp / "incremental-catalog")
+        full, incr, counts = incremental(tmp / "incremental", [dict(r, image_uri=None) for r in catalog], args.cores,
                                          spark)
         spark.stop()
 
-    print(f"\nincremental encode_items on {args.items} items (text only, behaviour off)")
+    print(f"\nincremental encode_items on {n_incremental} items (text only, behaviour off)")
     print(f"{'full (s)':>9} {'1% changed (s)':>15} {'encoded':>8} {'ratio':>6}")
     print(f"{full:>9.1f} {incr:>15.1f} {counts['encoded']:>8} {incr / full:>6.2f}")
     print("targets: spark/raw >= 0.85 on CPU; incremental/full <= 0.10")

@@ -212,7 +212,9 @@ def encode_items(ctx: RunContext) -> dict:
     # and the models must run once per item.
     encoded = encoding.encode(todo, cfg, cfg.encode.partitions).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        total = catalog.count()
+        total = ctx.store.count_rows("catalog_clean", where={"run_date": ctx.run_date})
+        if total is None:
+            total = catalog.count()
         statuses = {row["image_status"]: row["count"] for row in encoded.groupBy("image_status").count().collect()}
         to_encode = sum(statuses.values())
         images = {f"images_{s}": int(statuses.get(s, 0)) for s in encoding.IMAGE_STATUSES}
@@ -242,8 +244,10 @@ def encode_items(ctx: RunContext) -> dict:
                         commit_info={**ctx.commit_info("encode_items"), "fusionrank.model_version": version})
     finally:
         encoded.unpersist()
-    written = ctx.store.read("item_embeddings", where={"run_date": ctx.run_date})
-    with_behaviour = written.where(F.col("behaviour_vec").isNotNull()).count()
+    with_behaviour = 0
+    if cfg.behaviour.enabled:
+        written = ctx.store.read("item_embeddings", where={"run_date": ctx.run_date})
+        with_behaviour = written.where(F.col("behaviour_vec").isNotNull()).count()
     return {"items": total, "encoded": to_encode, "carried_over": total - to_encode,
             "with_behaviour": with_behaviour, **images, **learned, "fused_dim": dims.total if projection[0] == "identity"
             else projection[2], "previous_run_date": previous_date, "model_version": version}

@@ -130,3 +130,27 @@ def test_search_answers_an_unseen_query(shop):
     assert [h.item_id for h in hits] == list(rows["item_id"].iloc[:5])
     with pytest.raises(ValueError, match="non-empty"):
         fusionrank.search("   ", settings=settings)
+
+
+def test_rank_caps_each_category_when_asked(shop):
+    """Rerun rank with rank.max_per_category 2 (runs last in this module): no ranked list
+    holds more than 2 items of one top-level category; cold-start lists are left as they are."""
+    from fusionrank.pipeline import run_stage
+
+    base = shop["settings"]
+    settings = base.model_copy(update={"rank": base.rank.model_copy(update={"max_per_category": 2})})
+    counts = run_stage("rank", settings, END, shop["spark"]).counts
+    recs = DeltaTable(settings.storage.table_path("recs_user_topk")).to_pandas()
+    recs = recs[recs["run_date"].astype(str) == str(END)]
+    top_level = shop["catalog"]["category"].str.split(">").str[0].str.strip()
+    capped = 0
+    for _, group in recs.groupby("user_id"):
+        group = group.sort_values("rank")
+        assert list(group["rank"]) == list(range(1, len(group) + 1))
+        if group["reason"].str.startswith("popular").all():
+            continue
+        assert max(Counter(top_level[i] for i in group["item_id"]).values()) <= 2
+        assert len(group) <= settings.rank.k
+        capped += 1
+    assert capped > 100
+    assert counts["users_ranked"] == recs["user_id"].nunique() and counts["recs_rows"] == len(recs)
