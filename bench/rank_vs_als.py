@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         "storage": {"root": str(work / "warehouse")},
         "index": {"type": args.index_type, "nlist": args.nlist, "nprobe": args.nprobe, "flat_max_items": 0,
                   "self_check_k": args.k},
-        "rank": {"k": args.k, "max_candidates": args.k + 100, "search_batch": 1024, "write_similar": args.with_similar},
+        "rank": {"k": args.k, "max_candidates": args.k + 100, "write_similar": args.with_similar},
     })
     spark = get_session(settings)
     ctx = make_context(settings, RUN_DATE, spark)

@@ -237,7 +237,7 @@ class IndexConfig(_Strict):
     # Starting nprobe (IVF) / efSearch (HNSW); doubled up to max_nprobe / max_ef_search
     # until the self-check reaches min_recall. Set max = start to disable tuning.
     nprobe: int = Field(8, gt=0)
-    max_nprobe: int = Field(256, gt=0)
+    max_nprobe: int = Field(512, gt=0)
     pq_m: int = Field(0, ge=0)  # 0: the largest sub-quantiser count that fits the budget
     hnsw_m: int = Field(32, gt=0)
     ef_construction: int = Field(80, gt=0)
@@ -302,7 +302,7 @@ class RankConfig(_Strict):
     max_candidates: int = Field(1000, gt=0)
     # History items considered when picking the reason for a recommendation.
     reason_history: int = Field(50, gt=0)
-    search_batch: int = Field(256, gt=0)
+    search_batch: int = Field(512, gt=0)
     user_partitions: int = Field(0, ge=0)  # 0: Spark's default parallelism (one per core)
     # Weight of the content part (the fused vector) in the ranking space, beside the
     # behaviour part: lets items nobody interacted with be retrieved.

@@ -35,19 +35,19 @@ def popular_lists(events: DataFrame, catalog: DataFrame, k: int, since: dt.datet
     counts = (recent.groupBy("item_id").agg(F.count("*").alias("n"))
               .crossJoin(recent.agg(F.count("*").alias("_total")))  # one row: broadcast
               .join(cats, "item_id"))
-    overall = (counts.withColumn("rank", F.row_number().over(Window.orderBy(F.desc("n"), "item_id")))
-               .where(F.col("rank") <= k).withColumn("category", F.lit(None).cast("string")))
+    overall = (counts.orderBy(F.desc("n"), "item_id").limit(k)  # a top-k, not a one-partition window
+               .withColumn("rank", F.lit(0)).withColumn("category", F.lit(None).cast("string")))
     per_category = (counts.where(F.col("category").isNotNull())
                     .withColumn("rank", F.row_number().over(Window.partitionBy("category").orderBy(F.desc("n"), "item_id")))
                     .where(F.col("rank") <= k))
     columns = ["category", "rank", "item_id", (F.col("n") / F.col("_total")).alias("score")]
     rows = overall.select(*columns).unionByName(per_category.select(*columns)).collect()
-    ordered = sorted(rows, key=lambda r: (r["category"] or "", r["rank"]))
-    top = [(r["item_id"], r["score"], "popular") for r in ordered if r["category"] is None]
+    overall_rows = sorted((r for r in rows if r["category"] is None), key=lambda r: (-r["score"], r["item_id"]))
+    top = [(r["item_id"], r["score"], "popular") for r in overall_rows]
+    ordered = sorted((r for r in rows if r["category"] is not None), key=lambda r: (r["category"], r["rank"]))
     lists = {"": top}
     for r in ordered:
-        if r["category"] is not None:
-            lists.setdefault(r["category"], []).append((r["item_id"], r["score"], f"popular in {r['category']}"))
+        lists.setdefault(r["category"], []).append((r["item_id"], r["score"], f"popular in {r['category']}"))
     for category, items in lists.items():
         if category:
             have = {item for item, _, _ in items}
