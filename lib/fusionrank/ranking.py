@@ -141,14 +141,24 @@ def _reasons_batched(loaded, rows: np.ndarray, ranks: np.ndarray, item_positions
     counts = np.bincount(hist_rows, minlength=n_users)
     slot = np.arange(len(hist_rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     width, dim = int(counts.max()), loaded.index.d
-    hist_vecs = np.zeros((n_users, width, dim), dtype=np.float32)
-    hist_vecs[hist_rows, slot] = loaded.reconstruct(hist_pos)
-    weights = np.full((n_users, width), -np.inf, dtype=np.float32)
-    weights[hist_rows, slot] = hist_w
-    hist_at = np.full((n_users, width), -1, dtype=np.int64)
-    hist_at[hist_rows, slot] = hist_pos
-    cand_vecs = np.zeros((n_users, k, dim), dtype=np.float32)
-    cand_vecs[rows, ranks - 1] = loaded.reconstruct(item_positions)
+    # Scatters go through flat row indexes: numpy's two-array fancy assignment is many
+    # times slower, and this is the hot loop of the stage.
+    hist_flat = hist_rows.astype(np.int64) * width + slot
+    hist_vecs = np.zeros((n_users * width, dim), dtype=np.float32)
+    hist_vecs[hist_flat] = loaded.reconstruct(hist_pos)
+    hist_vecs = hist_vecs.reshape(n_users, width, dim)
+    weights = np.full(n_users * width, -np.inf, dtype=np.float32)
+    weights[hist_flat] = hist_w
+    weights = weights.reshape(n_users, width)
+    hist_at = np.full(n_users * width, -1, dtype=np.int64)
+    hist_at[hist_flat] = hist_pos
+    hist_at = hist_at.reshape(n_users, width)
+    if len(rows) == n_users * k:  # every user has k results: rows and ranks are already in place
+        cand_vecs = loaded.reconstruct(item_positions).reshape(n_users, k, dim)
+    else:
+        cand_vecs = np.zeros((n_users * k, dim), dtype=np.float32)
+        cand_vecs[rows.astype(np.int64) * k + (ranks - 1)] = loaded.reconstruct(item_positions)
+        cand_vecs = cand_vecs.reshape(n_users, k, dim)
     contribution = np.matmul(cand_vecs, hist_vecs.transpose(0, 2, 1)) * np.where(np.isinf(weights), 1, weights)[:, None, :]
     contribution = np.where(np.isinf(weights)[:, None, :], -np.inf, contribution)
     best = contribution.argmax(axis=2)  # (users, k): slot of the best history item
@@ -164,10 +174,11 @@ def _take_ids(loaded, positions: np.ndarray) -> pa.Array:
     return pc.if_else(pa.array(valid), taken, pa.scalar(None, taken.type)).cast(pa.string())
 
 
-def reason_text(loaded, reasons: np.ndarray) -> pa.Array:
+def reason_text(loaded, reasons: np.ndarray, reason_ids: pa.Array | None = None) -> pa.Array:
     """'similar to <title of the reason item>' (its id where the title is unknown), or
-    'close to your profile' where there is no reason item."""
-    ids = _take_ids(loaded, reasons)
+    'close to your profile' where there is no reason item. `reason_ids`: the reason
+    items' ids if already taken."""
+    ids = _take_ids(loaded, reasons) if reason_ids is None else reason_ids
     titles = loaded.titles.take(pa.array(np.maximum(reasons, 0))) if loaded.titles is not None and len(reasons) \
         else pa.nulls(len(reasons), pa.string())
     named = pc.coalesce(pc.if_else(pa.array(reasons >= 0), titles, pa.scalar(None, pa.string())), ids)
@@ -199,10 +210,11 @@ def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reaso
     item_positions = positions[rows, cols]
     reasons = _reasons_batched(loaded, rows, ranks, item_positions, n, k, chunk, reason_history)
     version = pa.array([loaded.manifest.get("model_version")], pa.string())
+    reason_ids = _take_ids(loaded, reasons)
     return pa.RecordBatch.from_arrays(
         [chunk.column("user_id").take(pa.array(rows)).cast(pa.string()), pa.array(ranks, pa.int32()),
          _take_ids(loaded, item_positions), pa.array(scores[rows, cols], pa.float32()),
-         reason_text(loaded, reasons), _take_ids(loaded, reasons),
+         reason_text(loaded, reasons, reason_ids), reason_ids,
          version.take(pa.array(np.zeros(len(rows), dtype=np.int32)))],
         names=RANKED_SCHEMA.fieldNames(),
     )
@@ -305,7 +317,8 @@ def rank_batches(users: DataFrame, index_path: str, rank_cfg, partitions: int = 
         max_per_category=rank_cfg.max_per_category,
         popular=popular,
     )
-    return ExecutorBatches(_stable_batches(users, "user_id", partitions), body, RANKED_SCHEMA, distinct="user_id")
+    return ExecutorBatches(_stable_batches(users, "user_id", partitions), body, RANKED_SCHEMA, distinct="user_id",
+                           dictionary_columns=("reason", "model_version"))
 
 
 def rank_users(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0, use_gpu: bool = False) -> DataFrame:

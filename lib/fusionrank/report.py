@@ -38,6 +38,8 @@ TREND_METRICS = ("ndcg", "precision", "recall")
 TREND_DATES = 30
 TOP_ITEMS = 15
 SAMPLE_USERS = 5
+TOP_QUERIES = 10  # the search section: the most searched queries, with their first items
+QUERY_ITEMS = 3
 HISTORY_TITLES = 10
 SCORE_BIN = 50  # scores are binned to 1/SCORE_BIN
 OURS, BASE = "#2b6cb0", "#c05621"  # fusionrank, baseline
@@ -449,6 +451,31 @@ class _Report:
                 f"<h3>{TOP_ITEMS} most recommended items</h3>{top_table}"
                 f"<h3>Sample users</h3>{self.sample_users(recs)}")
 
+    def search(self) -> str:
+        from pyspark.sql import functions as F
+
+        topk = self.for_date("query_topk")
+        queries = (topk.groupBy("query").agg(F.max("searches").alias("searches"), F.count("*").alias("items"))
+                   .orderBy(F.desc("searches"), "query").limit(TOP_QUERIES).collect())
+        if not queries:
+            raise _NotAvailable(f"query_topk has no rows for {self.day}: no search events in the query window "
+                                f"(query.lookback_days {self.settings.query.lookback_days})")
+        total = topk.select("query").distinct().count()
+        wanted = [r["query"] for r in queries]
+        first = (self.with_titles(topk.where(F.col("query").isin(wanted) & (F.col("rank") <= QUERY_ITEMS)))
+                 .orderBy("query", "rank").collect())
+        by_query: dict[str, list] = {q: [] for q in wanted}
+        for r in first:
+            by_query[r["query"]].append(r)
+        rows = [(r["query"], int(r["searches"]),
+                 "; ".join(f"{x['title'] or x['item_id']} (ctr {float(x['ctr'] or 0):.2f})" for x in by_query[r["query"]]))
+                for r in queries]
+        note = (f"{total:,} queries in query_topk; the {len(queries)} most searched, with their first "
+                f"{QUERY_ITEMS} items (similarity re-ranked by the click-through the logs show). Other queries "
+                f"are answered by `fusionrank search`.")
+        return (f'<p class="note">{e(note)}</p>'
+                + _table(["query", "searches", f"top {QUERY_ITEMS} items"], rows, numeric=[1]))
+
     def sample_users(self, recs) -> str:
         from pyspark.sql import Window
         from pyspark.sql import functions as F
@@ -520,10 +547,11 @@ class _Report:
             self.section("evaluation", "Evaluation", self.evaluation),
             self.section("index", "Index", self.index),
             self.section("recommendations", "Recommendations", self.recommendations),
+            self.section("search", "Search", self.search),
         ]
         nav = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in
                          [("stages", "Stages"), ("evaluation", "Evaluation"), ("index", "Index"),
-                          ("recommendations", "Recommendations")])
+                          ("recommendations", "Recommendations"), ("search", "Search")])
         return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                 f"<title>fusionrank {e(self.day)}</title><style>{_CSS}</style></head>"
                 f"<body><nav>{nav}</nav>{''.join(sections)}</body></html>\n")

@@ -89,6 +89,9 @@ class ExecutorBatches:
     # A column whose values never repeat across produced batches (e.g. the user of a
     # ranked list): the files' reports then count its distinct values, no re-read needed.
     distinct: str | None = None
+    # Columns to dictionary-encode in the Parquet files (None: all, pyarrow's default):
+    # naming only the low-cardinality ones saves hashing millions of unique strings.
+    dictionary_columns: tuple[str, ...] | None = None
 
     def to_dataframe(self) -> DataFrame:
         return self.frame.mapInArrow(self.produce, self.schema)
@@ -99,7 +102,8 @@ ROW_GROUP_ROWS = 256 * 1024
 
 
 def write_batches_partition(batches: Iterator[pa.RecordBatch], produce, folder: str,
-                            schema: pa.Schema, distinct: str | None = None) -> Iterator[pa.RecordBatch]:
+                            schema: pa.Schema, distinct: str | None = None,
+                            dictionary_columns: tuple[str, ...] | None = None) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: this task's produced batches -> one Parquet file in `folder`
     (none when it produced no rows); yields (path, rows, bytes, distinct) of the file."""
     import pyarrow.parquet as pq
@@ -114,7 +118,8 @@ def write_batches_partition(batches: Iterator[pa.RecordBatch], produce, folder: 
         nonlocal writer
         if writer is None:
             os.makedirs(folder, exist_ok=True)
-            writer = pq.ParquetWriter(path, schema)
+            writer = pq.ParquetWriter(path, schema, use_dictionary=True if dictionary_columns is None
+                                      else list(dictionary_columns))
         writer.write_table(pa.Table.from_batches(pending).cast(schema), row_group_size=ROW_GROUP_ROWS)
         pending.clear()
 
@@ -249,10 +254,9 @@ class TableStore:
         """Run `batches` with each task writing its Parquet file into `folder`; the files' reports."""
         from functools import partial
 
-        from pyspark.sql.pandas.types import to_arrow_schema as arrow_schema_of
-
         body = partial(write_batches_partition, produce=batches.produce, folder=folder,
-                       schema=arrow_schema_of(batches.schema, timezone="UTC"), distinct=batches.distinct)
+                       schema=to_arrow_schema(batches.schema, timezone="UTC"), distinct=batches.distinct,
+                       dictionary_columns=batches.dictionary_columns)
         files = [row.asDict() for row in batches.frame.mapInArrow(body, FILE_REPORT_DDL).collect()]
         self.last_write = {"rows": sum(f["rows"] for f in files),
                            "distinct": sum(f["distinct"] for f in files) if batches.distinct else None}
@@ -263,6 +267,15 @@ class TableStore:
         by Spark and written as Delta with the rest."""
         if batches is None:
             return self._write_delta_spark(df, name, partition_by, replace, commit_info)
+        if urlparse(self.path(name)).scheme not in ("", "file"):
+            # An object store the Python workers cannot write with plain paths: Spark rows.
+            data = batches.to_dataframe()
+            for column, value in replace.items():
+                data = data.withColumn(column, F.lit(value).cast(schema[column].dataType))
+            data = data.select(*schema.fieldNames())
+            if df is not None:
+                data = data.unionByName(df.select(*schema.fieldNames()))
+            return self._write_delta_spark(data, name, partition_by, replace, commit_info)
         staging = os.path.join(_local_path(self.path(name)) + "_staging", uuid.uuid4().hex)
         try:
             files = self._write_batches(batches, staging)

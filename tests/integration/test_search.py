@@ -132,6 +132,16 @@ def test_search_answers_an_unseen_query(shop):
         fusionrank.search("   ", settings=settings)
 
 
+def test_report_lists_the_most_searched_queries(shop, tmp_path):
+    from fusionrank.report import build_report
+
+    out = build_report(shop["settings"], END, shop["spark"], out_path=tmp_path / "report.html")
+    section = out.read_text().split('<section id="search">')[1].split("</section>")[0]
+    most = shop["topk"].groupby("query")["searches"].max().sort_values(ascending=False)
+    assert most.index[0] in section and "Not available" not in section
+    assert section.count("<tr>") - 1 == min(10, len(most))  # header row + one per query
+
+
 def test_rank_caps_each_category_when_asked(shop):
     """Rerun rank with rank.max_per_category 2 (runs last in this module): no ranked list
     holds more than 2 items of one top-level category; cold-start lists are left as they are."""
