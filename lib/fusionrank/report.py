@@ -33,7 +33,7 @@ log = logging.getLogger("fusionrank.report")
 
 # Tables that hold one partition per run date (events_clean is replaced whole).
 DATED_TABLES = ("catalog_clean", "quarantine", "item_embeddings", "user_profiles", "recs_user_topk",
-                "recs_item_similar", "metrics")
+                "recs_item_similar", "query_topk", "metrics")
 TREND_METRICS = ("ndcg", "precision", "recall")
 TREND_DATES = 30
 TOP_ITEMS = 15
