@@ -237,7 +237,7 @@ class IndexConfig(_Strict):
     # Starting nprobe (IVF) / efSearch (HNSW); doubled up to max_nprobe / max_ef_search
     # until the self-check reaches min_recall. Set max = start to disable tuning.
     nprobe: int = Field(8, gt=0)
-    max_nprobe: int = Field(512, gt=0)
+    max_nprobe: int = Field(256, gt=0)
     pq_m: int = Field(0, ge=0)  # 0: the largest sub-quantiser count that fits the budget
     hnsw_m: int = Field(32, gt=0)
     ef_construction: int = Field(80, gt=0)

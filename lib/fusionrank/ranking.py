@@ -209,37 +209,51 @@ def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reaso
         return None
     item_positions = positions[rows, cols]
     reasons = _reasons_batched(loaded, rows, ranks, item_positions, n, k, chunk, reason_history)
-    version = pa.array([loaded.manifest.get("model_version")], pa.string())
     reason_ids = _take_ids(loaded, reasons)
     return pa.RecordBatch.from_arrays(
         [chunk.column("user_id").take(pa.array(rows)).cast(pa.string()), pa.array(ranks, pa.int32()),
          _take_ids(loaded, item_positions), pa.array(scores[rows, cols], pa.float32()),
          reason_text(loaded, reasons, reason_ids), reason_ids,
-         version.take(pa.array(np.zeros(len(rows), dtype=np.int32)))],
+         pa.repeat(pa.scalar(loaded.manifest.get("model_version"), pa.string()), len(rows))],
         names=RANKED_SCHEMA.fieldNames(),
     )
 
 
-def popular_rows(chunk: pa.RecordBatch, popular: dict, version: str | None) -> pa.RecordBatch | None:
-    """The rows of the users in `chunk` without a profile whose `popular_list` names a
-    list in `popular` ({key: [(item_id, score, reason)]}, policies.popular_lists)."""
-    if "popular_list" not in chunk.schema.names or not popular:
+class PopularLists:
+    """policies.popular_lists ({key: [(item_id, score, reason)]}) as flat Arrow arrays,
+    built once per worker, so expanding a batch of cold users is a vectorised take."""
+
+    def __init__(self, popular: dict):
+        keys = sorted(popular)
+        entries = [entry for key in keys for entry in popular[key]]
+        self.index = {key: i for i, key in enumerate(keys)}
+        self.lengths = np.array([len(popular[key]) for key in keys] + [0], dtype=np.int64)  # last: unknown key
+        self.starts = np.cumsum(self.lengths) - self.lengths
+        self.items = pa.array([e[0] for e in entries], pa.string())
+        self.scores = pa.array([e[1] for e in entries], pa.float32())
+        self.reasons = pa.array([e[2] for e in entries], pa.string())
+
+
+def popular_rows(chunk: pa.RecordBatch, popular: PopularLists | None, version: str | None) -> pa.RecordBatch | None:
+    """The rows of the users in `chunk` without a profile whose `popular_list` names one
+    of the `popular` lists."""
+    if popular is None or "popular_list" not in chunk.schema.names:
         return None
     cold = chunk.filter(pc.and_(pc.is_null(chunk.column("profile_vec")), pc.is_valid(chunk.column("popular_list"))))
     if cold.num_rows == 0:
         return None
-    keys = cold.column("popular_list").to_pylist()
-    entries = [popular.get(key, []) for key in keys]
-    lengths = np.array([len(e) for e in entries], dtype=np.int64)
-    flat = [entry for e in entries for entry in e]
-    if not flat:
+    unknown = len(popular.lengths) - 1
+    lists = np.array([popular.index.get(key, unknown) for key in cold.column("popular_list").to_pylist()])
+    lengths = popular.lengths[lists]
+    if lengths.sum() == 0:
         return None
-    users = cold.column("user_id").take(pa.array(np.repeat(np.arange(cold.num_rows), lengths)))
-    ranks = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 1
+    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    entry = pa.array(np.repeat(popular.starts[lists], lengths) + within)
+    n = len(entry)
     return pa.RecordBatch.from_arrays(
-        [users.cast(pa.string()), pa.array(ranks, pa.int32()), pa.array([e[0] for e in flat], pa.string()),
-         pa.array([e[1] for e in flat], pa.float32()), pa.array([e[2] for e in flat], pa.string()),
-         pa.nulls(len(flat), pa.string()), pa.array([version] * len(flat), pa.string())],
+        [cold.column("user_id").take(pa.array(np.repeat(np.arange(cold.num_rows), lengths))).cast(pa.string()),
+         pa.array(within + 1, pa.int32()), popular.items.take(entry), popular.scores.take(entry),
+         popular.reasons.take(entry), pa.nulls(n, pa.string()), pa.repeat(pa.scalar(version, pa.string()), n)],
         names=RANKED_SCHEMA.fieldNames(),
     )
 
@@ -264,11 +278,12 @@ def rank_partition(
 
     faiss.omp_set_num_threads(task_cpus())
     loaded = load_index(index_path, use_gpu=use_gpu)  # once per Python worker
+    lists = PopularLists(popular) if popular else None
     for batch in batches:
         for start in range(0, batch.num_rows, search_batch):
             chunk = batch.slice(start, search_batch)
             for out in (rank_chunk(loaded, chunk, k, max_candidates, reason_history, max_per_category),
-                        popular_rows(chunk, popular, loaded.manifest.get("model_version"))):
+                        popular_rows(chunk, lists, loaded.manifest.get("model_version"))):
                 if out is not None:
                     yield out
 

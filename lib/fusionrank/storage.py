@@ -316,17 +316,17 @@ class TableStore:
         write_dir = "part-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         staging = os.path.join(table_path, write_dir)
         arrow_schema = to_arrow_schema(schema if schema is not None else df.schema, timezone="UTC")
+        # Where rows of the one replaced partition go (executor files, driver rows).
+        folder = os.path.join(staging, *[f"{c}={quote(replace.get(c, ''), safe='')}" for c in partition_by])
         try:
             actions = []
             if batches is not None:
                 # Executor files go to the partition folder; Spark's (if any) to a subfolder.
-                folder = os.path.join(staging, *[f"{c}={quote(replace[c], safe='')}" for c in partition_by])
                 files = self._write_batches(batches, folder)
                 actions += self._file_actions(table_path, files, {c: replace[c] for c in partition_by}, AddAction)
             if driver_rows is not None and driver_rows.num_rows:
                 import pyarrow.parquet as pq
 
-                folder = os.path.join(staging, *[f"{c}={quote(replace[c], safe='')}" for c in partition_by])
                 os.makedirs(folder, exist_ok=True)
                 path = os.path.join(folder, f"part-00000-{uuid.uuid4().hex}.parquet")
                 pq.write_table(driver_rows, path)

@@ -18,7 +18,7 @@ def _catalog(spark):
 
 def test_cold_start_uses_the_users_category_then_overall(spark):
     from fusionrank.policies import assign_lists, popular_lists
-    from fusionrank.ranking import popular_rows
+    from fusionrank.ranking import PopularLists, popular_rows
 
     ts = dt.datetime(2024, 5, 1, tzinfo=UTC)
     events = spark.createDataFrame(
@@ -33,7 +33,7 @@ def test_cold_start_uses_the_users_category_then_overall(spark):
     # The workers expand each user's list into rows (users without a profile only).
     batch = pa.table({"user_id": assigned.column("user_id"), "profile_vec": pa.nulls(2, pa.list_(pa.float32())),
                       "popular_list": assigned.column("popular_list")}).to_batches()[0]
-    out = popular_rows(batch, lists, "v1").to_pylist()
+    out = popular_rows(batch, PopularLists(lists), "v1").to_pylist()
     assert [r["rank"] for r in out] == [1, 2, 3, 1, 2, 3] and {r["model_version"] for r in out} == {"v1"}
     assert all(r["reason_item_id"] is None for r in out)
     rows = {}
