@@ -92,7 +92,7 @@ def inputs_ready(source: str, path: str, conf: str) -> bool:
     path from the fusionrank config is checked instead.
     """
     if not path:
-        from fusionrank.config import load_config
+        from fusionrank.core.config import load_config
 
         path = str(getattr(load_config(conf).inputs, source).path)
     if "://" in path and not path.startswith("file://"):

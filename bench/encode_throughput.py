@@ -78,7 +78,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def settings_for(tmp: Path, cores: int, image_backend: str = "none"):
-    from fusionrank.config import load_config
+    from fusionrank.core.config import load_config
 
     return load_config(ROOT / "conf" / "local.yaml", overrides={
         "spark": {"master": f"local[{cores}]", "ui_enabled": False,
@@ -92,7 +92,8 @@ def settings_for(tmp: Path, cores: int, image_backend: str = "none"):
 
 def raw_encode(rows: list[dict], settings, cores: int) -> float:
     """Seconds for the models called directly in this process (models already loaded)."""
-    from fusionrank import encoding, models
+    from fusionrank.vectors import encode as encoding
+    from fusionrank.vectors import encoders as models
 
     models.set_torch_threads(cores)
     text_cfg = settings.models.text
@@ -120,7 +121,7 @@ def raw_encode(rows: list[dict], settings, cores: int) -> float:
 
 def spark_encode(spark, rows: list[dict], settings, cores: int) -> tuple[float, float]:
     """(cold, warm) seconds for `encoding.encode` over the same rows on local[cores]."""
-    from fusionrank import encoding
+    from fusionrank.vectors import encode as encoding
 
     frame = spark.createDataFrame(
         [(r["item_id"], "h", r["title"], r["category"], r["brand"], r["description"], r["image_uri"]) for r in rows],
@@ -139,7 +140,7 @@ def spark_encode(spark, rows: list[dict], settings, cores: int) -> tuple[float, 
 
 def incremental(tmp: Path, rows: list[dict], cores: int, spark) -> tuple[float, float, dict]:
     """encode_items seconds: full (day 1) and with 1% of titles changed (day 2)."""
-    from fusionrank.pipeline import make_context, run_stage
+    from fusionrank.pipeline.runner import make_context, run_stage
 
     tmp.mkdir(parents=True, exist_ok=True)
     write_jsonl(tmp / "catalog.jsonl", rows)
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated subset of text,image,incremental to run")
     args = parser.parse_args(argv)
 
-    from fusionrank.spark import get_session
+    from fusionrank.core.spark import get_session
 
     with tempfile.TemporaryDirectory(prefix="fr-bench-") as name:
         tmp = Path(name)

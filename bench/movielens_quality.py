@@ -46,7 +46,7 @@ K = 10
 
 # -- data and split ------------------------------------------------------------------
 def load_events(data_dir: Path, users_every: int = 1) -> list[dict]:
-    from fusionrank.data.adapters import fetch_movielens_100k
+    from fusionrank.raw.adapters import fetch_movielens_100k
 
     fetch_movielens_100k(data_dir)
     events = []
@@ -77,7 +77,7 @@ def split_per_user(events: list[dict], ratio: float = 0.75, seed: int = 42):
 
 # -- metrics -------------------------------------------------------------------------
 def metrics(recs: dict[str, list[str]], test: dict[str, set[str]], k: int = K) -> dict[str, float]:
-    from fusionrank import evaluation as ev
+    from fusionrank.metrics import measures as ev
 
     users = [u for u, rel in test.items() if rel]
     out = {"precision": 0.0, "recall": 0.0, "ndcg": 0.0, "map": 0.0}
@@ -154,8 +154,8 @@ def spark_als(spark, m: Matrix, grid, test) -> tuple[dict, dict]:
 # -- fusionrank through its pipeline ----------------------------------------------------
 def run_fusionrank(spark, train: list[dict], catalog: Path, work: Path, overrides: dict | None = None):
     """Write `train` as raw events, run the pipeline up to rank; returns (recs, ctx, seconds)."""
-    from fusionrank.config import deep_merge, load_config
-    from fusionrank.pipeline import make_context, run_stage
+    from fusionrank.core.config import deep_merge, load_config
+    from fusionrank.pipeline.runner import make_context, run_stage
 
     work.mkdir(parents=True, exist_ok=True)
     events_path = work / "train_events.jsonl"
@@ -191,7 +191,7 @@ def run_fusionrank(spark, train: list[dict], catalog: Path, work: Path, override
 def cold_item_ndcg(ctx, train: list[dict], test: dict[str, set[str]], all_items: list[str]) -> tuple[float, float, int]:
     """nDCG@10 when only items without training interactions are ranked: fusionrank
     (profile · ranking vector, i.e. its content part) and a seeded random order."""
-    from fusionrank import evaluation as ev
+    from fusionrank.metrics import measures as ev
 
     warm = {e["item_id"] for e in train}
     cold = sorted(set(all_items) - warm)
@@ -224,8 +224,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args(argv)
 
-    from fusionrank.config import load_config
-    from fusionrank.spark import get_session
+    from fusionrank.core.config import load_config
+    from fusionrank.core.spark import get_session
 
     events = load_events(args.data, args.users_every)
     train, test = split_per_user(events)

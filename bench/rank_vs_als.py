@@ -82,7 +82,7 @@ def als_seconds(spark, users: np.ndarray, items: np.ndarray, k: int, work: Path)
 def write_tables(spark, store, users: np.ndarray, items: np.ndarray, work: Path, history: int, seed: int) -> None:
     from pyspark.sql import functions as F
 
-    from fusionrank.data import schemas
+    from fusionrank.core import catalog as schemas
 
     rng = np.random.default_rng(seed)
     item_ids = pa.array([f"i{i:07d}" for i in range(len(items))])
@@ -141,10 +141,10 @@ def main(argv=None) -> int:
 
     import faiss
 
-    from fusionrank import index as index_mod
-    from fusionrank.config import load_config
-    from fusionrank.pipeline import make_context, run_stage
-    from fusionrank.spark import get_session
+    from fusionrank.index import build as index_mod
+    from fusionrank.core.config import load_config
+    from fusionrank.pipeline.runner import make_context, run_stage
+    from fusionrank.core.spark import get_session
 
     work = Path(args.work or tempfile.mkdtemp(prefix="rank_vs_als-"))
     rng = np.random.default_rng(0)
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
         if args.breakdown:
             # The search alone: profiles -> hash-partitioned mapInArrow -> a no-op sink (no
             # seen join, no reason titles, no Delta write, no counts; index already loaded).
-            from fusionrank import ranking
+            from fusionrank.ranks import users as ranking
 
             users_df = ctx.for_date("user_profiles").select(
                 "user_id", "profile_vec", "history_item_ids", "history_weights",

@@ -5,7 +5,7 @@
 
 import sys
 
-from fusionrank.cli import job_main
+from fusionrank.interfaces.cli import job_main
 
 if __name__ == "__main__":
     sys.exit(job_main("build_index"))

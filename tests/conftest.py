@@ -19,7 +19,7 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 def make_settings(root: Path, catalog: Path | None = None, events: Path | None = None, **overrides):
     """conf/local.yaml with test paths and a small Spark."""
-    from fusionrank.config import deep_merge, load_config
+    from fusionrank.core.config import deep_merge, load_config
 
     base = {
         "spark": {"master": "local[2]", "ui_enabled": False, "conf": {"spark.sql.shuffle.partitions": "2"}},
@@ -34,7 +34,7 @@ def make_settings(root: Path, catalog: Path | None = None, events: Path | None =
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from fusionrank.spark import get_session
+    from fusionrank.core.spark import get_session
 
     settings = make_settings(tmp_path_factory.mktemp("spark"))
     session = get_session(settings)
@@ -45,7 +45,7 @@ def spark(tmp_path_factory):
 @pytest.fixture(scope="session")
 def movielens() -> Path:
     """The canonical raw MovieLens-100k (fetched from the recbole wheel on first use)."""
-    from fusionrank.data.adapters import fetch_movielens_100k
+    from fusionrank.raw.adapters import fetch_movielens_100k
 
     fetch_movielens_100k(DATA)
     return DATA

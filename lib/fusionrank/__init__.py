@@ -10,7 +10,7 @@ def __getattr__(name: str):
     # implementation lives in fusionrank.queries: a submodule named `search` would
     # replace this function on the package as soon as it was imported.
     if name in ("search", "SearchHit"):
-        from fusionrank import queries
+        from fusionrank.ranks import query_topk as queries
 
         return getattr(queries, name)
     raise AttributeError(f"module 'fusionrank' has no attribute {name!r}")

@@ -49,7 +49,7 @@ def load_dag():
 
 # -- structure --------------------------------------------------------------------------
 def test_stage_tasks_follow_the_pipeline_order():
-    from fusionrank.pipeline import ORDER
+    from fusionrank.pipeline.runner import ORDER
 
     assert STAGES == ORDER
     dag = load_dag()
@@ -216,8 +216,8 @@ def first_night(night):
 
 
 def test_a_night_runs_every_task_and_publishes_the_date(first_night, night, spark):
-    from fusionrank import publish
-    from fusionrank.config import load_config
+    from fusionrank.publish import gate as publish
+    from fusionrank.core.config import load_config
 
     assert first_night["tasks"] == {t: "success" for t in SENSORS + STAGES}, first_night["log"][-6000:]
     assert first_night["state"] == "success"
@@ -232,8 +232,8 @@ def test_a_night_runs_every_task_and_publishes_the_date(first_night, night, spar
 
 
 def test_a_failed_gate_fails_the_run_and_keeps_the_snapshot(first_night, night, spark):
-    from fusionrank import publish
-    from fusionrank.config import load_config
+    from fusionrank.publish import gate as publish
+    from fusionrank.core.config import load_config
 
     settings = load_config(night["conf"])
     before = publish.current(settings, spark)

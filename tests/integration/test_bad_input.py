@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from fusionrank.data.inputs import InputError
-from fusionrank.models import ModelError
-from fusionrank.pipeline import StageError, make_context, run_all, run_stage
-from fusionrank.privacy import PrivacyError
+from fusionrank.raw.readers import InputError
+from fusionrank.vectors.encoders import ModelError
+from fusionrank.pipeline.runner import StageError, make_context, run_all, run_stage
+from fusionrank.core.privacy import PrivacyError
 from tests.conftest import make_settings, write_jsonl
 
 pytestmark = pytest.mark.integration

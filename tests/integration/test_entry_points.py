@@ -65,8 +65,8 @@ def test_amazon_reviews_convert_feeds_the_cleaning_stages(spark, tmp_path):
     """`fusionrank data convert amazon-reviews-2023` output is valid raw input."""
     import datetime as dt
 
-    from fusionrank import cli
-    from fusionrank.pipeline import make_context, run_stage
+    from fusionrank.interfaces import cli
+    from fusionrank.pipeline.runner import make_context, run_stage
     from tests.conftest import make_settings
 
     meta = write_jsonl(tmp_path / "meta_Toys.jsonl", [

@@ -12,9 +12,9 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
-from fusionrank import publish
-from fusionrank.pipeline import StageError, make_context, run_stage
-from fusionrank.publish import SNAPSHOT_TABLES
+from fusionrank.publish import gate as publish
+from fusionrank.pipeline.runner import StageError, make_context, run_stage
+from fusionrank.publish.gate import SNAPSHOT_TABLES
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
@@ -111,7 +111,7 @@ def test_show_published_lists_the_decisions(spark, settings, tmp_path, capsys):
     import json
     import shutil
 
-    from fusionrank import cli
+    from fusionrank.interfaces import cli
     from tests.conftest import ROOT
 
     ctx = make_context(settings, D1, spark)

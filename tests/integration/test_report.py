@@ -11,8 +11,8 @@ import re
 import pytest
 from deltalake import DeltaTable
 
-from fusionrank.pipeline import ORDER, run_all
-from fusionrank.report import build_report
+from fusionrank.pipeline.runner import ORDER, run_all
+from fusionrank.interfaces.report import build_report
 from tests.conftest import RUN_DATE, make_settings
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from fusionrank.data.synth import COLOUR_NAMES, TAXONOMY, generate
+from fusionrank.raw.synth import COLOUR_NAMES, TAXONOMY, generate
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ NOUNS = sorted({leaf.noun for leaf in TAXONOMY}, key=len, reverse=True)
 
 @pytest.fixture(scope="module")
 def shop(spark, tmp_path_factory):
-    from fusionrank.pipeline import run_all
+    from fusionrank.pipeline.runner import run_all
 
     tmp = tmp_path_factory.mktemp("search")
     data = tmp / "shop"
@@ -78,10 +78,10 @@ def test_top_items_match_the_query(shop):
 def test_click_through_moves_clicked_items_up(shop):
     """Re-ranking with the logs' click-through (ctr_weight 0.5) against similarity only
     (ctr_weight 0), on the same index and the same engagement."""
-    from fusionrank.queries import frequent_queries, query_engagement, top_k_for_queries
+    from fusionrank.ranks.query_topk import frequent_queries, query_engagement, top_k_for_queries
 
     settings, spark = shop["settings"], shop["spark"]
-    from fusionrank.pipeline import make_context
+    from fusionrank.pipeline.runner import make_context
 
     ctx = make_context(settings, END, spark)
     until = ctx.holdout_start
@@ -133,7 +133,7 @@ def test_search_answers_an_unseen_query(shop):
 
 
 def test_report_lists_the_most_searched_queries(shop, tmp_path):
-    from fusionrank.report import build_report
+    from fusionrank.interfaces.report import build_report
 
     out = build_report(shop["settings"], END, shop["spark"], out_path=tmp_path / "report.html")
     section = out.read_text().split('<section id="search">')[1].split("</section>")[0]
@@ -145,7 +145,7 @@ def test_report_lists_the_most_searched_queries(shop, tmp_path):
 def test_rank_caps_each_category_when_asked(shop):
     """Rerun rank with rank.max_per_category 2 (runs last in this module): no ranked list
     holds more than 2 items of one top-level category; cold-start lists are left as they are."""
-    from fusionrank.pipeline import run_stage
+    from fusionrank.pipeline.runner import run_stage
 
     base = shop["settings"]
     settings = base.model_copy(update={"rank": base.rank.model_copy(update={"max_per_category": 2})})

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from fusionrank import inspect_tables
-from fusionrank.cli import OUTPUT_TABLES
-from fusionrank.pipeline import make_context, run_all
+from fusionrank.interfaces import show as inspect_tables
+from fusionrank.interfaces.cli import OUTPUT_TABLES
+from fusionrank.pipeline.runner import make_context, run_all
 from tests.conftest import RUN_DATE, make_settings, write_jsonl
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fusionrank.data import adapters
-from fusionrank.data.adapters import (
+from fusionrank.raw import adapters
+from fusionrank.raw.adapters import (
     convert_amazon_reviews_2023,
     convert_movielens_100k,
     fetch_movielens_100k,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusionrank.config import BehaviourConfig
+from fusionrank.core.config import BehaviourConfig
 
 
 def _history(spark, users: int = 80, items: int = 30, seed: int = 3):
@@ -31,7 +31,7 @@ def _collect(frame) -> dict[str, np.ndarray]:
 
 
 def test_lae_matches_exact_low_rank_ease(spark):
-    from fusionrank.behaviour import lae_item_vectors
+    from fusionrank.vectors.behaviour import lae_item_vectors
 
     history, x = _history(spark)
     # width (rank + oversample) = the 30 items: the search space is the whole item
@@ -52,7 +52,7 @@ def test_lae_matches_exact_low_rank_ease(spark):
 
 
 def test_lae_reruns_give_the_same_bits(spark):
-    from fusionrank.behaviour import lae_item_vectors
+    from fusionrank.vectors.behaviour import lae_item_vectors
 
     history, _ = _history(spark, seed=5)
     cfg = BehaviourConfig(rank=4, oversample=4, power_iterations=1, l2=10.0)
@@ -64,8 +64,8 @@ def test_lae_reruns_give_the_same_bits(spark):
 
 
 def test_rec_vectors_pad_missing_behaviour_and_weight_content(spark):
-    from fusionrank.behaviour import rec_vectors
-    from fusionrank.data.schemas import VECTOR
+    from fusionrank.vectors.behaviour import rec_vectors
+    from fusionrank.core.catalog import VECTOR
     from pyspark.sql import types as T
 
     schema = T.StructType([T.StructField("item_id", T.StringType()), T.StructField("behaviour_vec", VECTOR),

@@ -15,10 +15,10 @@ import time
 import pytest
 from pyspark.sql import functions as F
 
-from fusionrank.config import CleaningConfig, InputSource
-from fusionrank.data import cleaning
-from fusionrank.data.inputs import CORRUPT, SOURCE_FILE, InputError, read_raw
-from fusionrank.data.schemas import CATALOG_FIELDS, CATALOG_REQUIRED, EVENT_FIELDS, EVENT_REQUIRED
+from fusionrank.core.config import CleaningConfig, InputSource
+from fusionrank.clean import rules as cleaning
+from fusionrank.raw.readers import CORRUPT, SOURCE_FILE, InputError, read_raw
+from fusionrank.core.catalog import CATALOG_FIELDS, CATALOG_REQUIRED, EVENT_FIELDS, EVENT_REQUIRED
 from tests.conftest import write_jsonl
 
 UTC = dt.timezone.utc

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fusionrank.config import ConfigError, Settings, load_config
+from fusionrank.core.config import ConfigError, Settings, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fusionrank import encoding, models
-from fusionrank.config import ConfigError
+from fusionrank.vectors import encode as encoding
+from fusionrank.vectors import encoders as models
+from fusionrank.core.config import ConfigError
 from tests.conftest import make_settings
 
 

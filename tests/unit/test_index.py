@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from fusionrank import index
-from fusionrank.config import IndexConfig
+from fusionrank.index import build as index
+from fusionrank.core.config import IndexConfig
 
 
 def clustered(n: int, dim: int = 32, clusters: int = 20, seed: int = 0) -> np.ndarray:

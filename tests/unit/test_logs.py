@@ -6,8 +6,8 @@ import io
 import json
 import logging
 
-from fusionrank.logs import configure_logging, log_context
-from fusionrank.progress import StageProgress, format_counts
+from fusionrank.core.logs import configure_logging, log_context
+from fusionrank.interfaces.progress import StageProgress, format_counts
 
 
 def test_json_lines_carry_the_run_context():

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from fusionrank import evaluation as ev
-from fusionrank.evaluation import (
+from fusionrank.metrics import measures as ev
+from fusionrank.metrics.measures import (
     average_precision_at_k,
     ndcg_at_k,
     precision_at_k,

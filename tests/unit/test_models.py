@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from fusionrank.models import ModelError, TextEncoder, default_text_model_path, text_model_path
+from fusionrank.vectors.encoders import ModelError, TextEncoder, default_text_model_path, text_model_path
 from tests.conftest import make_settings
 
 

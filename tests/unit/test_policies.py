@@ -17,8 +17,8 @@ def _catalog(spark):
 
 
 def test_cold_start_uses_the_users_category_then_overall(spark):
-    from fusionrank.policies import assign_lists, popular_lists
-    from fusionrank.ranking import PopularLists, popular_rows
+    from fusionrank.ranks.cold_start import assign_lists, popular_lists
+    from fusionrank.ranks.users import PopularLists, popular_rows
 
     ts = dt.datetime(2024, 5, 1, tzinfo=UTC)
     events = spark.createDataFrame(

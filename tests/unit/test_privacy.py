@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from fusionrank.privacy import PrivacyError, pseudonymise_id, pseudonymise_users, user_salt
+from fusionrank.core.privacy import PrivacyError, pseudonymise_id, pseudonymise_users, user_salt
 from tests.conftest import make_settings
 
 SALT_ENV = "FUSIONRANK_TEST_USER_SALT"
@@ -36,7 +36,7 @@ def test_missing_or_short_salt_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_the_salt_cannot_live_in_conf(tmp_path):
-    from fusionrank.config import ConfigError
+    from fusionrank.core.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"privacy.salt: unknown key"):
         make_settings(tmp_path, privacy={"salt": "s3cret-s3cret-s3cret"})

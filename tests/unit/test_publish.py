@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from fusionrank.config import ConfigError, PublishConfig
-from fusionrank.publish import gate_failures, metric_key
+from fusionrank.core.config import ConfigError, PublishConfig
+from fusionrank.publish.gate import gate_failures, metric_key
 from tests.conftest import make_settings
 
 DEMO = {"ndcg@10": 0.1481, "recall@10": 0.0785, "precision@10": 0.1296, "coverage@10": 0.1457,
@@ -84,7 +84,7 @@ def test_the_library_imports_without_airflow():
     import sys
 
     code = ("import sys; sys.modules['airflow'] = None\n"  # any `import airflow` now fails
-            "import fusionrank.cli, fusionrank.pipeline, fusionrank.publish\n"
+            "import fusionrank.interfaces.cli, fusionrank.pipeline, fusionrank.publish\n"
             "assert fusionrank.pipeline.ORDER[-1] == 'publish'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

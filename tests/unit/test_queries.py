@@ -8,7 +8,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from fusionrank.queries import frequent_queries, normalize_query, query_engagement, rerank
+from fusionrank.ranks.query_topk import frequent_queries, normalize_query, query_engagement, rerank
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
 

@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fusionrank import index, ranking
-from fusionrank.config import IndexConfig, RankConfig
+from fusionrank.index import build as index
+from fusionrank.ranks import users as ranking
+from fusionrank.core.config import IndexConfig, RankConfig
 from tests.unit.test_index import batches, clustered
 
 

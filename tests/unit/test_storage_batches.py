@@ -13,7 +13,7 @@ from deltalake import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from fusionrank.storage import ExecutorBatches, StorageError, TableStore
+from fusionrank.storage.store import ExecutorBatches, StorageError, TableStore
 from tests.conftest import make_settings
 
 TABLE = T.StructType([T.StructField("run_date", T.DateType(), False), T.StructField("key", T.StringType(), False),

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fusionrank.data.schemas import CATALOG_FIELDS, EVENT_FIELDS
-from fusionrank.data.synth import (
+from fusionrank.core.catalog import CATALOG_FIELDS, EVENT_FIELDS
+from fusionrank.raw.synth import (
     BOT_EVENTS,
     COLOUR_NAMES,
     DIRTY_FILE,
@@ -186,7 +186,7 @@ def test_dirty_rows_are_counted(tmp_path):
 
 
 def test_cli_writes_the_shop(tmp_path, capsys):
-    from fusionrank.cli import main
+    from fusionrank.interfaces.cli import main
 
     assert main(["data", "synth", "--items", "40", "--users", "6", "--days", "5", "--no-images",
                  "--out", str(tmp_path / "c")]) == 0
@@ -200,7 +200,7 @@ def test_cli_writes_the_shop(tmp_path, capsys):
 def test_cleaning_quarantines_exactly_the_injected_rows(spark, tmp_path):
     """The cleaning stages accept the shop and quarantine every injected row, and
     nothing else, with the expected reasons."""
-    from fusionrank.pipeline import make_context, run_stage
+    from fusionrank.pipeline.runner import make_context, run_stage
     from tests.conftest import make_settings
 
     out = tmp_path / "dirty"

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fusionrank.config import ProfilesConfig
-from fusionrank.encoding import fuse, l2_normalize
-from fusionrank.profiles import event_weight, pool_user, weighted_history
-from fusionrank.ranking import pick_reasons, top_unseen
+from fusionrank.core.config import ProfilesConfig
+from fusionrank.vectors.encode import fuse, l2_normalize
+from fusionrank.profiles.build import event_weight, pool_user, weighted_history
+from fusionrank.ranks.users import pick_reasons, top_unseen
 
 UTC = dt.timezone.utc
 

@@ -1,0 +1,101 @@
+"""The one place that builds the SparkSession.
+
+Local runs get `local[*]`, Arrow, UTC and micro-second Parquet timestamps (what
+Delta readers expect). Under spark-submit (`spark.master: null`) the master and
+resources come from the command line and only the settings below are added.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from fusionrank.core.config import Settings
+
+# Settings every fusionrank session needs, whatever the environment.
+REQUIRED_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    # Delta stores partition values as strings; keep Spark from guessing types on read.
+    "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+    # Delta reads hand Spark an explicit file list (one file per partition and
+    # write); listing those on the driver beats a Spark job per read.
+    "spark.sql.sources.parallelPartitionDiscovery.threshold": "4096",
+}
+
+DELTA_SPARK_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def _prepare_local_environment() -> None:
+    # Python workers must run the same interpreter (and venv) as the driver.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+def get_session(settings: Settings) -> SparkSession:
+    """Return the active session, or build one from `settings`."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    cfg = settings.spark
+    builder = SparkSession.builder.appName(cfg.app_name)
+    if cfg.master:
+        _prepare_local_environment()
+        builder = builder.master(cfg.master)
+        if cfg.driver_memory:
+            builder = builder.config("spark.driver.memory", cfg.driver_memory)
+    conf = dict(cfg.conf)
+    conf.update(REQUIRED_CONF)
+    conf["spark.ui.enabled"] = str(cfg.ui_enabled).lower()
+    if settings.storage.engine == "delta-spark":
+        conf.update(DELTA_SPARK_CONF)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def delta_spark_available(spark: SparkSession) -> bool:
+    """True when the delta-spark classes are on the JVM classpath."""
+    try:
+        spark.sparkContext._jvm.java.lang.Class.forName("org.apache.spark.sql.delta.DeltaLog")
+        return True
+    except Exception:  # py4j raises a generic Py4JJavaError
+        return False
+
+
+def utc_literal(moment: dt.datetime):
+    """A timestamp literal for `moment`; a naive datetime is read as UTC.
+
+    PySpark converts naive datetimes with the driver's local time zone, not the
+    session's, so a job's day boundaries would move with the machine it runs on.
+    """
+    from pyspark.sql import functions as F
+
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return F.lit(moment)
+
+
+def task_cpus(spark: SparkSession | None = None) -> int:
+    """Cores one task may use (for torch/FAISS thread counts inside UDFs)."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is not None:
+        try:
+            return max(1, int(ctx.cpus()))
+        except Exception:
+            return 1
+    if spark is not None:
+        return max(1, int(spark.conf.get("spark.task.cpus", "1")))
+    return 1

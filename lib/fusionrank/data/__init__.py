@@ -1,1 +1,0 @@
-"""Raw data adapters: public data sets to fusionrank's canonical raw input."""
