@@ -99,7 +99,7 @@ def raw_encode(rows: list[dict], settings, cores: int) -> float:
     text_cfg = settings.models.text
     encoder = models.get_text_encoder(models.text_model_path(settings), device="cpu", dtype=text_cfg.dtype)
     texts = [". ".join(x for x in (r["title"], r["category"], r["brand"], r["description"][:2000]) if x) for r in rows]
-    image = encoding.image_options(settings)
+    image = models.image_options(settings)
     image_encoder = None
     if image:
         image_encoder = models.get_image_encoder(image["backend"], image["path"], device="cpu",
@@ -140,7 +140,8 @@ def spark_encode(spark, rows: list[dict], settings, cores: int) -> tuple[float, 
 
 def incremental(tmp: Path, rows: list[dict], cores: int, spark) -> tuple[float, float, dict]:
     """encode_items seconds: full (day 1) and with 1% of titles changed (day 2)."""
-    from fusionrank.pipeline.runner import make_context, run_stage
+    from fusionrank.core.context import make_context
+    from fusionrank.pipeline import run_stage
 
     tmp.mkdir(parents=True, exist_ok=True)
     write_jsonl(tmp / "catalog.jsonl", rows)

@@ -155,7 +155,8 @@ def spark_als(spark, m: Matrix, grid, test) -> tuple[dict, dict]:
 def run_fusionrank(spark, train: list[dict], catalog: Path, work: Path, overrides: dict | None = None):
     """Write `train` as raw events, run the pipeline up to rank; returns (recs, ctx, seconds)."""
     from fusionrank.core.config import deep_merge, load_config
-    from fusionrank.pipeline.runner import make_context, run_stage
+    from fusionrank.core.context import make_context
+    from fusionrank.pipeline import run_stage
 
     work.mkdir(parents=True, exist_ok=True)
     events_path = work / "train_events.jsonl"

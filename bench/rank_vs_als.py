@@ -143,7 +143,8 @@ def main(argv=None) -> int:
 
     from fusionrank.index import build as index_mod
     from fusionrank.core.config import load_config
-    from fusionrank.pipeline.runner import make_context, run_stage
+    from fusionrank.core.context import make_context
+    from fusionrank.pipeline import run_stage
     from fusionrank.core.spark import get_session
 
     work = Path(args.work or tempfile.mkdtemp(prefix="rank_vs_als-"))

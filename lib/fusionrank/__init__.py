@@ -7,10 +7,9 @@ __all__ = ["search", "SearchHit", "__version__"]
 
 def __getattr__(name: str):
     # Lazy, so `import fusionrank` stays light (no torch, FAISS or Spark). The
-    # implementation lives in fusionrank.queries: a submodule named `search` would
-    # replace this function on the package as soon as it was imported.
+    # implementation lives in fusionrank.interfaces.search.
     if name in ("search", "SearchHit"):
-        from fusionrank.ranks import query_topk as queries
+        from fusionrank.interfaces import search
 
-        return getattr(queries, name)
+        return getattr(search, name)
     raise AttributeError(f"module 'fusionrank' has no attribute {name!r}")

@@ -49,7 +49,7 @@ def load_dag():
 
 # -- structure --------------------------------------------------------------------------
 def test_stage_tasks_follow_the_pipeline_order():
-    from fusionrank.pipeline.runner import ORDER
+    from fusionrank.pipeline import ORDER
 
     assert STAGES == ORDER
     dag = load_dag()

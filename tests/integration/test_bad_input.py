@@ -12,7 +12,9 @@ from deltalake import DeltaTable
 
 from fusionrank.raw.readers import InputError
 from fusionrank.vectors.encoders import ModelError
-from fusionrank.pipeline.runner import StageError, make_context, run_all, run_stage
+from fusionrank.core.context import make_context
+from fusionrank.core.errors import StageError
+from fusionrank.pipeline import run_all, run_stage
 from fusionrank.core.privacy import PrivacyError
 from tests.conftest import make_settings, write_jsonl
 

@@ -23,7 +23,8 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from fusionrank.pipeline.runner import make_context, run_stage
+from fusionrank.core.context import make_context
+from fusionrank.pipeline import run_stage
 from fusionrank.storage.store import FAULT_ENV, StorageError, referenced_write_dirs
 from tests.conftest import ROOT, make_settings, write_jsonl
 

@@ -15,7 +15,9 @@ import pytest
 from deltalake import DeltaTable
 from PIL import Image
 
-from fusionrank.pipeline.runner import make_context, run_stage
+from fusionrank.vectors.spec import resolve as resolve_spec
+from fusionrank.core.context import make_context
+from fusionrank.pipeline import run_stage
 from tests.conftest import make_settings, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -169,7 +171,7 @@ def test_learned_projection_is_trained_once_per_model_version(spark, tmp_path):
     run_stage("clean_catalog", settings, DAY_1, ctx=ctx)
     run_stage("clean_events", settings, DAY_1, ctx=ctx)
     counts = run_stage("encode_items", settings, DAY_1, ctx=ctx).counts
-    version = models.model_version(settings)
+    version = resolve_spec(settings).version
     artifact = encoding.learned_projection_path(settings, version)
     assert artifact.exists() and counts["projection_pairs"] > 0 and counts["fused_dim"] == 32
     matrix = np.load(artifact)
@@ -179,7 +181,7 @@ def test_learned_projection_is_trained_once_per_model_version(spark, tmp_path):
     text = np.stack(emb["text_vec"].map(np.asarray).to_numpy())
     fused = np.stack(emb["fused_vec"].map(np.asarray).to_numpy())
     np.testing.assert_allclose(fused, encoding.l2_normalize(text @ matrix), atol=1e-5)
-    np.testing.assert_allclose(encoding.query_vectors(text, settings), fused, atol=1e-5)
+    np.testing.assert_allclose(resolve_spec(settings).query_vectors(text), fused, atol=1e-5)
 
     again = run_day(settings, spark, DAY_2)
     assert "projection_pairs" not in again and again["encoded"] == 0  # same W, nothing re-encoded

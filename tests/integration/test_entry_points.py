@@ -66,7 +66,8 @@ def test_amazon_reviews_convert_feeds_the_cleaning_stages(spark, tmp_path):
     import datetime as dt
 
     from fusionrank.interfaces import cli
-    from fusionrank.pipeline.runner import make_context, run_stage
+    from fusionrank.core.context import make_context
+    from fusionrank.pipeline import run_stage
     from tests.conftest import make_settings
 
     meta = write_jsonl(tmp_path / "meta_Toys.jsonl", [

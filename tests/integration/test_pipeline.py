@@ -172,7 +172,7 @@ def test_run_ends_with_the_night_report_and_stage_records(runs):
     html = report.read_text()
     assert "build_index" in html and "data:image/png;base64," in html
     records = sorted(p.stem for p in (runs["root"] / "_runs" / f"run_date={RUN_DATE}").glob("*.json"))
-    from fusionrank.pipeline.runner import ORDER
+    from fusionrank.pipeline import ORDER
 
     assert records == sorted(ORDER)  # every stage of the run, publish included
 
@@ -203,7 +203,7 @@ def test_pseudonymised_user_ids_join_through_evaluation(runs, spark, tmp_path, m
     gives exactly the metrics of the plain run."""
     import datetime as dt
 
-    from fusionrank.pipeline.runner import run_all
+    from fusionrank.pipeline import run_all
     from fusionrank.core.privacy import pseudonymise_id
     from tests.conftest import make_settings
 

@@ -13,8 +13,10 @@ import pytest
 from pyspark.sql import functions as F
 
 from fusionrank.publish import gate as publish
-from fusionrank.pipeline.runner import StageError, make_context, run_stage
-from fusionrank.publish.gate import SNAPSHOT_TABLES
+from fusionrank.core.context import make_context
+from fusionrank.core.errors import StageError
+from fusionrank.pipeline import run_stage
+from fusionrank.core.catalog import SNAPSHOT_TABLES
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import re
 import pytest
 from deltalake import DeltaTable
 
-from fusionrank.pipeline.runner import ORDER, run_all
+from fusionrank.pipeline import ORDER, run_all
 from fusionrank.interfaces.report import build_report
 from tests.conftest import RUN_DATE, make_settings
 

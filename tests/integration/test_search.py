@@ -24,7 +24,7 @@ NOUNS = sorted({leaf.noun for leaf in TAXONOMY}, key=len, reverse=True)
 
 @pytest.fixture(scope="module")
 def shop(spark, tmp_path_factory):
-    from fusionrank.pipeline.runner import run_all
+    from fusionrank.pipeline import run_all
 
     tmp = tmp_path_factory.mktemp("search")
     data = tmp / "shop"
@@ -81,7 +81,7 @@ def test_click_through_moves_clicked_items_up(shop):
     from fusionrank.ranks.query_topk import frequent_queries, query_engagement, top_k_for_queries
 
     settings, spark = shop["settings"], shop["spark"]
-    from fusionrank.pipeline.runner import make_context
+    from fusionrank.core.context import make_context
 
     ctx = make_context(settings, END, spark)
     until = ctx.holdout_start
@@ -145,7 +145,7 @@ def test_report_lists_the_most_searched_queries(shop, tmp_path):
 def test_rank_caps_each_category_when_asked(shop):
     """Rerun rank with rank.max_per_category 2 (runs last in this module): no ranked list
     holds more than 2 items of one top-level category; cold-start lists are left as they are."""
-    from fusionrank.pipeline.runner import run_stage
+    from fusionrank.pipeline import run_stage
 
     base = shop["settings"]
     settings = base.model_copy(update={"rank": base.rank.model_copy(update={"max_per_category": 2})})

@@ -14,8 +14,9 @@ import pytest
 from deltalake import DeltaTable
 
 from fusionrank.interfaces import show as inspect_tables
-from fusionrank.interfaces.cli import OUTPUT_TABLES
-from fusionrank.pipeline.runner import make_context, run_all
+from fusionrank.core.catalog import OUTPUT_TABLES
+from fusionrank.core.context import make_context
+from fusionrank.pipeline import run_all
 from tests.conftest import RUN_DATE, make_settings, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -152,7 +153,7 @@ def test_show_tables_from_the_log(run):
     root = run["root"]
     rows = inspect_tables.show_tables(run["ctx"].store)
     json.dumps(rows)
-    assert [r["table"] for r in rows] == [name for name, _ in OUTPUT_TABLES]
+    assert [r["table"] for r in rows] == [name for name in OUTPUT_TABLES]
     for r in rows:
         assert r["exists"] is True, r
         table = DeltaTable(str(root / r["table"]))
@@ -173,7 +174,7 @@ def test_show_tables_from_the_log(run):
 def test_show_tables_lists_missing_tables(spark, tmp_path):
     ctx = make_context(make_settings(tmp_path), DATE, spark=spark)
     rows = inspect_tables.show_tables(ctx.store)
-    assert [r["table"] for r in rows] == [name for name, _ in OUTPUT_TABLES]
+    assert [r["table"] for r in rows] == [name for name in OUTPUT_TABLES]
     assert all(r["exists"] is False for r in rows)
     assert "missing" in inspect_tables.render_tables(rows)
 
@@ -189,7 +190,7 @@ def test_renderers(run, user, item):
     assert item_id in text and shown_item["title"][:20] in text and "text (384)" in text
     assert shown_item["similar"][0]["title"][:20] in text
     text = inspect_tables.render_tables(inspect_tables.show_tables(run["ctx"].store))
-    for name, _ in OUTPUT_TABLES:
+    for name in OUTPUT_TABLES:
         assert name in text
 
 

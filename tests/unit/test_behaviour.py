@@ -64,7 +64,7 @@ def test_lae_reruns_give_the_same_bits(spark):
 
 
 def test_rec_vectors_pad_missing_behaviour_and_weight_content(spark):
-    from fusionrank.vectors.behaviour import rec_vectors
+    from fusionrank.vectors.space import rec_vectors
     from fusionrank.core.catalog import VECTOR
     from pyspark.sql import types as T
 

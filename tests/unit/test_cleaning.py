@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from fusionrank.core.config import CleaningConfig, InputSource
 from fusionrank.clean import rules as cleaning
 from fusionrank.raw.readers import CORRUPT, SOURCE_FILE, InputError, read_raw
-from fusionrank.core.catalog import CATALOG_FIELDS, CATALOG_REQUIRED, EVENT_FIELDS, EVENT_REQUIRED
+from fusionrank.raw.contract import CATALOG_FIELDS, CATALOG_REQUIRED, EVENT_FIELDS, EVENT_REQUIRED
 from tests.conftest import write_jsonl
 
 UTC = dt.timezone.utc

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fusionrank.vectors.fusion import projection_matrix
+from fusionrank.vectors.spec import resolve as resolve_spec
 from fusionrank.vectors import encode as encoding
 from fusionrank.vectors import encoders as models
 from fusionrank.core.config import ConfigError
@@ -62,8 +64,8 @@ def test_efficientnet_lite0_gives_1280d_features_that_follow_the_picture():
 def test_hf_vision_folder_loads_through_the_settings(tiny_vit, tmp_path):
     settings = make_settings(tmp_path, models={"image": {"backend": "hf", "path": str(tiny_vit)}})
     assert models.image_dim(settings) == 32
-    assert encoding.fusion_dims(settings) == (384, 32, settings.behaviour.rank)
-    options = encoding.image_options(settings)
+    assert resolve_spec(settings).dims == (384, 32, settings.behaviour.rank)
+    options = models.image_options(settings)
     encoder = models.get_image_encoder(options["backend"], options["path"], device="cpu")
     vectors = encoder.encode([solid((200, 0, 0)), solid((0, 0, 200)), solid((210, 0, 0), (50, 50))])
     assert vectors.shape == (3, 32)
@@ -77,15 +79,15 @@ def test_hf_backend_needs_a_path(tmp_path):
 
 
 def test_model_version_follows_the_image_model_and_fusion(tiny_vit, tmp_path):
-    text_only = models.model_version(make_settings(tmp_path))
-    effnet = models.model_version(make_settings(tmp_path, models={"image": {"backend": "efficientnet_lite0"}}))
-    effnet_small = models.model_version(
-        make_settings(tmp_path, models={"image": {"backend": "efficientnet_lite0", "image_size": 160}}))
-    vit = models.model_version(make_settings(tmp_path, models={"image": {"backend": "hf", "path": str(tiny_vit)}}))
-    weighted = models.model_version(make_settings(tmp_path, fusion={"image_weight": 0.5}))
-    rotated = models.model_version(make_settings(tmp_path, fusion={"projection": "random_orthogonal"}))
+    text_only = resolve_spec(make_settings(tmp_path)).version
+    effnet = resolve_spec(make_settings(tmp_path, models={"image": {"backend": "efficientnet_lite0"}})).version
+    effnet_small = resolve_spec(
+        make_settings(tmp_path, models={"image": {"backend": "efficientnet_lite0", "image_size": 160}})).version
+    vit = resolve_spec(make_settings(tmp_path, models={"image": {"backend": "hf", "path": str(tiny_vit)}})).version
+    weighted = resolve_spec(make_settings(tmp_path, fusion={"image_weight": 0.5})).version
+    rotated = resolve_spec(make_settings(tmp_path, fusion={"projection": "random_orthogonal"})).version
     assert len({text_only, effnet, effnet_small, vit, weighted, rotated}) == 6
-    assert models.model_version(make_settings(tmp_path)) == text_only
+    assert resolve_spec(make_settings(tmp_path)).version == text_only
 
 
 def test_load_image_classifies_every_outcome(tmp_path):
@@ -116,15 +118,15 @@ def test_load_image_classifies_every_outcome(tmp_path):
 
 def test_random_orthogonal_projection_is_seeded_and_orthonormal(tmp_path):
     settings = make_settings(tmp_path, fusion={"projection": "random_orthogonal", "output_dim": 64})
-    spec = encoding.projection_spec(settings)
+    spec = resolve_spec(settings).projection
     width = 384 + settings.behaviour.rank  # text ⊕ behaviour (no image model)
     assert spec == ("random_orthogonal", width, 64, 42)
-    w = encoding.projection_matrix(spec)
+    w = projection_matrix(spec)
     assert w.shape == (width, 64)
     np.testing.assert_allclose(w.T @ w, np.eye(64), atol=1e-5)
-    encoding.projection_matrix.cache_clear()
-    np.testing.assert_array_equal(w, encoding.projection_matrix(spec))
-    other = encoding.projection_matrix(("random_orthogonal", width, 64, 7))
+    projection_matrix.cache_clear()
+    np.testing.assert_array_equal(w, projection_matrix(spec))
+    other = projection_matrix(("random_orthogonal", width, 64, 7))
     assert not np.allclose(w, other)
 
 
@@ -133,35 +135,35 @@ def test_projection_sizes_are_checked(tmp_path):
         make_settings(tmp_path, fusion={"output_dim": 32})  # identity keeps the size
     too_wide = make_settings(tmp_path, fusion={"projection": "random_orthogonal", "output_dim": 5000})
     with pytest.raises(ValueError, match="fusion.output_dim: 5000"):
-        encoding.projection_spec(too_wide)
+        resolve_spec(too_wide).projection
     plain = make_settings(tmp_path)
-    assert encoding.projection_spec(plain) == ("identity", 384 + plain.behaviour.rank)
+    assert resolve_spec(plain).projection == ("identity", 384 + plain.behaviour.rank)
 
 
 @pytest.mark.parametrize("fusion", [{}, {"projection": "random_orthogonal", "output_dim": 100, "text_weight": 2.0}])
 def test_query_vectors_are_items_with_only_text(tmp_path, fusion):
     settings = make_settings(tmp_path, fusion=fusion, models={"image": {"backend": "efficientnet_lite0"}})
-    dims = encoding.fusion_dims(settings)
+    dims = resolve_spec(settings).dims
     rng = np.random.default_rng(0)
     text = rng.standard_normal((4, dims.text)).astype(np.float32)
-    queries = encoding.query_vectors(text, settings)
+    queries = resolve_spec(settings).query_vectors(text)
     cfg = settings.fusion
     items = encoding.fuse(
         [(text, cfg.text_weight), (np.zeros((4, dims.image), np.float32), cfg.image_weight),
          (np.zeros((4, dims.behaviour), np.float32), cfg.behaviour_weight)],
-        encoding.projection_matrix(encoding.projection_spec(settings)),
+        projection_matrix(resolve_spec(settings).projection),
     )
     np.testing.assert_allclose(queries, items, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
     assert queries.shape == (4, cfg.output_dim or dims.total)
     with pytest.raises(ValueError, match="text vectors"):
-        encoding.query_vectors(text[:, :10], settings)
+        resolve_spec(:10], settings).query_vectors(text[:)
 
 
 def test_fuse_with_projection_matches_projecting_the_concatenation():
     rng = np.random.default_rng(1)
     text, image = rng.standard_normal((5, 6)), rng.standard_normal((5, 4))
-    w = encoding.projection_matrix(("random_orthogonal", 10, 10, 3))
+    w = projection_matrix(("random_orthogonal", 10, 10, 3))
     plain = encoding.fuse([(text, 1.0), (image, 0.5)])
     rotated = encoding.fuse([(text, 1.0), (image, 0.5)], w)
     np.testing.assert_allclose(rotated, plain @ w, atol=1e-5)  # a rotation keeps unit norm
@@ -192,7 +194,7 @@ def test_learned_projection_pulls_co_occurring_items_together(tmp_path):
         same = group[:, None] == group[None, :]
         return sims[same].mean() - sims[~same].mean()
 
-    start = encoding.projection_matrix(("random_orthogonal", d, 16, settings.fusion.seed))
+    start = projection_matrix(("random_orthogonal", d, 16, settings.fusion.seed))
     assert margin(matrix) > margin(start) + 0.1
     again, _ = encoding.train_projection(inputs, a, b, 16, settings.fusion)
     np.testing.assert_allclose(again, matrix, atol=1e-5)  # seeded: reruns agree

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fusionrank.core.catalog import CATALOG_FIELDS, EVENT_FIELDS
+from fusionrank.raw.contract import CATALOG_FIELDS, EVENT_FIELDS
 from fusionrank.raw.synth import (
     BOT_EVENTS,
     COLOUR_NAMES,
@@ -200,7 +200,8 @@ def test_cli_writes_the_shop(tmp_path, capsys):
 def test_cleaning_quarantines_exactly_the_injected_rows(spark, tmp_path):
     """The cleaning stages accept the shop and quarantine every injected row, and
     nothing else, with the expected reasons."""
-    from fusionrank.pipeline.runner import make_context, run_stage
+    from fusionrank.core.context import make_context
+    from fusionrank.pipeline import run_stage
     from tests.conftest import make_settings
 
     out = tmp_path / "dirty"

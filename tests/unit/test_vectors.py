@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from fusionrank.core.config import ProfilesConfig
-from fusionrank.vectors.encode import fuse, l2_normalize
+from fusionrank.vectors.fusion import fuse, l2_normalize
 from fusionrank.profiles.build import event_weight, pool_user, weighted_history
 from fusionrank.ranks.users import pick_reasons, top_unseen
 

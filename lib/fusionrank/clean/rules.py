@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from fusionrank.core.config import CleaningConfig
 from fusionrank.raw.readers import CORRUPT, SOURCE_FILE
-from fusionrank.core.catalog import CATALOG_FIELDS, EVENT_FIELDS, KNOWN_EVENT_TYPES
+from fusionrank.raw.contract import CATALOG_FIELDS, EVENT_FIELDS, KNOWN_EVENT_TYPES
 from fusionrank.core.spark import utc_literal
 
 REASON = "reason"

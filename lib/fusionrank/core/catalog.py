@@ -1,22 +1,22 @@
-"""Data contracts: the raw inputs users bring and the tables fusionrank writes."""
+"""The table catalog: every table fusionrank writes (name, schema, partitioning, whether
+it holds one partition per run date, whether it belongs to the published snapshot),
+and the layout of every other artifact under `storage.root`. One place owns these
+facts; stages, the store, the report, `show` and publish read them from here."""
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
 from pyspark.sql import types as T
-
-from fusionrank.core.config import EVENT_TYPES
-
-CATALOG_FIELDS = ["item_id", "title", "description", "category", "brand", "price", "image_uri", "updated_at"]
-CATALOG_REQUIRED = ["item_id", "title"]
-
-EVENT_FIELDS = ["user_id", "event_type", "event_ts", "item_id", "value", "query", "session_id"]
-EVENT_REQUIRED = ["user_id", "event_type", "event_ts"]
-
-KNOWN_EVENT_TYPES = EVENT_TYPES
 
 # Output tables. Column names here are the contract downstream consumers read
 # (DESIGN.md, "Output tables"); tests check every table against these.
 VECTOR = T.ArrayType(T.FloatType())
+# The item_embeddings column in the ranking space: what the ANN index holds and user
+# profiles are built in (vectors.space). One name end to end.
+INDEX_VECTOR = "rec_vec"
 
 CATALOG_CLEAN = T.StructType(
     [
@@ -147,3 +147,95 @@ CONTRACT_COLUMNS = {
     "metrics": ["run_date", "metric", "k", "value", "baseline", "split"],
     "query_topk": ["run_date", "query", "rank", "item_id", "score"],
 }
+
+
+PUBLISHED = T.StructType(
+    [
+        T.StructField("run_date", T.DateType()),
+        T.StructField("run_id", T.StringType()),
+        T.StructField("decided_at", T.TimestampType()),
+        T.StructField("status", T.StringType()),
+        T.StructField("metrics", T.StringType()),
+        T.StructField("previous_run_date", T.DateType()),
+        T.StructField("table_versions", T.StringType()),
+        T.StructField("index_path", T.StringType()),
+        T.StructField("reasons", T.StringType()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One output table. `partition_by` is how it is laid out; `dated` tables hold one
+    partition per run date and a rerun replaces exactly that date; `in_snapshot`
+    tables are pinned (by Delta version) in the published snapshot."""
+
+    name: str
+    schema: T.StructType
+    partition_by: tuple[str, ...]
+    dated: bool
+    in_snapshot: bool
+
+
+TABLES: dict[str, Table] = {t.name: t for t in (
+    Table("catalog_clean", CATALOG_CLEAN, ("run_date",), True, True),
+    # The input is the full history, so the table is replaced whole each night.
+    Table("events_clean", EVENTS_CLEAN, ("event_date",), False, False),
+    Table("quarantine", QUARANTINE, ("run_date", "stage"), True, False),
+    Table("item_embeddings", ITEM_EMBEDDINGS, ("run_date",), True, True),
+    Table("user_profiles", USER_PROFILES, ("run_date",), True, True),
+    Table("recs_user_topk", RECS_USER_TOPK, ("run_date",), True, True),
+    Table("recs_item_similar", RECS_ITEM_SIMILAR, ("run_date",), True, True),
+    Table("metrics", METRICS, ("run_date",), True, True),
+    Table("published", PUBLISHED, ("run_date",), True, False),
+    Table("query_topk", QUERY_TOPK, ("run_date",), True, False),
+)}
+OUTPUT_TABLES = tuple(TABLES)
+DATED_TABLES = tuple(name for name, t in TABLES.items() if t.dated and name != "published")
+SNAPSHOT_TABLES = tuple(name for name, t in TABLES.items() if t.in_snapshot)
+
+
+def replace_for(table: str, run_date: dt.date, **values) -> dict:
+    """The `replace` of a dated table's write: its run date's partition (plus any
+    other partition column's value, e.g. the quarantine's stage)."""
+    return {"run_date": run_date, **values} if TABLES[table].dated else {}
+
+
+# -- the layout of everything else under storage.root -----------------------------------
+INDEX_MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each artifact lives under `storage.root` (tables live at their names)."""
+
+    root: Path
+    index_dir: str = "index"
+
+    def index(self, run_date: dt.date | str) -> Path:
+        """The FAISS index artifact (index, ids, attributes, manifest) of a run date."""
+        return self.root / self.index_dir / f"run_date={run_date}"
+
+    @property
+    def index_root(self) -> Path:
+        return self.root / self.index_dir
+
+    def run_records(self, run_date: dt.date | str) -> Path:
+        """Each stage's counts for a run date, as JSON (pipeline.runlog)."""
+        return self.root / "_runs" / f"run_date={run_date}"
+
+    def learned_projection(self, model_version: str) -> Path:
+        """The learned fusion matrix W of a model version (executors read it)."""
+        return self.root / "_fusion" / f"{model_version}.npy"
+
+    def report(self, run_date: dt.date | str) -> Path:
+        return self.root / "reports" / f"run_date={run_date}" / "report.html"
+
+    def index_dates(self) -> list[str]:
+        """Run dates with a complete index artifact, oldest first."""
+        return sorted(p.name.split("=", 1)[1] for p in self.index_root.glob("run_date=*")
+                      if (p / INDEX_MANIFEST).exists())
+
+
+def layout(settings) -> Layout:
+    return Layout(Path(settings.storage.root), settings.storage.index_dir)

@@ -17,13 +17,11 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from fusionrank.core.errors import ConfigError
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "search")
 INPUT_FORMATS = ("json", "csv", "parquet", "delta")
 
-
-class ConfigError(ValueError):
-    """A configuration file is missing, unreadable or invalid."""
 
 
 class _Strict(BaseModel):

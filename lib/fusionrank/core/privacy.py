@@ -19,13 +19,11 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from fusionrank.core.config import ConfigError, Settings
+from fusionrank.core.config import Settings
+from fusionrank.core.errors import ConfigError, PrivacyError
 
 MIN_SALT_CHARS = 16
 
-
-class PrivacyError(ConfigError):
-    """Pseudonymisation is on but its salt is missing or too weak."""
 
 
 def user_salt(settings: Settings) -> bytes | None:

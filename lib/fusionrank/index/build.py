@@ -48,11 +48,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fusionrank.core.spark import task_cpus
+from fusionrank.core.catalog import INDEX_MANIFEST, INDEX_VECTOR
 from fusionrank.core.config import IndexConfig
+from fusionrank.core.errors import IndexError_
 
 log = logging.getLogger("fusionrank.index")
 
-MANIFEST = "manifest.json"
+MANIFEST = INDEX_MANIFEST
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 ATTRIBUTES_DIR = "attributes"
@@ -64,13 +67,6 @@ MIN_POINTS_PER_CENTROID = 39  # below this FAISS k-means warns and clusters badl
 _LOCK = threading.Lock()
 _LOADED: dict[tuple[str, str], "LoadedIndex"] = {}
 
-
-class IndexError_(RuntimeError):
-    """The index could not be built, or failed its self-check."""
-
-
-def index_dir(root: Path, run_date: dt.date | str) -> Path:
-    return Path(root) / f"run_date={run_date}"
 
 
 # -- choosing the index ---------------------------------------------------------------
@@ -285,11 +281,10 @@ def arrow_vectors(batch: pa.RecordBatch, column: str, dim: int) -> np.ndarray:
 
 def shard_partition(batches: Iterator[pa.RecordBatch], spec: IndexSpec, trained_path: str, out_dir: str,
                     queries: np.ndarray, dim: int, k: int = SELF_CHECK_K) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: this partition's (item_id, fused_vec) rows become one shard."""
+    """mapInArrow body: this partition's (item_id, rec_vec) rows become one shard."""
     import faiss
     from pyspark import TaskContext
 
-    from fusionrank.core.spark import task_cpus
 
     faiss.omp_set_num_threads(task_cpus())
     writer = None
@@ -298,7 +293,7 @@ def shard_partition(batches: Iterator[pa.RecordBatch], spec: IndexSpec, trained_
             continue
         if writer is None:
             writer = ShardWriter(spec, trained_path, out_dir, TaskContext.get().partitionId(), dim, queries, k)
-        writer.add(batch.column("item_id"), arrow_vectors(batch, "fused_vec", dim))
+        writer.add(batch.column("item_id"), arrow_vectors(batch, INDEX_VECTOR, dim))
     if writer is not None:
         row = writer.finish()
         yield pa.RecordBatch.from_pylist([row], schema=SHARD_ARROW_SCHEMA)
@@ -500,8 +495,8 @@ def build(
 
 
 def build_from_spark(vectors, dim: int, count: int, cfg: IndexConfig, out_dir: Path, model_version: str,
-                     run_date: str, partitions: int = 0, attributes=None) -> BuiltIndex:
-    """Build from a Spark DataFrame of (item_id, fused_vec) without collecting it: only a
+                     run_date: str, partitions: int = 0, attributes=None, model_spec: dict | None = None) -> BuiltIndex:
+    """Build from a Spark DataFrame of (item_id, rec_vec) without collecting it: only a
     bounded sample and one small row per shard reach the driver. `attributes`
     (item_id, title, category), when given, is written beside the index by Spark."""
     import faiss
@@ -515,7 +510,7 @@ def build_from_spark(vectors, dim: int, count: int, cfg: IndexConfig, out_dir: P
         rows = (vectors.sample(fraction=min(1.0, 1.2 * wanted / count), seed=cfg.seed)
                 .orderBy("item_id").limit(wanted).toArrow())
         if rows.num_rows:
-            sample = arrow_vectors(rows.combine_chunks().to_batches()[0], "fused_vec", dim)
+            sample = arrow_vectors(rows.combine_chunks().to_batches()[0], INDEX_VECTOR, dim)
     queries = self_check_queries(sample, cfg) if spec.type != "flat" else sample[:0]
     staging = new_staging(out_dir)
     try:
@@ -531,7 +526,8 @@ def build_from_spark(vectors, dim: int, count: int, cfg: IndexConfig, out_dir: P
             attributes.select("item_id", "title", "category").coalesce(1).write.parquet(
                 str(staging.path / ATTRIBUTES_DIR))
         return assemble(spec, staging, shards, queries, dim, count, cfg, out_dir, model_version, run_date,
-                        extra={"train_sample": int(len(sample)) if spec.trained else 0})
+                        extra={"train_sample": int(len(sample)) if spec.trained else 0,
+                               **({"model_spec": model_spec} if model_spec else {})})
     finally:
         staging.remove()
 

@@ -1,4 +1,4 @@
-"""The `fusionrank` command line (and the spark-submit jobs' shared entry point)."""
+"""The `fusionrank` command line."""
 
 from __future__ import annotations
 
@@ -9,20 +9,21 @@ import sys
 from pathlib import Path
 
 from fusionrank import __version__
-
-
-OUTPUT_TABLES = [
-    ("catalog_clean", "run_date"),
-    ("events_clean", None),
-    ("quarantine", "run_date"),
-    ("item_embeddings", "run_date"),
-    ("user_profiles", "run_date"),
-    ("recs_user_topk", "run_date"),
-    ("recs_item_similar", "run_date"),
-    ("metrics", "run_date"),
-    ("published", "run_date"),
-    ("query_topk", "run_date"),
-]
+from fusionrank.core.catalog import OUTPUT_TABLES, TABLES
+from fusionrank.core.config import load_config
+from fusionrank.core.context import make_context
+from fusionrank.core.errors import USER_ERRORS
+from fusionrank.core.logs import configure_logging
+from fusionrank.core.spark import get_session
+from fusionrank.interfaces import show
+from fusionrank.interfaces.progress import StageProgress
+from fusionrank.interfaces.report import build_report
+from fusionrank.interfaces.search import search
+from fusionrank.pipeline.registry import ORDER
+from fusionrank.pipeline.runner import run_all
+from fusionrank.publish import gate as publish
+from fusionrank.raw import adapters
+from fusionrank.raw.synth import generate
 
 
 def _date(text: str) -> dt.date:
@@ -33,14 +34,12 @@ def _date(text: str) -> dt.date:
 
 
 def _setup_logging(args, settings=None) -> None:
-    from fusionrank.core.logs import configure_logging
 
     fmt = "json" if getattr(args, "log_json", False) else (settings.logging.format if settings else "text")
     configure_logging(fmt, "INFO" if getattr(args, "verbose", False) else "WARNING")
 
 
 def _load(args):
-    from fusionrank.core.config import load_config
 
     settings = load_config(args.conf)
     _setup_logging(args, settings)
@@ -48,9 +47,6 @@ def _load(args):
 
 
 def _run_stages(settings, run_date: dt.date, stages: list[str]) -> list:
-    from fusionrank.pipeline.runner import run_all
-    from fusionrank.interfaces.progress import StageProgress
-    from fusionrank.core.spark import get_session
 
     spark = get_session(settings)
     with StageProgress(spark) as progress:
@@ -58,13 +54,12 @@ def _run_stages(settings, run_date: dt.date, stages: list[str]) -> list:
 
 
 def print_summary(settings, run_date: dt.date, results) -> None:
-    from fusionrank.pipeline.runner import make_context
 
     ctx = make_context(settings, run_date)
     print(f"\nfusionrank run {run_date}: outputs under {settings.storage.root}")
     print(f"  {'table':<18} {'rows':>10}  path")
-    for name, partition in OUTPUT_TABLES:
-        where = {partition: run_date} if partition else None
+    for name in OUTPUT_TABLES:
+        where = {"run_date": run_date} if TABLES[name].dated else None
         rows = ctx.store.count_rows(name, where)
         print(f"  {name:<18} {rows if rows is not None else '-':>10}  {ctx.store.path(name)}")
     build = next((r for r in results if r.stage == "build_index"), None)
@@ -84,7 +79,6 @@ def print_summary(settings, run_date: dt.date, results) -> None:
 
 
 def cmd_run(args) -> int:
-    from fusionrank.pipeline.runner import ORDER
 
     settings = _load(args)
     stages = args.stages.split(",") if args.stages else ORDER
@@ -95,7 +89,6 @@ def cmd_run(args) -> int:
     results = _run_stages(settings, args.date, stages)
     print_summary(settings, args.date, results)
     if not args.no_report:
-        from fusionrank.interfaces.report import build_report
 
         print(f"\nreport: {build_report(settings, args.date)}")
     if args.json:
@@ -111,7 +104,6 @@ def cmd_stage(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from fusionrank.interfaces.report import build_report
 
     settings = _load(args)
     print(build_report(settings, args.date, out_path=args.out))
@@ -119,14 +111,12 @@ def cmd_report(args) -> int:
 
 
 def _context(args):
-    from fusionrank.pipeline.runner import make_context
 
     settings = _load(args)
     return make_context(settings, args.date or _latest_date(settings))
 
 
 def _latest_date(settings) -> dt.date:
-    from fusionrank.pipeline.runner import make_context
 
     store = make_context(settings, dt.date.today()).store
     latest = store.latest_partition("recs_user_topk", "run_date")
@@ -136,7 +126,6 @@ def _latest_date(settings) -> dt.date:
 
 
 def _show_published(args) -> int:
-    from fusionrank.publish import gate as publish
 
     settings = _load(args)
     now = publish.current(settings)
@@ -159,32 +148,29 @@ def _show_published(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from fusionrank.interfaces import show as inspect_tables
 
     if args.what == "published":
         return _show_published(args)
     if args.what == "tables":
         settings = _load(args)
-        from fusionrank.pipeline.runner import make_context
 
-        rows = inspect_tables.show_tables(make_context(settings, dt.date.today()).store)
-        print(json.dumps(rows, indent=2, default=str) if args.json else inspect_tables.render_tables(rows))
+        rows = show.show_tables(make_context(settings, dt.date.today()).store)
+        print(json.dumps(rows, indent=2, default=str) if args.json else show.render_tables(rows))
         return 0
     if not args.id:
         raise SystemExit(f"error: show {args.what} needs an id, e.g. fusionrank show {args.what} 42 --conf ...")
     ctx = _context(args)
     try:
-        data = (inspect_tables.show_user if args.what == "user" else inspect_tables.show_item)(ctx, args.id)
+        data = (show.show_user if args.what == "user" else show.show_item)(ctx, args.id)
     except LookupError as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 1
-    render = inspect_tables.render_user if args.what == "user" else inspect_tables.render_item
+    render = show.render_user if args.what == "user" else show.render_item
     print(json.dumps(data, indent=2, default=str) if args.json else render(data))
     return 0
 
 
 def cmd_search(args) -> int:
-    from fusionrank.ranks.query_topk import search
 
     settings = _load(args)
     hits = search(args.query, k=args.k, settings=settings, run_date=args.date)
@@ -198,15 +184,13 @@ def cmd_search(args) -> int:
 
 
 def cmd_data_fetch(args) -> int:
-    from fusionrank.raw.adapters import fetch_movielens_100k
 
-    counts = fetch_movielens_100k(args.out)
+    counts = adapters.fetch_movielens_100k(args.out)
     print(f"movielens-100k: {counts['items']} items, {counts['events']} events in {args.out}")
     return 0
 
 
 def cmd_data_convert(args) -> int:
-    from fusionrank.raw import adapters
 
     if args.dataset == "movielens-100k":
         if not args.src:
@@ -221,7 +205,6 @@ def cmd_data_convert(args) -> int:
 
 
 def cmd_data_synth(args) -> int:
-    from fusionrank.raw.synth import generate
 
     images = "none" if args.no_images else args.images
     try:
@@ -280,7 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--json", action="store_true", help="JSON instead of a table")
     query.set_defaults(func=cmd_search)
 
-    from fusionrank.pipeline.runner import ORDER
 
     stage = sub.add_parser("stage", help="run one stage for one date")
     stage.add_argument("name", choices=ORDER)
@@ -319,44 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from fusionrank.core.config import ConfigError
-    from fusionrank.raw.readers import InputError
-    from fusionrank.index.build import IndexError_
-    from fusionrank.vectors.encoders import ModelError
-    from fusionrank.pipeline.runner import StageError
-    from fusionrank.storage.store import StorageError
-
-    return (ConfigError, InputError, IndexError_, ModelError, StageError, StorageError, FileNotFoundError, RuntimeError)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
         return args.func(args)
-    except _known_errors() as exc:
+    except (*USER_ERRORS, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
-
-def job_main(stage: str, argv: list[str] | None = None) -> int:
-    """Entry point of `jobs/<stage>.py` under spark-submit."""
-    parser = argparse.ArgumentParser(prog=f"jobs/{stage}.py", description=f"fusionrank stage {stage}")
-    parser.add_argument("--conf", required=True)
-    parser.add_argument("--date", required=True, type=_date)
-    args = parser.parse_args(argv)
-    from fusionrank.core.config import load_config
-    from fusionrank.core.logs import configure_logging
-    from fusionrank.pipeline.runner import run_stage
-    from fusionrank.interfaces.progress import format_counts
-
-    settings = load_config(args.conf)
-    configure_logging(settings.logging.format, settings.logging.level)
-    result = run_stage(stage, settings, args.date)
-    print(f"{result.stage} {result.run_date} {result.seconds:.1f}s {format_counts(result.counts)}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

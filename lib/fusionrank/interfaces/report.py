@@ -27,13 +27,17 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
+from fusionrank.core.catalog import DATED_TABLES, layout
+from fusionrank.core.privacy import pseudonymise_users, user_salt
+from fusionrank.core.spark import get_session, utc_literal
+from fusionrank.index import build as index_mod
+from fusionrank.pipeline.registry import ORDER
+from fusionrank.pipeline.runlog import read_stage_records
+from fusionrank.storage.store import TableStore, partition_values
 from fusionrank.core.config import Settings
 
 log = logging.getLogger("fusionrank.report")
 
-# Tables that hold one partition per run date (events_clean is replaced whole).
-DATED_TABLES = ("catalog_clean", "quarantine", "item_embeddings", "user_profiles", "recs_user_topk",
-                "recs_item_similar", "query_topk", "metrics")
 TREND_METRICS = ("ndcg", "precision", "recall")
 TREND_DATES = 30
 TOP_ITEMS = 15
@@ -117,7 +121,6 @@ def _as_date(run_date: dt.date | str) -> dt.date:
 
 def _dated_partitions(settings: Settings, name: str) -> list[str] | None:
     """run_date values of a table, from its Delta log (no Spark needed); None: no such table."""
-    from fusionrank.storage.store import partition_values
 
     values = partition_values(settings.storage.table_path(name), "run_date")
     return values
@@ -126,7 +129,6 @@ def _dated_partitions(settings: Settings, name: str) -> list[str] | None:
 # -- the report ------------------------------------------------------------------------
 class _Report:
     def __init__(self, settings: Settings, run_date: dt.date, spark, records: dict, dates: dict[str, list[str]]):
-        from fusionrank.storage.store import TableStore
 
         self.settings = settings
         self.run_date = run_date
@@ -179,7 +181,6 @@ class _Report:
         return f'<section id="{anchor}"><h2>{e(title)}</h2>{body}</section>'
 
     def header(self) -> str:
-        from fusionrank.pipeline.runner import ORDER
 
         missing = [s for s in ORDER if s not in self.records]
         if not self.records:
@@ -236,10 +237,9 @@ class _Report:
         return out
 
     def stages(self) -> str:
-        from fusionrank.pipeline.runner import ORDER
 
         if not self.records:
-            table = _na(f"no stage records under {self.settings.storage.root / '_runs' / f'run_date={self.day}'}")
+            table = _na(f"no stage records under {layout(self.settings).run_records(self.day)}")
         else:
             names = [s for s in ORDER if s in self.records] + sorted(set(self.records) - set(ORDER))
             rows = []
@@ -374,9 +374,8 @@ class _Report:
         return f"<p>{len(present)} run date(s) with metrics, {e(present[0])} to {e(present[-1])}.</p>{_png(fig)}"
 
     def index(self) -> str:
-        from fusionrank.index import build as index_mod
 
-        folder = index_mod.index_dir(self.settings.storage.index_root, self.run_date)
+        folder = layout(self.settings).index(self.run_date)
         try:
             manifest = index_mod.read_manifest(folder)
         except Exception as exc:
@@ -490,13 +489,11 @@ class _Report:
         history: dict[str, list] = {u: [] for u in users}
         history_note = ""
         if "events_clean" in self.dates:
-            from fusionrank.core.spark import utc_literal
 
             day = self.run_date + dt.timedelta(days=1)
             run_end = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
             holdout_start = run_end - dt.timedelta(days=self.settings.evaluate.holdout_days)
             latest = Window.partitionBy("user_id").orderBy(F.desc("event_ts"), "item_id", "event_type")
-            from fusionrank.core.privacy import pseudonymise_users, user_salt
 
             # recs_user_topk may carry pseudonymised ids: match the events to them.
             events = (pseudonymise_users(self.store.read("events_clean"), user_salt(self.settings))
@@ -596,8 +593,6 @@ def build_report(settings: Settings, run_date: dt.date, spark=None, out_path=Non
     Default path: `<storage.root>/reports/run_date=<D>/report.html`, replaced
     atomically. Raises ValueError when nothing of a run exists for the date.
     """
-    from fusionrank.index import build as index_mod
-    from fusionrank.pipeline.runner import read_stage_records
 
     run_date = _as_date(run_date)
     root = settings.storage.root
@@ -606,17 +601,16 @@ def build_report(settings: Settings, run_date: dt.date, spark=None, out_path=Non
     dates = {name: parts for name in DATED_TABLES if (parts := _dated_partitions(settings, name)) is not None}
     if _dated_partitions(settings, "events_clean") is not None:
         dates["events_clean"] = []  # exists, not partitioned by run date
-    index_present = (index_mod.index_dir(settings.storage.index_root, run_date) / index_mod.MANIFEST).exists()
+    index_present = (layout(settings).index(run_date) / index_mod.MANIFEST).exists()
     if not records and not index_present and not any(str(run_date) in v for v in dates.values()):
         raise ValueError(f"no fusionrank run found for {run_date} under {root}")
 
     if spark is None:
-        from fusionrank.core.spark import get_session
 
         spark = get_session(settings)
     document = _Report(settings, run_date, spark, records, dates).render()
 
-    out = Path(out_path) if out_path else root / "reports" / f"run_date={run_date}" / "report.html"
+    out = Path(out_path) if out_path else layout(settings).report(run_date)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:

@@ -18,6 +18,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
+from fusionrank.core.catalog import OUTPUT_TABLES
+from fusionrank.core.privacy import pseudonymise_id, user_salt
 from fusionrank.core.spark import utc_literal
 
 # ISO-8601 with the session time zone's offset (fusionrank sessions run in UTC).
@@ -64,7 +66,6 @@ def show_user(ctx, user_id: str, history_limit: int = 10) -> dict:
     user_id = str(user_id)
     date = ctx.run_date
     # Outputs may carry pseudonymised ids (privacy.pseudonymise_user_ids); events do not.
-    from fusionrank.core.privacy import pseudonymise_id, user_salt
 
     salt = user_salt(ctx.settings)
     output_id = pseudonymise_id(user_id, salt) if salt else user_id
@@ -251,10 +252,9 @@ def show_item(ctx, item_id: str) -> dict:
 # -- show_tables -----------------------------------------------------------------------
 def show_tables(store) -> list[dict]:
     """Every output table's version, size and partitions, from the Delta logs only."""
-    from fusionrank.interfaces.cli import OUTPUT_TABLES
 
     out: list[dict] = []
-    for name, _partition in OUTPUT_TABLES:
+    for name in OUTPUT_TABLES:
         path = str(store.path(name))
         if not store.exists(name):
             out.append({"table": name, "path": path, "exists": False})

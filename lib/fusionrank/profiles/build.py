@@ -22,6 +22,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from fusionrank.core.catalog import INDEX_VECTOR
 from fusionrank.core.config import ProfilesConfig
 from fusionrank.core.spark import utc_literal
 
@@ -86,7 +87,7 @@ def pool_user(pdf: pd.DataFrame, max_history: int, behaviour_dim: int = 0) -> pd
     order = np.argsort(pdf["item_id"].to_numpy(), kind="stable")  # fixed summation order: same bits on rerun
     pdf = pdf.iloc[order]
     weights = pdf["weight"].to_numpy(dtype=np.float64)
-    vectors = np.stack(pdf["vec"].map(np.asarray).tolist()).astype(np.float64)
+    vectors = np.stack(pdf[INDEX_VECTOR].map(np.asarray).tolist()).astype(np.float64)
     summed = weights @ vectors
     content = summed[behaviour_dim:]
     profile = np.concatenate([summed[:behaviour_dim], content / max(np.linalg.norm(content), 1e-12)]).astype(np.float32)
@@ -111,9 +112,9 @@ def build_user_profiles(
     run_date: dt.date,
     behaviour_dim: int = 0,
 ) -> DataFrame:
-    """user_profiles rows from `weighted_history` and (item_id, vec) in the ranking space."""
+    """user_profiles rows from `weighted_history` and (item_id, rec_vec): the ranking space."""
     rows = history.where(F.col("weight") > 0).join(item_vectors, "item_id", "inner")
-    rows = rows.select("user_id", "item_id", "weight", "last_ts", "vec")
+    rows = rows.select("user_id", "item_id", "weight", "last_ts", INDEX_VECTOR)
     max_history = cfg.max_history
 
     def pool(pdf):  # a plain function: Spark inspects it for type hints

@@ -28,20 +28,16 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fusionrank.core.config import PublishConfig, Settings
+from fusionrank.core.spark import get_session
+from fusionrank.storage.store import TableStore
 
 log = logging.getLogger("fusionrank.publish")
 
 TABLE = "published"
 PUBLISHED = "published"
 REJECTED = "rejected"
-# The per-night tables a snapshot pins (each partitioned by run_date).
-SNAPSHOT_TABLES = ("catalog_clean", "item_embeddings", "user_profiles", "recs_user_topk", "recs_item_similar", "metrics")
 # Float noise (0.2 * 0.9 = 0.18000000000000002) must not decide a gate.
 TOLERANCE = 1e-9
-SCHEMA = (
-    "run_date date, run_id string, decided_at timestamp, status string, metrics string, "
-    "previous_run_date date, table_versions string, index_path string, reasons string"
-)
 
 
 @dataclass(frozen=True)
@@ -115,9 +111,6 @@ def gate_failures(
 
 # -- reading decisions -----------------------------------------------------------------
 def _store(settings: Settings, spark: SparkSession | None):
-    from fusionrank.core.spark import get_session
-    from fusionrank.storage.store import TableStore
-
     return TableStore(spark or get_session(settings), settings)
 
 
@@ -167,53 +160,3 @@ def decisions(settings: Settings, spark: SparkSession | None = None, limit: int 
     return [Snapshot.from_row(r) for r in rows]
 
 
-# -- the stage ---------------------------------------------------------------------------
-def night_metrics(ctx) -> dict[str, float]:
-    """`{metric@k: value}` of the run date (a handful of rows)."""
-    rows = ctx.for_date("metrics").select("metric", "k", "value").collect()
-    return {metric_key(r["metric"], r["k"]): float(r["value"]) for r in rows}
-
-
-def _record(ctx, snapshot: Snapshot) -> None:
-    """Add one decision row to the run date's partition, keeping the earlier ones."""
-    store = ctx.store
-    earlier = store.read(TABLE, where={"run_date": ctx.run_date}).collect() if store.exists(TABLE) else []
-    row = (snapshot.run_date, snapshot.run_id, snapshot.decided_at, snapshot.status,
-           json.dumps(snapshot.metrics, sort_keys=True), snapshot.previous_run_date,
-           json.dumps(snapshot.table_versions, sort_keys=True), snapshot.index_path, json.dumps(snapshot.reasons))
-    frame = ctx.spark.createDataFrame([tuple(r) for r in earlier] + [row], SCHEMA)
-    store.write(frame, TABLE, partition_by=["run_date"], replace={"run_date": ctx.run_date},
-                commit_info={**ctx.commit_info("publish"), "fusionrank.publish.status": snapshot.status})
-
-
-def publish_stage(ctx) -> dict:
-    """Gate the night's metrics; publish the night's tables or fail loudly."""
-    from fusionrank.pipeline.runner import StageError
-
-    cfg = ctx.settings.publish
-    metrics = night_metrics(ctx)
-    # Pin every snapshot table now: later writes (reruns, backfills) make new versions.
-    versions = {}
-    for table in SNAPSHOT_TABLES:
-        ctx.for_date(table)  # fails naming the stage to run when the date is missing
-        versions[table] = ctx.store.info(table).version
-    previous = current(ctx.settings, ctx.spark, before=ctx.run_date)
-    failures = gate_failures(metrics, cfg, previous.metrics if previous else None,
-                             previous.run_date if previous else None)
-    snapshot = Snapshot(
-        run_date=ctx.run_date, run_id=ctx.run_id, decided_at=dt.datetime.now(dt.timezone.utc),
-        status=REJECTED if failures else PUBLISHED, metrics=metrics,
-        previous_run_date=previous.run_date if previous else None, table_versions=versions,
-        index_path=ctx.index_path(), reasons=failures,
-    )
-    _record(ctx, snapshot)
-    if failures:
-        now = current(ctx.settings, ctx.spark)
-        raise StageError(
-            f"publish gate failed for {ctx.run_date}; the current snapshot stays "
-            f"{now.run_date if now else '(none: nothing published yet)'}:\n  " + "\n  ".join(failures)
-        )
-    log.info("published %s (previous %s)", ctx.run_date, snapshot.previous_run_date)
-    return {"status": PUBLISHED, "metrics": metrics,
-            "previous_run_date": str(snapshot.previous_run_date) if snapshot.previous_run_date else None,
-            "table_versions": versions}

@@ -23,7 +23,9 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from fusionrank.core.catalog import RECS_ITEM_SIMILAR, RECS_USER_TOPK
+from fusionrank.core.spark import task_cpus
+from fusionrank.index.build import arrow_vectors, load_index
+from fusionrank.core.catalog import INDEX_VECTOR, RECS_ITEM_SIMILAR, RECS_USER_TOPK
 from fusionrank.storage.store import ExecutorBatches
 
 
@@ -190,7 +192,6 @@ def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reaso
     """Top-k unseen items (with reasons) of one batch of users: one FAISS search, the rest
     vectorised. A re-ranker plugs in between the search and `_drop_and_cut`: rescore
     `scores` (same shape as `positions`) and re-sort each row."""
-    from fusionrank.index.build import arrow_vectors
 
     chunk = chunk.filter(pc.is_valid(chunk.column("profile_vec")))  # no profile, nothing to search with
     n, total = chunk.num_rows, int(loaded.index.ntotal)
@@ -273,8 +274,6 @@ def rank_partition(
     search; users without a profile get their popular list (cold start), if any."""
     import faiss
 
-    from fusionrank.index.build import load_index
-    from fusionrank.core.spark import task_cpus
 
     faiss.omp_set_num_threads(task_cpus())
     loaded = load_index(index_path, use_gpu=use_gpu)  # once per Python worker
@@ -293,8 +292,6 @@ def similar_partition(batches: Iterator[pa.RecordBatch], index_path: str, k: int
     """mapInArrow body: the k nearest other items of every item."""
     import faiss
 
-    from fusionrank.index.build import arrow_vectors, load_index
-    from fusionrank.core.spark import task_cpus
 
     faiss.omp_set_num_threads(task_cpus())
     loaded = load_index(index_path, use_gpu=use_gpu)
@@ -302,10 +299,10 @@ def similar_partition(batches: Iterator[pa.RecordBatch], index_path: str, k: int
     for batch in batches:
         for start in range(0, batch.num_rows, search_batch):
             chunk = batch.slice(start, search_batch)
-            chunk = chunk.filter(pc.is_valid(chunk.column("fused_vec")))
+            chunk = chunk.filter(pc.is_valid(chunk.column(INDEX_VECTOR)))
             if chunk.num_rows == 0 or fetch <= 0:
                 continue
-            scores, positions = loaded.search(arrow_vectors(chunk, "fused_vec", loaded.index.d), fetch)
+            scores, positions = loaded.search(arrow_vectors(chunk, INDEX_VECTOR, loaded.index.d), fetch)
             own = loaded.position_of(chunk.column("item_id").to_numpy(zero_copy_only=False))
             rows, cols, ranks = _drop_and_cut(positions, np.nonzero(own >= 0)[0], own[own >= 0], k)
             if len(rows) == 0:
@@ -352,7 +349,7 @@ def _stable_batches(df: DataFrame, key: str, partitions: int = 0) -> DataFrame:
 
 def similar_batches(items: DataFrame, index_path: str, k: int, partitions: int = 0,
                     use_gpu: bool = False) -> ExecutorBatches:
-    """items: (item_id, fused_vec) -> recs_item_similar rows (but run_date) as Arrow batches."""
+    """items: (item_id, rec_vec) -> recs_item_similar rows (but run_date) as Arrow batches."""
     return ExecutorBatches(_stable_batches(items, "item_id", partitions),
                            partial(similar_partition, index_path=index_path, k=k, use_gpu=use_gpu), SIMILAR_SCHEMA)
 

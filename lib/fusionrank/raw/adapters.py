@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Union
 
 from fusionrank.core.config import EVENT_TYPES
-from fusionrank.core.catalog import CATALOG_FIELDS, EVENT_FIELDS
+from fusionrank.raw.contract import CATALOG_FIELDS, EVENT_FIELDS
 
 log = logging.getLogger(__name__)
 

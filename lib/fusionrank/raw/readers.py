@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fusionrank.core.config import InputSource
+from fusionrank.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,6 @@ CORRUPT = "_corrupt_record"
 SOURCE_FILE = "_source_file"
 SAMPLE_LINES = 1000
 
-
-class InputError(ValueError):
-    """The raw input cannot be read as the data contract describes."""
 
 
 def path_exists(spark: SparkSession, path: str) -> bool:

@@ -55,6 +55,7 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from fusionrank.core.config import Settings
 from fusionrank.core.spark import delta_spark_available
+from fusionrank.core.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,6 @@ _PARTITION_SEGMENT = re.compile(r"^([^=/]+)=(.*)$")
 _WRITE_DIR = re.compile(r"^part-\d{8}T\d{6}-[0-9a-f]{8}$")
 FAULT_ENV = "FUSIONRANK_FAULT_BEFORE_COMMIT"
 
-
-class StorageError(RuntimeError):
-    """A table could not be read or written."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Behaviour vectors: item vectors learned from the logs, and the ranking space.
+"""Behaviour vectors: item vectors learned from the logs.
 
 Default method `lae`, a low-rank linear autoencoder (low-rank EASE): with X the
 users x items matrix of interaction weights and G = XᵀX = V Λ Vᵀ, the item-item
@@ -16,13 +16,7 @@ of (XQ)ᵀ(XQ). The driver only ever holds width x width matrices; the item
 vectors stay in DataFrames. Sums are ordered (rows sorted by key inside each
 group), so reruns give the same bits.
 
-`als` (Spark ALS implicit item factors) remains available.
-
-The ranking space (`rec_vec`, what the ANN index holds) is e_j ⊕ c·fused_j: the
-behaviour part carries the collaborative score with its magnitude (which is
-what makes it good), the content part (the normalised fused vector, weighted by
-`rank.content_weight`) lets items nobody interacted with still be retrieved and
-lets a text query be matched against the same index (its behaviour part zero).
+`als` (`behaviour_vectors`: Spark ALS implicit item factors) remains available.
 """
 
 from __future__ import annotations
@@ -160,40 +154,31 @@ def lae_item_vectors(history: DataFrame, cfg) -> DataFrame:
     return _materialise(result)
 
 
-def rec_vectors(items: DataFrame, behaviour_dim: int, content_weight: float) -> DataFrame:
-    """Adds `rec_vec` = behaviour_vec (zeros when missing) ⊕ content_weight · fused_vec."""
-    weight = float(content_weight)
+def behaviour_vectors(history: DataFrame, cfg) -> DataFrame:
+    """(item_id, behaviour_vec): ALS implicit item factors from (user_id, item_id, weight).
 
-    def body(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for pdf in batches:
-            out = []
-            for behaviour, fused in zip(pdf["behaviour_vec"], pdf["fused_vec"]):
-                if fused is None:
-                    out.append(None)
-                    continue
-                b = np.zeros(behaviour_dim, dtype=np.float32) if behaviour is None else np.asarray(behaviour, np.float32)
-                out.append(np.concatenate([b, weight * np.asarray(fused, np.float32)]))
-            pdf = pdf.copy()
-            pdf["rec_vec"] = out
-            yield pdf
+    Ids become dense integers with zipWithIndex over the sorted ids on the
+    executors (ALS needs int ids; sorting makes the mapping, and so the seeded
+    factors, the same on every rerun; nothing is collected to the driver).
+    """
+    from pyspark.ml.recommendation import ALS
 
-    schema = T.StructType(items.schema.fields + [T.StructField("rec_vec", VECTOR)])
-    return items.mapInPandas(body, schema)
+    spark = history.sparkSession
 
+    def dense_ids(column: str) -> DataFrame:
+        distinct = history.select(column).distinct().orderBy(column)
+        indexed = distinct.rdd.map(lambda r: r[0]).zipWithIndex()
+        return spark.createDataFrame(indexed, f"{column} string, {column}_idx long").withColumn(
+            f"{column}_idx", F.col(f"{column}_idx").cast("int")
+        )
 
-def behaviour_dim(settings) -> int:
-    """Width of the behaviour part at the front of every ranking-space vector."""
-    return settings.behaviour.rank if settings.behaviour.enabled else 0
-
-
-def to_ranking_space(fused: np.ndarray, settings) -> np.ndarray:
-    """Vectors of the fused space (e.g. an encoded text query) -> the ranking space:
-    behaviour part zero, so the index score is the content similarity alone."""
-    fused = np.asarray(fused, dtype=np.float32)
-    pad = np.zeros((fused.shape[0], behaviour_dim(settings)), dtype=np.float32)
-    return np.ascontiguousarray(np.concatenate([pad, fused], axis=1))
-
-
-def fused_part(vectors: np.ndarray, settings) -> np.ndarray:
-    """Ranking-space vectors -> their content (fused) part, up to the content weight."""
-    return np.asarray(vectors)[:, behaviour_dim(settings):]
+    users, items = dense_ids("user_id"), dense_ids("item_id")
+    ratings = history.join(users, "user_id").join(items, "item_id").select("user_id_idx", "item_id_idx", "weight")
+    als = ALS(
+        rank=cfg.rank, maxIter=cfg.max_iter, regParam=cfg.reg_param, alpha=cfg.alpha, implicitPrefs=True,
+        userCol="user_id_idx", itemCol="item_id_idx", ratingCol="weight", seed=cfg.seed,
+        coldStartStrategy="drop", nonnegative=False,
+    )
+    model = als.fit(ratings)
+    factors = model.itemFactors.select(F.col("id").alias("item_id_idx"), F.col("features").alias("behaviour_vec"))
+    return factors.join(items, "item_id_idx").select("item_id", F.col("behaviour_vec").cast(VECTOR))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionrank.core.config import Settings
+from fusionrank.core.errors import ModelError
 
 _LOCK = threading.Lock()
 _TEXT_ENCODERS: dict[tuple, "TextEncoder"] = {}
@@ -34,9 +35,6 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 EFFICIENTNET_LITE0_DIM = 1280
 
-
-class ModelError(RuntimeError):
-    """A model folder is missing or cannot be loaded."""
 
 
 def default_text_model_path() -> Path:
@@ -160,6 +158,15 @@ def image_dim(settings: Settings) -> int:
     return _hf_vision_dim(json.loads((image_model_path(settings) / "config.json").read_text()))
 
 
+def image_options(settings) -> dict | None:
+    """What the encoder UDF needs to know about the image model (None: no images)."""
+    cfg = settings.models.image
+    if cfg.backend == "none":
+        return None
+    return {"backend": cfg.backend, "path": str(image_model_path(settings)), "batch_size": cfg.batch_size,
+            "image_size": cfg.image_size, "dtype": cfg.dtype}
+
+
 def image_model_identity(settings: Settings) -> dict | None:
     """What makes image vectors differ: backend, weights content, input size, dtype."""
     cfg = settings.models.image
@@ -171,20 +178,6 @@ def image_model_identity(settings: Settings) -> dict | None:
     if cfg.backend == "efficientnet_lite0":
         identity["image_size"] = cfg.image_size
     return identity
-
-
-def model_version(settings: Settings) -> str:
-    """`fr-<hash>` over the encoders' content and settings and the fusion settings."""
-    parts = {
-        "text_model": folder_digest(text_model_path(settings)),
-        "text_max_length": settings.models.text.max_length,
-        "text_dtype": settings.models.text.dtype,
-        "image_model": image_model_identity(settings),
-        "fusion": settings.fusion.model_dump(mode="json"),
-        "behaviour": settings.behaviour.model_dump(mode="json"),
-    }
-    blob = json.dumps(parts, sort_keys=True).encode()
-    return "fr-" + hashlib.sha256(blob).hexdigest()[:16]
 
 
 def pick_device() -> str:
