@@ -15,6 +15,8 @@ import pytest
 from deltalake import DeltaTable
 from PIL import Image
 
+from fusionrank.core.catalog import layout
+from fusionrank.vectors import fusion
 from fusionrank.vectors.spec import resolve as resolve_spec
 from fusionrank.core.context import make_context
 from fusionrank.pipeline import run_stage
@@ -172,7 +174,7 @@ def test_learned_projection_is_trained_once_per_model_version(spark, tmp_path):
     run_stage("clean_events", settings, DAY_1, ctx=ctx)
     counts = run_stage("encode_items", settings, DAY_1, ctx=ctx).counts
     version = resolve_spec(settings).version
-    artifact = encoding.learned_projection_path(settings, version)
+    artifact = layout(settings).learned_projection(version)
     assert artifact.exists() and counts["projection_pairs"] > 0 and counts["fused_dim"] == 32
     matrix = np.load(artifact)
     assert matrix.shape == (384, 32)
@@ -180,7 +182,7 @@ def test_learned_projection_is_trained_once_per_model_version(spark, tmp_path):
     emb = embeddings(settings, DAY_1)
     text = np.stack(emb["text_vec"].map(np.asarray).to_numpy())
     fused = np.stack(emb["fused_vec"].map(np.asarray).to_numpy())
-    np.testing.assert_allclose(fused, encoding.l2_normalize(text @ matrix), atol=1e-5)
+    np.testing.assert_allclose(fused, fusion.l2_normalize(text @ matrix), atol=1e-5)
     np.testing.assert_allclose(resolve_spec(settings).query_vectors(text), fused, atol=1e-5)
 
     again = run_day(settings, spark, DAY_2)

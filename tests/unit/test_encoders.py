@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fusionrank.vectors import fusion as fusion_lib
 from fusionrank.vectors.fusion import projection_matrix
 from fusionrank.vectors.spec import resolve as resolve_spec
 from fusionrank.vectors import encode as encoding
@@ -148,7 +149,7 @@ def test_query_vectors_are_items_with_only_text(tmp_path, fusion):
     text = rng.standard_normal((4, dims.text)).astype(np.float32)
     queries = resolve_spec(settings).query_vectors(text)
     cfg = settings.fusion
-    items = encoding.fuse(
+    items = fusion_lib.fuse(
         [(text, cfg.text_weight), (np.zeros((4, dims.image), np.float32), cfg.image_weight),
          (np.zeros((4, dims.behaviour), np.float32), cfg.behaviour_weight)],
         projection_matrix(resolve_spec(settings).projection),
@@ -157,19 +158,19 @@ def test_query_vectors_are_items_with_only_text(tmp_path, fusion):
     np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
     assert queries.shape == (4, cfg.output_dim or dims.total)
     with pytest.raises(ValueError, match="text vectors"):
-        resolve_spec(:10], settings).query_vectors(text[:)
+        resolve_spec(settings).query_vectors(text[:, :10])
 
 
 def test_fuse_with_projection_matches_projecting_the_concatenation():
     rng = np.random.default_rng(1)
     text, image = rng.standard_normal((5, 6)), rng.standard_normal((5, 4))
     w = projection_matrix(("random_orthogonal", 10, 10, 3))
-    plain = encoding.fuse([(text, 1.0), (image, 0.5)])
-    rotated = encoding.fuse([(text, 1.0), (image, 0.5)], w)
+    plain = fusion_lib.fuse([(text, 1.0), (image, 0.5)])
+    rotated = fusion_lib.fuse([(text, 1.0), (image, 0.5)], w)
     np.testing.assert_allclose(rotated, plain @ w, atol=1e-5)  # a rotation keeps unit norm
     np.testing.assert_allclose(rotated @ rotated.T, plain @ plain.T, atol=1e-5)
     with pytest.raises(ValueError, match="expects 10 inputs"):
-        encoding.fuse([(text, 1.0)], w)
+        fusion_lib.fuse([(text, 1.0)], w)
 
 
 def test_learned_projection_pulls_co_occurring_items_together(tmp_path):
@@ -181,20 +182,20 @@ def test_learned_projection_pulls_co_occurring_items_together(tmp_path):
     n, d, groups = 400, 48, 8
     group = rng.integers(0, groups, n)
     centres = rng.standard_normal((groups, d)) * 0.6
-    inputs = encoding.l2_normalize((rng.standard_normal((n, d)) + centres[group]).astype(np.float32))
+    inputs = fusion_lib.l2_normalize((rng.standard_normal((n, d)) + centres[group]).astype(np.float32))
     pairs = [(i, j) for i in range(n) for j in rng.choice(np.flatnonzero(group == group[i]), 3) if i != j]
     a, b = (np.array(x, dtype=np.int64) for x in zip(*pairs))
-    matrix, stats = encoding.train_projection(inputs, a, b, 16, settings.fusion)
+    matrix, stats = fusion_lib.train_projection(inputs, a, b, 16, settings.fusion)
     assert matrix.shape == (d, 16) and matrix.dtype == np.float32
     assert stats["last_epoch_loss"] < stats["first_epoch_loss"]
 
     def margin(w):  # mean cosine of group mates minus that of strangers
-        z = encoding.l2_normalize(inputs @ w)
+        z = fusion_lib.l2_normalize(inputs @ w)
         sims = z @ z.T
         same = group[:, None] == group[None, :]
         return sims[same].mean() - sims[~same].mean()
 
     start = projection_matrix(("random_orthogonal", d, 16, settings.fusion.seed))
     assert margin(matrix) > margin(start) + 0.1
-    again, _ = encoding.train_projection(inputs, a, b, 16, settings.fusion)
+    again, _ = fusion_lib.train_projection(inputs, a, b, 16, settings.fusion)
     np.testing.assert_allclose(again, matrix, atol=1e-5)  # seeded: reruns agree
