@@ -50,13 +50,3 @@ def test_pseudonymise_id_is_hmac_sha256(monkeypatch):
     assert pseudonymise_id(None, salt) is None
 
 
-def test_spark_column_matches_python(spark, tmp_path, monkeypatch):
-    monkeypatch.setenv(SALT_ENV, "0123456789abcdef-salt")
-    salt = user_salt(settings_with(tmp_path))
-    df = spark.createDataFrame([("13", 1), ("é-ü", 2), (None, 3)], "user_id string, n int")
-    out = {r["n"]: r["user_id"] for r in pseudonymise_users(df, salt).collect()}
-    assert out == {1: pseudonymise_id("13", salt), 2: pseudonymise_id("é-ü", salt), 3: None}
-    assert pseudonymise_users(df, None) is df
-    # The salt is not a literal in the query plan (the Spark UI shows plans).
-    plan = pseudonymise_users(df, salt)._jdf.queryExecution().toString()
-    assert "0123456789abcdef-salt" not in plan
