@@ -90,10 +90,10 @@ def test_click_through_moves_clicked_items_up(shop):
     queries = frequent_queries(events, since, until, 30)
     engaged = query_engagement(events, queries, since, until, settings.query.event_weights, 200).toPandas()
     queries_pd = queries.toPandas()
-    blended = top_k_for_queries(queries_pd, engaged, ctx.index_path(), settings)
+    blended = top_k_for_queries(queries_pd, engaged, ctx.index_path(), settings.query)
     plain_settings = settings.model_copy(deep=True)
     plain_settings.query.ctr_weight = 0.0
-    plain = top_k_for_queries(queries_pd, engaged, ctx.index_path(), plain_settings)
+    plain = top_k_for_queries(queries_pd, engaged, ctx.index_path(), plain_settings.query)
     moved_up = moved_down = 0
     for query, group in engaged.groupby("query"):
         best = group.sort_values(["engagement", "item_id"], ascending=[False, True]).iloc[0]["item_id"]

@@ -14,8 +14,7 @@ def build_profiles(ctx: RunContext) -> dict:
     cfg = ctx.settings
     history = weighted_history(ctx.training_events(), cfg.profiles, ctx.holdout_start)
     vectors = ctx.for_date("item_embeddings").select("item_id", INDEX_VECTOR)
-    behaviour_dim = cfg.behaviour.rank if cfg.behaviour.enabled else 0
-    out = ctx.pseudonymised(build_user_profiles(history, vectors, cfg.profiles, ctx.run_date, behaviour_dim))
+    out = ctx.pseudonymised(build_user_profiles(history, vectors, cfg.profiles, ctx.run_date, ctx.spec.behaviour_dim))
     ctx.describe("build_profiles")
     ctx.write("user_profiles", out, "build_profiles")
     users = ctx.store.count_rows("user_profiles", where={"run_date": ctx.run_date})

@@ -30,21 +30,9 @@ def read(root, name, date: str | None = RUN_DATE) -> pd.DataFrame:
     return DeltaTable(str(root / name)).to_pandas(filters=filters)
 
 
-ITEMS = 300  # the slice's most-touched items: text encoding dominates the run's time
-
-
 @pytest.fixture(scope="module")
-def run(spark, movielens_slice, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("show")
-    events = [json.loads(line) for line in open(movielens_slice / "events.jsonl")]
-    keep = set(pd.Series([e["item_id"] for e in events]).value_counts().index[:ITEMS])
-    write_jsonl(tmp / "events.jsonl", [e for e in events if e["item_id"] in keep])
-    with open(movielens_slice / "catalog.jsonl") as src:
-        write_jsonl(tmp / "catalog.jsonl", [line.rstrip("\n") for line in src if json.loads(line)["item_id"] in keep])
-    settings = make_settings(tmp, tmp / "catalog.jsonl", tmp / "events.jsonl")
-    run_all(settings, DATE, spark=spark)
-    root = tmp / "warehouse"
-    return {"root": root, "ctx": make_context(settings, DATE, spark=spark)}
+def run(night, spark):
+    return {"root": night["root"], "ctx": make_context(night["settings"], DATE, spark=spark)}
 
 
 @pytest.fixture(scope="module")

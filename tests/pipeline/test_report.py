@@ -8,12 +8,15 @@ import html
 import json
 import re
 
+import shutil
+
 import pytest
 from deltalake import DeltaTable
 
 from fusionrank.pipeline import ORDER, run_all
+from fusionrank.core.config import load_config
 from fusionrank.interfaces.report import build_report
-from tests.conftest import RUN_DATE, make_settings
+from tests.conftest import RUN_DATE
 
 pytestmark = pytest.mark.integration
 
@@ -22,15 +25,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def run(spark, movielens_slice, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("report")
-    # A lighter model setup than production (the report only reads what the stages wrote).
-    settings = make_settings(tmp, movielens_slice / "catalog.jsonl", movielens_slice / "events.jsonl",
-                             models={"text": {"max_length": 64}}, behaviour={"max_iter": 5})
-    run_all(settings, DAY, spark=spark)
-    path = build_report(settings, DAY, spark=spark)
-    return {"settings": settings, "root": settings.storage.root, "path": path,
-            "html": path.read_text(encoding="utf-8")}
+def run(night):
+    """The report the shared night's `fusionrank run` wrote as its last step."""
+    path = night["root"] / "reports" / f"run_date={RUN_DATE}" / "report.html"
+    return {"settings": night["settings"], "root": night["root"], "path": path,
+            "html": path.read_text(encoding="utf-8"), "conf": night["conf"]}
 
 
 def _partition(root, table):
@@ -102,14 +101,10 @@ def test_a_date_without_a_run_raises(run):
         build_report(run["settings"], dt.date(1998, 4, 21))
 
 
-def test_missing_index_gives_a_not_available_section(run, spark, tmp_path):
-    folder = run["root"] / "index" / f"run_date={RUN_DATE}"
-    aside = tmp_path / "index-aside"
-    folder.rename(aside)
-    try:
-        out = build_report(run["settings"], DAY, spark=spark, out_path=tmp_path / "no-index.html")
-    finally:
-        aside.rename(folder)
+def test_missing_index_gives_a_not_available_section(run, night_copy, spark, tmp_path):
+    shutil.rmtree(night_copy / "index" / f"run_date={RUN_DATE}")
+    settings = load_config(run["conf"], overrides={"storage": {"root": str(night_copy)}})
+    out = build_report(settings, DAY, spark=spark, out_path=tmp_path / "no-index.html")
     page = out.read_text(encoding="utf-8")
     index_section = page.split('<section id="index">')[1].split("</section>")[0]
     assert "Not available" in index_section
