@@ -18,7 +18,7 @@ from deltalake import DeltaTable
 from fusionrank.interfaces import cli
 from fusionrank.core.config import load_config
 from fusionrank.core.catalog import CONTRACT_COLUMNS
-from tests.conftest import RUN_DATE
+from tests.conftest import ROOT, RUN_DATE
 from tests.pipeline.conftest import TABLES
 
 pytestmark = pytest.mark.integration
