@@ -42,9 +42,16 @@ def _setup_logging(args, settings=None) -> None:
 def _load(args):
     from fusionrank.config import load_config
 
-    settings = load_config(args.conf)
+    settings = load_config(args.conf, base=getattr(args, "base", None))
     _setup_logging(args, settings)
     return settings
+
+
+def cmd_config_show(args) -> int:
+    from fusionrank.config_show import render
+
+    print(render(_load(args)))
+    return 0
 
 
 def _run_stages(settings, run_date: dt.date, stages: list[str]) -> list:
@@ -250,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the whole nightly pipeline (or --stages) for one date")
-    run.add_argument("--conf", required=True, help="environment config, e.g. conf/local.yaml (base.yaml beside it is read first)")
+    run.add_argument("--conf", required=True, help="environment config, e.g. conf/local.yaml (overlaid on the base layer)")
+    run.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
     run.add_argument("--date", required=True, type=_date, help="run date, YYYY-MM-DD")
     run.add_argument("--stages", help="comma-separated subset, in order")
     run.add_argument("--json", help="also write the stage results to this JSON file")
@@ -285,8 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     stage = sub.add_parser("stage", help="run one stage for one date")
     stage.add_argument("name", choices=ORDER)
     stage.add_argument("--conf", required=True)
+    stage.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
     stage.add_argument("--date", required=True, type=_date)
     stage.set_defaults(func=cmd_stage)
+
+    config = sub.add_parser("config", help="inspect the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    config_show = config_sub.add_parser("show", help="the effective merged config, each value with its source file")
+    config_show.add_argument("--conf", required=True)
+    config_show.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
+    config_show.set_defaults(func=cmd_config_show)
 
     data = sub.add_parser("data", help="fetch sample data and convert public data sets to the raw contract")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -345,6 +361,7 @@ def job_main(stage: str, argv: list[str] | None = None) -> int:
     """Entry point of `jobs/<stage>.py` under spark-submit."""
     parser = argparse.ArgumentParser(prog=f"jobs/{stage}.py", description=f"fusionrank stage {stage}")
     parser.add_argument("--conf", required=True)
+    parser.add_argument("--base", help="base layer (default: the project's conf/base.yaml)")
     parser.add_argument("--date", required=True, type=_date)
     args = parser.parse_args(argv)
     from fusionrank.config import load_config
@@ -352,7 +369,7 @@ def job_main(stage: str, argv: list[str] | None = None) -> int:
     from fusionrank.pipeline import run_stage
     from fusionrank.progress import format_counts
 
-    settings = load_config(args.conf)
+    settings = load_config(args.conf, base=args.base)
     configure_logging(settings.logging.format, settings.logging.level)
     result = run_stage(stage, settings, args.date)
     print(f"{result.stage} {result.run_date} {result.seconds:.1f}s {format_counts(result.counts)}", flush=True)

@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from fusionrank import behaviour as behaviour_model
 from fusionrank import encoding, evaluation, index, policies, privacy, profiles, queries, ranking
 from fusionrank.config import Settings
-from fusionrank.data import cleaning, inputs
+from fusionrank.data import cleaning, inputs, volume
 from fusionrank.data.schemas import (
     CATALOG_FIELDS,
     CATALOG_REQUIRED,
@@ -144,6 +144,13 @@ def _publish_cleaned(
                 reasons[key] = reasons.get(key, 0) + int(row["count"])
         reasons = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
         clean, rejected = cleaning.split_clean(classified, output_columns)
+        # Feed volume against the previous successful night, before anything is written.
+        drift = {**(drift or {}), **volume.distinct_counts(clean, output_columns)}
+        try:
+            drift.update(volume.guard(stage, {"raw_rows": raw_rows, "clean_rows": clean_rows, **drift},
+                                      run_log_dir(ctx.settings, ctx.run_date).parent, ctx.run_date, ctx.settings.cleaning))
+        except volume.VolumeError as exc:
+            raise StageError(str(exc)) from None
         share, limit = (raw_rows - clean_rows) / raw_rows, ctx.settings.cleaning.max_quarantine_share
         if share > limit:
             _write_quarantine(ctx, rejected, stage)
@@ -455,7 +462,7 @@ def run_stage(name: str, settings: Settings, run_date: dt.date, spark: SparkSess
     ctx = ctx or make_context(settings, run_date, spark)
     with log_context(run_date=run_date, stage=name, run_id=ctx.run_id):
         ctx.describe(name)
-        log.info("stage %s starting", name)
+        log.info("stage %s starting (config digest %s)", name, settings.digest())
         started = time.perf_counter()
         try:
             counts = STAGES[name](ctx)
@@ -480,7 +487,7 @@ def record_stage(settings: Settings, result: StageResult, run_id: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     payload = {
         "stage": result.stage, "run_date": str(result.run_date), "run_id": run_id,
-        "seconds": round(result.seconds, 3), "counts": result.counts,
+        "seconds": round(result.seconds, 3), "counts": result.counts, "config_digest": settings.digest(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     tmp = folder / f".{result.stage}.json.tmp"
@@ -515,6 +522,8 @@ def run_all(settings: Settings, run_date: dt.date, spark: SparkSession | None = 
     each stage (progress display), `on_stage(result)` sees each result."""
     preflight(settings, stages or ORDER)
     ctx = make_context(settings, run_date, spark)
+    log.info("run %s for %s: config digest %s from %s", ctx.run_id, run_date, settings.digest(),
+             " + ".join(settings.source_files))
     results = []
     for name in stages or ORDER:
         with (stage_scope(name) if stage_scope else nullcontext()):
