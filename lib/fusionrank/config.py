@@ -533,8 +533,11 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = " ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem or exc}") from None
+        problem = getattr(exc, "problem", None) or str(exc)
+        context, started = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and started is not None and started is not mark:
+            problem += f" ({context} that starts at line {started.line + 1}, column {started.column + 1})"
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
     return data

@@ -59,7 +59,7 @@ def scan_csv(data: bytes, delimiter: str = ",", quote: str = '"') -> tuple[str |
             multiline = True
         if c + 1 < n and data[c + 1] not in line_ends:
             line, opened = data.count(b"\n", 0, c) + 1, data.count(b"\n", 0, p) + 1
-            after = data[c + 1:c + 11].decode("utf-8", "replace")
+            after = data[c + 1:c + 11].decode("utf-8", "replace").splitlines()[0]
             where = f"opened on line {opened}" if opened != line else "on the same line"
             return (f"line {line}: text {after!r} follows the closing quote of a field {where} "
                     f"(unbalanced {quote}? a quote inside a quoted field is written twice: {quote}{quote})",
@@ -92,7 +92,7 @@ def read_csv(spark: SparkSession, path: str, delimiter: str, quote: str, corrupt
     bad = sorted((f, p) for f, p, _ in verdicts if p)
     error = None
     if bad:
-        shown = "; ".join(f"{f}: {p}" for f, p in bad[:3])
+        shown = "; ".join(f"{f.removeprefix('file:')}: {p}" for f, p in bad[:3])
         more = f" (and {len(bad) - 3} more file(s))" if len(bad) > 3 else ""
         error = f"{kind} input {path} is not well-formed CSV: {shown}{more}"
     multiline = any(m for _, _, m in verdicts)
