@@ -167,3 +167,13 @@ def test_stage_record_keeps_the_config_digest(spark, tmp_path):
     assert other.digest() != record["config_digest"]
     stored = json.loads((settings.storage.root / "_runs" / f"run_date={NIGHT1}" / "clean_catalog.json").read_text())
     assert stored["config_digest"] == settings.digest()
+
+
+def test_pandas_csv_with_a_lone_carriage_return_keeps_the_row(spark, tmp_path):
+    path = tmp_path / "catalog.csv"
+    pd.DataFrame({"item_id": ["A", "B"], "title": ["old\rmac text", "Desk"]}).to_csv(path, index=False)
+    assert b"old\rmac" in path.read_bytes()  # pandas leaves the CR unquoted
+    settings = make_settings(tmp_path, path, inputs={"catalog": {"format": "csv"}})
+    ctx, counts = _clean_catalog(settings, spark)
+    assert counts["raw_rows"] == 2 and counts["clean_rows"] == 2
+    assert set(ctx.store.read("catalog_clean").toPandas()["item_id"]) == {"A", "B"}

@@ -6,8 +6,9 @@ parses anything, each file's bytes are checked once on the executors (`scan_csv`
 one record per file, nothing but a verdict per file comes back to the driver): an
 unbalanced quote is an error naming the file and the line where the quoted field
 opens, not a table with shifted columns. The check also tells whether any quoted
-field spans lines; only then is the file parsed in Spark's multiLine mode (which
-reads each file in one task), so plain CSVs keep splitting into parallel reads.
+field spans lines (or a lone CR, which pandas leaves unquoted, sits in a field);
+only then is the input parsed in Spark's multiLine mode (which reads each file in
+one task), so plain CSVs keep splitting into parallel reads.
 
 A row with more or fewer fields than the header is kept as a malformed record
 (`_corrupt_record`) and quarantined by cleaning, never shifted into other columns.
@@ -26,7 +27,8 @@ class CsvError(ValueError):
 
 
 def scan_csv(data: bytes, delimiter: str = ",", quote: str = '"') -> tuple[str | None, bool]:
-    """(problem or None, whether a quoted field holds a line break) for one file's bytes.
+    """(problem or None, whether the file needs multiLine parsing: a quoted field holds
+    a line break, or a lone CR sits anywhere) for one file's bytes.
 
     A quote opens a quoted field only at the start of a field (after the delimiter or
     a line break, or at the start of the file); elsewhere it is a literal character,
@@ -39,7 +41,9 @@ def scan_csv(data: bytes, delimiter: str = ",", quote: str = '"') -> tuple[str |
     while True:
         p = data.find(quote.encode(), pos)
         if p < 0:
-            return None, multiline
+            # A lone CR (pandas leaves one unquoted) would end a line in Spark's
+            # line-split mode: such a file is parsed in multiLine mode too.
+            return None, multiline or data.count(b"\r") != data.count(b"\r\n")
         if p > start and data[p - 1] not in line_ends:
             pos = p + 1  # a quote inside an unquoted field: a literal character
             continue
