@@ -39,7 +39,7 @@ RUN_END = dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc)
 # FUSIONRANK_PROPERTY_EXAMPLES=200 for a longer, randomised hunt (the default is quick
 # and reproducible).
 _HUNT = int(os.environ.get("FUSIONRANK_PROPERTY_EXAMPLES", "0"))
-SPARK = settings(max_examples=_HUNT or 5, deadline=None, derandomize=not _HUNT,
+SPARK = settings(max_examples=_HUNT or 4, deadline=None, derandomize=not _HUNT,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                         HealthCheck.function_scoped_fixture])
 
