@@ -163,7 +163,7 @@ def test_reserved_keys_are_not_settable(conf_dir):
 def test_missing_required_section_without_base(tmp_path):
     folder = tmp_path / "conf"
     folder.mkdir()
-    overlay = write_overlay(folder, "rank: {k: 5}\n")  # no base.yaml beside it, no inputs
+    overlay = write_overlay(folder, "base: null\nrank: {k: 5}\n")  # complete on its own: no base, no inputs
     with pytest.raises(ConfigError) as info:
         load_config(overlay)
     assert "inputs" in str(info.value)

@@ -9,7 +9,7 @@ from typing import Callable
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
-from fusionrank.clean import rules
+from fusionrank.clean import rules, volume
 from fusionrank.core.context import RunContext
 from fusionrank.core.errors import StageError
 
@@ -50,6 +50,13 @@ def publish_cleaned(
                 reasons[key] = reasons.get(key, 0) + int(row["count"])
         reasons = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
         clean, rejected = rules.split_clean(classified, output_columns)
+        # Feed volume against the previous successful night, before anything is written.
+        drift = {**(drift or {}), **volume.distinct_counts(clean, output_columns)}
+        try:
+            drift.update(volume.guard(stage, {"raw_rows": raw_rows, "clean_rows": clean_rows, **drift},
+                                      ctx.layout.run_records(ctx.run_date).parent, ctx.run_date, ctx.settings.cleaning))
+        except volume.VolumeError as exc:
+            raise StageError(str(exc)) from None
         share, limit = (raw_rows - clean_rows) / raw_rows, ctx.settings.cleaning.max_quarantine_share
         if share > limit:
             write_quarantine(ctx, rejected, stage)

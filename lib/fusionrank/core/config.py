@@ -1,10 +1,17 @@
 """Configuration: pydantic models over `conf/base.yaml` plus an environment overlay.
 
-`load_config("conf/local.yaml")` reads `base.yaml` from the same folder, deep-merges
-the overlay on top and validates the result. Unknown keys and bad values fail with
-a message that names the key and the file it came from. Relative paths resolve
-against the project root (the folder that holds `conf/`), so a job behaves the same
-whatever its working directory.
+`load_config("conf/local.yaml")` reads the base layer, deep-merges the overlay on top
+and validates the result. Unknown keys and bad values fail with a message that names
+the key and the file it came from; YAML syntax errors name the file, line and column.
+
+The layers (see `resolve_layers`; the README's Configuration section documents it):
+the base is `base=` (CLI `--base`), else the overlay's own `base:` key (a path
+relative to the overlay's folder; `base: null` means the overlay is complete), else
+`<project root>/conf/base.yaml`. The project root is `$FUSIONRANK_PROJECT_ROOT`, else
+the project whose `conf/` folder holds the overlay (next to a `base.yaml`), else the
+working directory when it holds `conf/base.yaml`, else the checkout the package is
+imported from. No base found is an error, never a silent fall-back to defaults.
+Relative paths resolve against the project root, whatever the working directory.
 """
 
 from __future__ import annotations
@@ -12,15 +19,21 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
 from fusionrank.core.errors import ConfigError
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "search")
 INPUT_FORMATS = ("json", "csv", "parquet", "delta")
+PROJECT_ROOT_ENV = "FUSIONRANK_PROJECT_ROOT"
+
+log = logging.getLogger(__name__)
 
 
 
@@ -108,6 +121,18 @@ def _plain_name(value: str) -> str:
 class InputSource(_Strict):
     path: Path
     format: Literal["json", "csv", "parquet", "delta"] = "json"
+    # csv only (RFC 4180, as pandas, Excel and Python's csv module write it): a header
+    # row, fields quoted with `quote` may hold the delimiter, newlines and doubled quotes.
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    quote: str = Field('"', min_length=1, max_length=1)
+
+    @model_validator(mode="after")
+    def _csv_chars(self) -> "InputSource":
+        bad = {"\n", "\r"}
+        if self.delimiter in bad or self.quote in bad or self.delimiter == self.quote:
+            raise ValueError(f"delimiter {self.delimiter!r} and quote {self.quote!r} must be two different "
+                             "characters, neither a line break")
+        return self
 
     @field_validator("path", mode="before")
     @classmethod
@@ -133,6 +158,14 @@ class CleaningConfig(_Strict):
     # quarantined (a broken upstream feed must not publish an empty top-K table);
     # the quarantine is still written for inspection. 1.0 switches the check off.
     max_quarantine_share: float = Field(0.5, ge=0, le=1)
+    # Feed volume (fusionrank.data.volume): raw and clean rows and distinct items/users
+    # are compared with the previous successful night of the stage; the stage fails,
+    # before writing anything, when one fell by more than `volume_max_drop_share`
+    # (0.5: to less than half) or grew by more than `volume_max_growth_share` (1.0: to
+    # more than double). null switches a direction off; the first night has nothing
+    # to compare with. A planned change: FUSIONRANK_ALLOW_VOLUME_CHANGE=<stage>[,...]|all.
+    volume_max_drop_share: float | None = Field(0.5, ge=0, le=1)
+    volume_max_growth_share: float | None = Field(2.0, ge=0)
 
 
 class TextModelConfig(_Strict):
@@ -434,6 +467,8 @@ class Settings(_Strict):
     # Where the settings came from (not a YAML key): for messages and resolution.
     source_files: list[str] = Field(default_factory=list, exclude=True)
     project_root: Path = Field(default=Path("."), exclude=True)
+    # The merged layers as read, [(file, mapping)], for `fusionrank config show`.
+    _layers: list = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> "Settings":
@@ -489,12 +524,77 @@ def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read as UTF-8 text: {exc}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        context, started = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and started is not None and started is not mark:
+            problem += f" ({context} that starts at line {started.line + 1}, column {started.column + 1})"
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def _package_checkout() -> Path:
+    """The folder above `lib/` when fusionrank is imported from a source checkout
+    (this file is lib/fusionrank/core/config.py)."""
+    return Path(__file__).resolve().parents[3]
+
+
+def find_project_root(overlay: Path | None = None) -> tuple[Path | None, str]:
+    """The project root and how it was found (for messages), or (None, tried)."""
+    env = os.environ.get(PROJECT_ROOT_ENV)
+    if env:
+        root = Path(env).expanduser().resolve()
+        if not (root / "conf" / "base.yaml").is_file():
+            raise ConfigError(f"{PROJECT_ROOT_ENV}={env}: {root / 'conf' / 'base.yaml'} does not exist")
+        return root, f"${PROJECT_ROOT_ENV}"
+    if overlay is not None and overlay.parent.name == "conf" and (overlay.parent / "base.yaml").is_file():
+        return overlay.parent.parent, "the project whose conf/ holds the overlay"
+    cwd = Path.cwd().resolve()
+    if (cwd / "conf" / "base.yaml").is_file():
+        return cwd, "the working directory"
+    checkout = _package_checkout()
+    if (checkout / "conf" / "base.yaml").is_file():
+        return checkout, "the checkout fusionrank is imported from"
+    return None, (f"${PROJECT_ROOT_ENV} (unset), the overlay's conf/ folder, the working directory {cwd} "
+                  f"and the package checkout {checkout}")
+
+
+def resolve_layers(path: Path, base: str | Path | None = None) -> tuple[Path | None, Path]:
+    """(base layer or None, project root) for the overlay at `path`.
+
+    Precedence: `base` (CLI --base) > the overlay's `base:` key (relative to the
+    overlay's folder; null: no base) > <project root>/conf/base.yaml."""
+    overlay = _read_yaml(path)
+    root, how = find_project_root(path)
+    if base is None and "base" in overlay:
+        base = overlay["base"]
+        if base is None:
+            return None, root or path.parent
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{path}: base: must name a YAML file (or be null for no base), got {base!r}")
+        base = Path(base).expanduser()
+        base = base if base.is_absolute() else path.parent / base
+    if base is not None:
+        base = Path(base).expanduser().resolve()
+        if not base.is_file():
+            raise ConfigError(f"base config {base} does not exist (named by {'--base' if 'base' not in overlay else path})")
+        return base, root or base.parent
+    if root is None:
+        raise ConfigError(
+            f"no base layer for {path}: conf/base.yaml was looked for in {how}. Name one with --base "
+            f"(or a `base:` key in the overlay), set {PROJECT_ROOT_ENV} to the project folder, "
+            "or write `base: null` in an overlay that is complete on its own")
+    log.debug("config base layer from %s: %s", how, root / "conf" / "base.yaml")
+    return root / "conf" / "base.yaml", root
 
 
 def _has_key(data: Any, loc: tuple) -> bool:
@@ -527,15 +627,19 @@ def _explain(exc: ValidationError, layers: list[tuple[Path, dict]]) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> Settings:
-    """Load `base.yaml` beside `path`, overlay `path` (and `overrides`), validate."""
-    path = Path(path).resolve()
-    conf_dir = path.parent
+def load_config(path: str | Path, overrides: dict | None = None, base: str | Path | None = None) -> Settings:
+    """Overlay `path` (then `overrides`) on the base layer (`resolve_layers`), validate."""
+    path = Path(path).expanduser().resolve()
+    base_path, project_root = resolve_layers(path, base)
     layers: list[tuple[Path, dict]] = []
-    base = conf_dir / "base.yaml"
-    if base.exists() and base != path:
-        layers.append((base, _read_yaml(base)))
-    layers.append((path, _read_yaml(path)))
+    if base_path is not None and base_path != path:
+        base_data = _read_yaml(base_path)
+        if "base" in base_data:
+            raise ConfigError(f"{base_path}: base: a base layer cannot name another base")
+        layers.append((base_path, base_data))
+    overlay = dict(_read_yaml(path))
+    overlay.pop("base", None)
+    layers.append((path, overlay))
     if overrides:
         layers.append((Path("<overrides>"), overrides))
     merged: dict = {}
@@ -545,10 +649,12 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Settings:
         if reserved in merged:
             raise ConfigError(f"{path}: {reserved}: unknown key")
     try:
-        return Settings(
+        settings = Settings(
             **merged,
             source_files=[str(p) for p, _ in layers],
-            project_root=conf_dir.parent,
+            project_root=project_root,
         )
     except ValidationError as exc:
         raise ConfigError(_explain(exc, layers)) from None
+    settings._layers = layers
+    return settings

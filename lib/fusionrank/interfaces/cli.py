@@ -15,7 +15,7 @@ from fusionrank.core.context import make_context
 from fusionrank.core.errors import USER_ERRORS
 from fusionrank.core.logs import configure_logging
 from fusionrank.core.spark import get_session
-from fusionrank.interfaces import show
+from fusionrank.interfaces import config_show, show
 from fusionrank.interfaces.progress import StageProgress
 from fusionrank.interfaces.report import build_report
 from fusionrank.interfaces.search import search
@@ -41,9 +41,14 @@ def _setup_logging(args, settings=None) -> None:
 
 def _load(args):
 
-    settings = load_config(args.conf)
+    settings = load_config(args.conf, base=getattr(args, "base", None))
     _setup_logging(args, settings)
     return settings
+
+
+def cmd_config_show(args) -> int:
+    print(config_show.render(_load(args)))
+    return 0
 
 
 def _run_stages(settings, run_date: dt.date, stages: list[str]) -> list:
@@ -233,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the whole nightly pipeline (or --stages) for one date")
-    run.add_argument("--conf", required=True, help="environment config, e.g. conf/local.yaml (base.yaml beside it is read first)")
+    run.add_argument("--conf", required=True, help="environment config, e.g. conf/local.yaml (overlaid on the base layer)")
+    run.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
     run.add_argument("--date", required=True, type=_date, help="run date, YYYY-MM-DD")
     run.add_argument("--stages", help="comma-separated subset, in order")
     run.add_argument("--json", help="also write the stage results to this JSON file")
@@ -267,8 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     stage = sub.add_parser("stage", help="run one stage for one date")
     stage.add_argument("name", choices=ORDER)
     stage.add_argument("--conf", required=True)
+    stage.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
     stage.add_argument("--date", required=True, type=_date)
     stage.set_defaults(func=cmd_stage)
+
+    config = sub.add_parser("config", help="inspect the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    config_show = config_sub.add_parser("show", help="the effective merged config, each value with its source file")
+    config_show.add_argument("--conf", required=True)
+    config_show.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
+    config_show.set_defaults(func=cmd_config_show)
 
     data = sub.add_parser("data", help="fetch sample data and convert public data sets to the raw contract")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -32,7 +32,7 @@ def record_stage(settings: Settings, result: StageResult, run_id: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     payload = {
         "stage": result.stage, "run_date": str(result.run_date), "run_id": run_id,
-        "seconds": round(result.seconds, 3), "counts": result.counts,
+        "seconds": round(result.seconds, 3), "counts": result.counts, "config_digest": settings.digest(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     tmp = folder / f".{result.stage}.json.tmp"

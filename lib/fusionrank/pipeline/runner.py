@@ -33,7 +33,7 @@ def run_stage(name: str, settings: Settings, run_date: dt.date, spark: SparkSess
     ctx = ctx or make_context(settings, run_date, spark)
     with log_context(run_date=run_date, stage=name, run_id=ctx.run_id):
         ctx.describe(name)
-        log.info("stage %s starting", name)
+        log.info("stage %s starting (config digest %s)", name, settings.digest())
         started = time.perf_counter()
         try:
             counts = STAGES[name].run(ctx)
@@ -63,6 +63,8 @@ def run_all(settings: Settings, run_date: dt.date, spark: SparkSession | None = 
     each stage (progress display), `on_stage(result)` sees each result."""
     preflight(settings, stages or ORDER)
     ctx = make_context(settings, run_date, spark)
+    log.info("run %s for %s: config digest %s from %s", ctx.run_id, run_date, settings.digest(),
+             " + ".join(settings.source_files))
     results = []
     for name in stages or ORDER:
         with (stage_scope(name) if stage_scope else nullcontext()):
@@ -88,9 +90,10 @@ def job_main(stage: Callable[[RunContext], dict], argv: list[str] | None = None)
         raise StageError(f"{name} is not a registered stage; stages: {', '.join(ORDER)}")
     parser = argparse.ArgumentParser(prog=f"jobs/{name}.py", description=f"fusionrank stage {name}")
     parser.add_argument("--conf", required=True)
+    parser.add_argument("--base", help="base layer (default: the project's conf/base.yaml)")
     parser.add_argument("--date", required=True, type=_date)
     args = parser.parse_args(argv)
-    settings = load_config(args.conf)
+    settings = load_config(args.conf, base=args.base)
     configure_logging(settings.logging.format, settings.logging.level)
     result = run_stage(name, settings, args.date)
     print(f"{result.stage} {result.run_date} {result.seconds:.1f}s {format_counts(result.counts)}", flush=True)

@@ -18,6 +18,7 @@ from pyspark.sql import types as T
 
 from fusionrank.core.config import InputSource
 from fusionrank.core.errors import InputError
+from fusionrank.raw.csv_input import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,7 @@ def read_raw(
                 .json(path)
             )
         elif fmt == "csv":
-            df = spark.read.option("header", True).option("inferSchema", False).csv(path)
-            present = set(df.columns)
+            df, present, csv_error = read_csv(spark, path, source.delimiter, source.quote, CORRUPT, kind)
         elif fmt == "parquet":
             df = spark.read.parquet(path)
             present = set(df.columns)
@@ -126,6 +126,8 @@ def read_raw(
             f"{kind} input {path} has no column(s) {missing}; required: {required}; "
             f"found: {sorted(present)}"
         )
+    if fmt == "csv" and csv_error:
+        raise InputError(csv_error)
     _check_column_types(df, fields, kind, path)
     ignored = sorted(c for c in present if c not in fields and c != CORRUPT)
     if ignored:
