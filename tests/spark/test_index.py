@@ -27,7 +27,7 @@ def batches(ids, vectors, size=700):
 def vector_frame(spark, ids, vectors, partitions):
     from pyspark.sql import types as T
 
-    schema = T.StructType([T.StructField("item_id", T.StringType()), T.StructField("fused_vec", T.ArrayType(T.FloatType()))])
+    schema = T.StructType([T.StructField("item_id", T.StringType()), T.StructField("rec_vec", T.ArrayType(T.FloatType()))])
     rows = [(i, v.tolist()) for i, v in zip(ids, vectors)]
     return spark.createDataFrame(rows, schema).repartition(partitions)
 

@@ -37,7 +37,7 @@ def _history_frame() -> pd.DataFrame:
             "item_id": ["c", "a", "b", "d"],
             "weight": [1.0, 2.0, 1.0, 0.5],
             "last_ts": ts,
-            "vec": [
+            "rec_vec": [
                 np.array([0.0, 0.0, 1.0], dtype=np.float32),
                 np.array([1.0, 0.0, 0.0], dtype=np.float32),
                 np.array([0.0, 1.0, 0.0], dtype=np.float32),

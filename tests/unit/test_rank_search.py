@@ -83,8 +83,8 @@ def test_batched_search_equals_the_per_user_reference(loaded):
 def test_similar_items_skip_the_item_itself(loaded):
     vectors = index.reconstruct(loaded.index, np.arange(50))
     batch = pa.RecordBatch.from_pydict(
-        {"item_id": list(loaded.ids[:50]), "fused_vec": [v.tolist() for v in vectors]},
-        schema=pa.schema([("item_id", pa.string()), ("fused_vec", pa.list_(pa.float32()))]))
+        {"item_id": list(loaded.ids[:50]), "rec_vec": [v.tolist() for v in vectors]},
+        schema=pa.schema([("item_id", pa.string()), ("rec_vec", pa.list_(pa.float32()))]))
     out = pa.Table.from_batches(list(ranking.similar_partition(iter([batch]), str(loaded_path(loaded)), k=5)))
     assert out.num_rows == 250
     assert not any(a == b for a, b in zip(out.column("item_id").to_pylist(), out.column("similar_item_id").to_pylist()))
