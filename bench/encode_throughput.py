@@ -1,16 +1,32 @@
-"""Encoder throughput: the raw model in one Python process vs the Spark stage.
+"""Encoder throughput and int8 quality: the raw model vs the Spark stage, fp32 vs int8.
 
-    python bench/encode_throughput.py --items 2000 --images 200 --cores 2
+    python bench/encode_throughput.py --items 600 --images 60 --cores 2
 
-Prints one table:
-  * text: items/s of all-MiniLM-L6-v2 called directly (one process, `cores` torch
-    threads) and through `encoding.encode` on Spark `local[cores]` (one task per
-    core, one torch thread each), on the same items; ratio = spark / raw (target
-    >= 0.85 on CPU). The Spark run is timed warm (Python workers already hold the
-    model, as they do for every batch after the first of a nightly run); the cold
-    run, model loads included, is printed too.
-  * text+image: the same with EfficientNet-Lite0 on `--images` items that have an
-    image file (drawn with Pillow; decode + resize + encode).
+Prints, all measured in one run:
+  * text / text+image, fp32 and int8 side by side: items/s of the encoder called
+    directly, in the best layout this machine allows for one job, which is the better of
+    one process with `cores` torch threads and `cores` processes with one thread each
+    (the Spark layout), on the same items; and through `encoding.encode` on Spark
+    `local[cores]` (one task per core, one torch thread each). spark/best = Spark over the
+    better raw layout (target >= 0.85 on CPU). The Spark run is timed warm (Python
+    workers already hold the model, as they do for every batch after the first of a
+    nightly run); the cold run, model loads included, is printed too. The image rows
+    (EfficientNet-Lite0 on `--images` items with a JPEG drawn by Pillow) run the image
+    model in float32 under both text dtypes: int8 quantises Linear layers and
+    EfficientNet-Lite0's features are all convolutions.
+  * int8 quality against fp32 on real catalogs (MovieLens-100k titles when
+    data/raw/movielens-100k is there, or `--quality-catalog`; and the synthetic shop with
+    its logged search queries): mean and worst cosine of the item text vectors,
+    recall@10 of each item's 10 nearest items, and recall@10 of the queries' top 10
+    items (the retrieval behind query_topk). The text part ends with the line
+    `int8 vs fp32: speedup X.XXx, mean cosine 0.XXXX, neighbour recall@10 0.XXX`
+    (speedup: best raw layout, int8 over fp32; quality: the first catalog).
+    Targets: speedup >= 2, mean cosine >= 0.99, neighbour recall@10 >= 0.95.
+    Also printed: `1p it/cpu-s`, items per CPU second of the one-process run (does not
+    drop when other jobs share the machine, wall-clock rates do); `10 in fp32 20`, the
+    share of int8's 10 neighbours within fp32's 20; `fp32 gap 10-11`, the median cosine
+    gap between an item's 10th and 11th fp32 neighbour (near 0: the lists are near-ties
+    that any perturbation reorders, as in MovieLens's templated genre/year texts).
   * incremental: the encode_items stage on a catalog of `--incremental-items`
     (default `--items`), then on the next day with 1% of the titles changed (target
     <= 0.10 of the full time). The incremental run has a fixed cost (Spark jobs,
@@ -29,6 +45,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -77,7 +95,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def settings_for(tmp: Path, cores: int, image_backend: str = "none"):
+def settings_for(tmp: Path, cores: int, image_backend: str = "none", dtype: str | None = None):
     from fusionrank.core.config import load_config
 
     return load_config(ROOT / "conf" / "local.yaml", overrides={
@@ -86,42 +104,110 @@ def settings_for(tmp: Path, cores: int, image_backend: str = "none"):
         "storage": {"root": str(tmp / "warehouse")},
         "inputs": {"catalog": {"path": str(tmp / "catalog.jsonl")}, "events": {"path": str(tmp / "events.jsonl")}},
         "behaviour": {"enabled": False},
-        "models": {"image": {"backend": image_backend}},
+        "models": {"image": {"backend": image_backend}, **({"text": {"dtype": dtype}} if dtype else {})},
     })
 
 
-def raw_encode(rows: list[dict], settings, cores: int) -> float:
-    """Seconds for the models called directly in this process (models already loaded)."""
-    from fusionrank.vectors import encode as encoding
+def encode_options(settings) -> dict:
+    """What a raw encoding process needs (plain values: they travel to spawned processes)."""
     from fusionrank.vectors import encoders as models
 
-    models.set_torch_threads(cores)
     text_cfg = settings.models.text
-    encoder = models.get_text_encoder(models.text_model_path(settings), device="cpu", dtype=text_cfg.dtype)
-    texts = [". ".join(x for x in (r["title"], r["category"], r["brand"], r["description"][:2000]) if x) for r in rows]
-    image = models.image_options(settings)
+    return {"text_path": str(models.text_model_path(settings)), "dtype": text_cfg.dtype,
+            "batch_size": text_cfg.batch_size, "max_length": text_cfg.max_length,
+            "step": settings.encode.arrow_batch_rows, "image": models.image_options(settings)}
+
+
+def item_texts(rows: list[dict]) -> list[str]:
+    return [". ".join(x for x in (r["title"], r["category"], r["brand"], (r["description"] or "")[:2000]) if x)
+            for r in rows]
+
+
+def _encoders(opts: dict):
+    from fusionrank.vectors import encoders as models
+
+    encoder = models.get_text_encoder(opts["text_path"], device="cpu", dtype=opts["dtype"])
+    image = opts["image"]
     image_encoder = None
     if image:
         image_encoder = models.get_image_encoder(image["backend"], image["path"], device="cpu",
-                                                 image_size=image["image_size"])
-    encoder.encode(texts[:64], batch_size=text_cfg.batch_size, max_length=text_cfg.max_length)  # warm-up
-    started = time.perf_counter()
-    # The same batching as the stage: Arrow batches of arrow_batch_rows rows.
-    step = settings.encode.arrow_batch_rows
+                                                 image_size=image["image_size"], dtype=image["dtype"])
+    return encoder, image_encoder
+
+
+def _encode_rows(rows: list[dict], opts: dict, encoder, image_encoder) -> None:
+    """The same work and batching as the stage: Arrow batches of arrow_batch_rows rows,
+    text then the batch's images (read, decoded, resized, encoded)."""
+    from fusionrank.vectors import encode as encoding
+
+    texts, image, step = item_texts(rows), opts["image"], opts["step"]
     for start in range(0, len(texts), step):
-        encoder.encode(texts[start:start + step], batch_size=text_cfg.batch_size, max_length=text_cfg.max_length)
+        encoder.encode(texts[start:start + step], batch_size=opts["batch_size"], max_length=opts["max_length"])
         if image_encoder is not None:
             loaded = [encoding.load_image(r["image_uri"], max(2 * image["image_size"], 512))[0]
                       for r in rows[start:start + step]]
             good = [img for img in loaded if img is not None]
             if good:
                 image_encoder.encode(good, batch_size=image["batch_size"])
-    return time.perf_counter() - started
+
+
+def _warm(rows: list[dict], opts: dict, encoder, image_encoder) -> None:
+    _encode_rows(rows[:16], dict(opts, step=16), encoder, image_encoder)
+
+
+def raw_encode(rows: list[dict], settings, cores: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) for the models called directly in this process,
+    `cores` torch threads (models loaded and warmed up first). CPU seconds do not grow
+    when other jobs share the machine; wall seconds do."""
+    from fusionrank.vectors import encoders as models
+
+    models.set_torch_threads(cores)
+    opts = encode_options(settings)
+    encoder, image_encoder = _encoders(opts)
+    _warm(rows, opts, encoder, image_encoder)
+    started, cpu = time.perf_counter(), time.process_time()
+    _encode_rows(rows, opts, encoder, image_encoder)
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+def _shard_worker(rows: list[dict], opts: dict, barrier, results) -> None:
+    """One of `cores` processes: one torch thread, loads and warms up, then encodes its shard."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from fusionrank.vectors import encoders as models
+
+    models.set_torch_threads(1)
+    encoder, image_encoder = _encoders(opts)
+    _warm(rows, opts, encoder, image_encoder)
+    barrier.wait()
+    started = time.monotonic()
+    _encode_rows(rows, opts, encoder, image_encoder)
+    results.put((started, time.monotonic()))
+
+
+def raw_encode_processes(rows: list[dict], settings, cores: int) -> float:
+    """Seconds for `cores` processes with one torch thread each (the Spark layout) over
+    the same rows, split round robin; from the common start to the last one's end."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    opts = encode_options(settings)
+    barrier, results = context.Barrier(cores), context.Queue()
+    workers = [context.Process(target=_shard_worker, args=(rows[i::cores], opts, barrier, results))
+               for i in range(cores)]
+    for worker in workers:
+        worker.start()
+    spans = [results.get(timeout=3600) for _ in workers]
+    for worker in workers:
+        worker.join()
+        if worker.exitcode:
+            raise RuntimeError(f"a raw encoding process exited with {worker.exitcode}")
+    return max(end for _, end in spans) - min(start for start, _ in spans)
 
 
 def spark_encode(spark, rows: list[dict], settings, cores: int) -> tuple[float, float]:
     """(cold, warm) seconds for `encoding.encode` over the same rows on local[cores]."""
     from fusionrank.vectors import encode as encoding
+    from fusionrank.vectors.spec import resolve as resolve_spec
 
     frame = spark.createDataFrame(
         [(r["item_id"], "h", r["title"], r["category"], r["brand"], r["description"], r["image_uri"]) for r in rows],
@@ -132,7 +218,7 @@ def spark_encode(spark, rows: list[dict], settings, cores: int) -> tuple[float, 
     timings = []
     for _ in range(2):
         started = time.perf_counter()
-        encoding.encode(frame, settings).write.format("noop").mode("overwrite").save()
+        encoding.encode(frame, resolve_spec(settings)).write.format("noop").mode("overwrite").save()
         timings.append(time.perf_counter() - started)
     frame.unpersist()
     return timings[0], timings[1]
@@ -159,44 +245,139 @@ def incremental(tmp: Path, rows: list[dict], cores: int, spark) -> tuple[float, 
     return results[0].seconds, results[1].seconds, results[1].counts
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def recall_at(reference: np.ndarray, candidate: np.ndarray, k: int) -> float:
+    """Mean share of each row's top-k (by `reference`) that `candidate`'s top-k also has."""
+    top_ref = np.argpartition(-reference, k, axis=1)[:, :k]
+    top_new = np.argpartition(-candidate, k, axis=1)[:, :k]
+    return float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(top_ref, top_new)]))
+
+
+def int8_quality(texts: list[str], queries: list[str], settings, cores: int, k: int = 10) -> dict:
+    """int8 against fp32 on the same texts: cosine, item-to-item and query recall@k."""
+    from fusionrank.vectors import encoders as models
+
+    models.set_torch_threads(cores)
+    cfg = settings.models.text
+    path = models.text_model_path(settings)
+    vectors = {}
+    for dtype in ("float32", "int8"):
+        encoder = models.get_text_encoder(path, device="cpu", dtype=dtype)
+        items = encoder.encode(texts, batch_size=cfg.batch_size, max_length=cfg.max_length)
+        asked = encoder.encode(queries, batch_size=cfg.batch_size, max_length=cfg.max_length) if queries else None
+        vectors[dtype] = (items, asked)
+    (a, qa), (b, qb) = vectors["float32"], vectors["int8"]
+    cosine = (a * b).sum(axis=1)
+    self_hit = np.eye(len(a), dtype=np.float32) * 10  # an item is not its own neighbour
+    near_a, near_b = a @ a.T - self_hit, b @ b.T - self_hit
+    ranked = -np.sort(-near_a, axis=1)
+    out = {"items": len(texts), "mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min()),
+           "neighbour_recall": recall_at(near_a, near_b, k), "queries": len(queries),
+           # how close the fp32 neighbour lists are to ties: the median gap between the
+           # k-th and (k+1)-th neighbour's cosine, and int8's top k within fp32's top 2k
+           "gap": float(np.median(ranked[:, k - 1] - ranked[:, k])),
+           "within_2k": float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(
+               np.argpartition(-near_a, 2 * k, axis=1)[:, :2 * k], np.argpartition(-near_b, k, axis=1)[:, :k])]))}
+    if queries:
+        out["query_recall"] = recall_at(qa @ a.T, qb @ b.T, k)
+    return out
+
+
+def quality_catalogs(args, tmp: Path) -> list[tuple[str, list[str], list[str]]]:
+    """(name, item texts, query texts): MovieLens titles (or --quality-catalog) and the synthetic shop."""
+    from fusionrank.raw.synth import generate
+
+    catalogs = []
+    paths = [Path(p) for p in args.quality_catalog] or [p for p in [ROOT / "data/raw/movielens-100k/catalog.jsonl"]
+                                                        if p.exists()]
+    for path in paths:
+        catalogs.append((path.parent.name, item_texts(read_jsonl(path)), []))
+    shop = tmp / "shop"
+    generate(shop, items=args.shop_items, users=200, days=10, images="none")
+    queries = sorted({e["query"] for e in read_jsonl(shop / "events.jsonl") if e.get("query")})
+    catalogs.append(("synthetic shop", item_texts(read_jsonl(shop / "catalog.jsonl")), queries))
+    return catalogs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--items", type=int, default=2000)
-    parser.add_argument("--images", type=int, default=200, help="items with an image (0: skip the image rows)")
+    parser.add_argument("--items", type=int, default=600)
+    parser.add_argument("--images", type=int, default=60, help="items with an image (0: skip the image rows)")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--incremental-items", type=int, default=0,
                         help="catalog size for the full-vs-incremental part (default: --items)")
-    parser.add_argument("--parts", default="text,image,incremental",
-                        help="comma-separated subset of text,image,incremental to run")
+    parser.add_argument("--quality-catalog", action="append", default=[],
+                        help="catalog.jsonl for the int8 quality part (default: MovieLens-100k if fetched)")
+    parser.add_argument("--shop-items", type=int, default=1000, help="synthetic shop size for the quality part")
+    parser.add_argument("--parts", default="text,image,quality,incremental",
+                        help="comma-separated subset of text,image,quality,incremental to run")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
 
     from fusionrank.core.spark import get_session
 
     with tempfile.TemporaryDirectory(prefix="fr-bench-") as name:
         tmp = Path(name)
         rows = catalog_rows(args.items, args.images, tmp)
-        settings = settings_for(tmp, args.cores)
-        spark = get_session(settings)
-        print(f"\nencode throughput, {args.cores} cores (torch threads: raw {args.cores} in one process; "
-              f"Spark local[{args.cores}], 1 per task), CPU")
-        print(f"{'workload':<27} {'items':>6} {'raw it/s':>9} {'spark it/s':>11} {'ratio':>6} {'cold it/s':>10}")
+        spark = get_session(settings_for(tmp, args.cores))
+        print(f"\nencode throughput, {args.cores} cores, CPU: raw = the model called directly, 1 process x "
+              f"{args.cores} torch threads and {args.cores} processes x 1 thread; Spark local[{args.cores}], "
+              "1 thread per task")
+        print(f"{'workload':<27} {'dtype':<7} {'items':>6} {'1p it/s':>8} {f'{args.cores}p it/s':>8} "
+              f"{'spark it/s':>11} {'spark/best':>10} {'cold it/s':>10} {'1p it/cpu-s':>12}")
+        best: dict[tuple[str, str], float] = {}
+        spark_rate: dict[tuple[str, str], float] = {}
+        per_cpu: dict[tuple[str, str], float] = {}
 
-        def row(label: str, n: int, raw: float, cold: float, warm: float) -> None:
-            print(f"{label:<27} {n:>6} {n / raw:>9.1f} {n / warm:>11.1f} {raw / warm:>6.2f} {n / cold:>10.1f}",
-                  flush=True)
+        def measure(label: str, subset: list[dict], backend: str) -> None:
+            for dtype in ("float32", "int8"):
+                settings = settings_for(tmp, args.cores, backend, dtype)
+                one, cpu = raw_encode(subset, settings, args.cores)
+                many = raw_encode_processes(subset, settings, args.cores)
+                cold, warm = spark_encode(spark, subset, settings, args.cores)
+                n = len(subset)
+                best[label, dtype] = n / min(one, many)
+                spark_rate[label, dtype] = n / warm
+                per_cpu[label, dtype] = n / cpu
+                print(f"{label:<27} {dtype:<7} {n:>6} {n / one:>8.1f} {n / many:>8.1f} {n / warm:>11.1f} "
+                      f"{min(one, many) / warm:>10.2f} {n / cold:>10.1f} {n / cpu:>12.1f}", flush=True)
 
-        parts = set(args.parts.split(","))
+        def speedup(label: str) -> float:
+            return best[label, "int8"] / best[label, "float32"]
+
         if "text" in parts:
-            raw = raw_encode(rows, settings, args.cores)
-            cold, warm = spark_encode(spark, rows, settings, args.cores)
-            row("text (MiniLM-L6)", len(rows), raw, cold, warm)
-
+            measure("text (MiniLM-L6)", rows, "none")
         if args.images and "image" in parts:
-            with_images = rows[:args.images]
-            image_settings = settings_for(tmp, args.cores, "efficientnet_lite0")
-            raw = raw_encode(with_images, image_settings, args.cores)
-            cold, warm = spark_encode(spark, with_images, image_settings, args.cores)
-            row("text+image (EffNet-Lite0)", len(with_images), raw, cold, warm)
+            measure("text+image (EffNet-Lite0)", rows[:args.images], "efficientnet_lite0")
+        if best:
+            print(f"\n{'int8 / fp32':<27} {'best raw':>9} {'spark':>7} {'per cpu-s':>10}")
+            for label in dict.fromkeys(label for label, _ in best):
+                print(f"{label:<27} {speedup(label):>8.2f}x "
+                      f"{spark_rate[label, 'int8'] / spark_rate[label, 'float32']:>6.2f}x "
+                      f"{per_cpu[label, 'int8'] / per_cpu[label, 'float32']:>9.2f}x")
+
+        if "quality" in parts:
+            print("\nint8 quality against fp32 (text vectors of the same items; recall@10 against the fp32 top 10)")
+            print(f"{'catalog':<18} {'items':>6} {'mean cos':>9} {'min cos':>8} {'nbr recall@10':>14} "
+                  f"{'10 in fp32 20':>14} {'fp32 gap 10-11':>15} {'queries':>8} {'query recall@10':>16}")
+            results = []
+            for label, texts, queries in quality_catalogs(args, tmp):
+                q = int8_quality(texts, queries, settings_for(tmp, args.cores), args.cores)
+                results.append(q)
+                query_recall = f"{q['query_recall']:>16.3f}" if queries else f"{'-':>16}"
+                print(f"{label:<18} {q['items']:>6} {q['mean_cosine']:>9.4f} {q['min_cosine']:>8.4f} "
+                      f"{q['neighbour_recall']:>14.3f} {q['within_2k']:>14.3f} {q['gap']:>15.4f} {q['queries']:>8} "
+                      f"{query_recall}", flush=True)
+            if "text" in parts:
+                first = results[0]
+                print(f"int8 vs fp32: speedup {speedup('text (MiniLM-L6)'):.2f}x, mean cosine "
+                      f"{first['mean_cosine']:.4f}, neighbour recall@10 {first['neighbour_recall']:.3f}")
+        print("targets: int8/fp32 >= 2x at mean cosine >= 0.99 and neighbour recall@10 >= 0.95; "
+              "spark/best >= 0.85 on CPU")
 
         if "incremental" not in parts:
             spark.stop()
@@ -207,10 +388,10 @@ def main(argv: list[str] | None = None) -> int:
                                          spark)
         spark.stop()
 
-    print(f"\nincremental encode_items on {n_incremental} items (text only, behaviour off)")
+    print(f"\nincremental encode_items on {n_incremental} items (text only, behaviour off, conf/local.yaml dtype)")
     print(f"{'full (s)':>9} {'1% changed (s)':>15} {'encoded':>8} {'ratio':>6}")
     print(f"{full:>9.1f} {incr:>15.1f} {counts['encoded']:>8} {incr / full:>6.2f}")
-    print("targets: spark/raw >= 0.85 on CPU; incremental/full <= 0.10")
+    print("target: incremental/full <= 0.10")
     return 0
 
 

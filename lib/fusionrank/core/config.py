@@ -175,7 +175,9 @@ class TextModelConfig(_Strict):
     max_length: int = Field(128, gt=0, le=4096)
     batch_size: int = Field(64, gt=0)
     # auto: float32 on CPU; bfloat16 on a GPU that supports it, else float16.
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # int8: dynamic int8 Linear layers on CPU (vectors.quantize); on a GPU it falls
+    # back to the auto dtype with a log line. Part of model_version, like every dtype.
+    dtype: Literal["auto", "float32", "float16", "bfloat16", "int8"] = "auto"
 
 
 class ImageModelConfig(_Strict):
@@ -187,12 +189,16 @@ class ImageModelConfig(_Strict):
     batch_size: int = Field(32, gt=0)
     # Side of the square input for efficientnet_lite0; hf models use their processor's size.
     image_size: int = Field(224, gt=0, le=2048)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # int8 (CPU): hf models only, whose Linear layers carry the compute (ViT, DINOv2, CLIP).
+    dtype: Literal["auto", "float32", "float16", "bfloat16", "int8"] = "auto"
 
     @model_validator(mode="after")
     def _hf_needs_a_path(self) -> "ImageModelConfig":
         if self.backend == "hf" and self.path is None:
             raise ValueError("backend hf needs models.image.path (a Hugging Face vision model folder)")
+        if self.backend == "efficientnet_lite0" and self.dtype == "int8":
+            raise ValueError("models.image.dtype: int8 quantises Linear layers, and EfficientNet-Lite0's feature "
+                             "path is all convolutions (nothing to gain); use auto or float32 for it")
         return self
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from fusionrank.core.config import Settings
 from fusionrank.core.errors import ModelError
+from fusionrank.vectors.quantize import quantize_linear_int8, resolve_int8
 
 _LOCK = threading.Lock()
 _TEXT_ENCODERS: dict[tuple, "TextEncoder"] = {}
@@ -199,14 +200,29 @@ def pick_device() -> str:
 
 
 def torch_dtype(name: str, device: str):
-    """The compute dtype: float32 on CPU for `auto`; bf16 (else fp16) on a GPU."""
+    """The compute dtype: float32 on CPU for `auto`; bf16 (else fp16) on a GPU.
+    `int8` computes in float32 around int8 Linear layers on CPU (see `_place`)."""
     import torch
+
+    if name == "int8":
+        name = resolve_int8(name, device)[0]
 
     if name == "auto":
         if not device.startswith("cuda"):
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return getattr(torch, name)
+
+
+def _place(model, dtype: str, device: str):
+    """(model on `device` in eval mode, its input dtype, int8?): `int8` quantises the
+    Linear layers on CPU (`vectors.quantize`) and falls back to the GPU dtype on CUDA."""
+    name, quantize = resolve_int8(dtype, device)
+    compute = torch_dtype(name, device)
+    model = model.to(device=device, dtype=compute).eval()
+    if quantize:
+        model = quantize_linear_int8(model)
+    return model, compute, quantize
 
 
 class TextEncoder:
@@ -224,10 +240,10 @@ class TextEncoder:
             self.model = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
         except Exception as exc:
             raise ModelError(f"could not load the text model from {path}: {exc}") from exc
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None  # BERT's CLS head: a Linear per batch whose output mean pooling ignores
         self.device = device
-        self.dtype = torch_dtype(dtype, device)
-        self.model = self.model.to(device=device, dtype=self.dtype)
-        self.model.eval()
+        self.model, self.dtype, self.quantized = _place(self.model, dtype, device)
         self.dim = int(self.model.config.hidden_size)
         self.pad_id = self.tokenizer.pad_token_id or 0
 
@@ -261,8 +277,10 @@ class TextEncoder:
                     batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 hidden = self.model(**batch).last_hidden_state.float()
-                weights = batch["attention_mask"].unsqueeze(-1).float()
-                pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+                # Mean over real tokens as one batched matmul (mask row · hidden): no
+                # (batch, tokens, dim) temporary; normalising makes the 1/count moot.
+                weights = batch["attention_mask"].to(hidden.dtype).unsqueeze(1)
+                pooled = torch.bmm(weights, hidden).squeeze(1)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out[idx] = pooled.cpu().numpy()
         return out
@@ -340,6 +358,9 @@ class EfficientNetLite0Encoder(ImageEncoder):
             self.model.load_state_dict(state, strict=True)
         except Exception as exc:
             raise ModelError(f"could not load EfficientNet-Lite0 weights from {weights}: {exc}") from exc
+        if dtype == "int8":
+            raise ModelError("efficientnet_lite0: int8 quantises Linear layers and its feature path has none; "
+                             "use auto or float32")
         self.device = device
         self.dtype = torch_dtype(dtype, device)
         self.model = self.model.to(device=device, dtype=self.dtype).eval()
@@ -380,8 +401,7 @@ class HFImageEncoder(ImageEncoder):
             raise ModelError(f"could not load the image model from {path}: {exc}") from exc
         self.name = f"hf:{path}"
         self.device = device
-        self.dtype = torch_dtype(dtype, device)
-        self.model = self.model.to(device=device, dtype=self.dtype).eval()
+        self.model, self.dtype, self.quantized = _place(self.model, dtype, device)
         self.model_type = self.model.config.model_type
         self.dim = _hf_vision_dim(self.model.config.to_dict())
 

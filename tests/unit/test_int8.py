@@ -1,0 +1,155 @@
+"""int8 text vectors stay close to float32 (the fast CI check of issue 17).
+
+Real texts: MovieLens-100k catalog rows as the pipeline encodes them (title.
+category. description) and a few longer product descriptions.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from fusionrank.vectors.spec import resolve as resolve_spec
+from fusionrank.vectors import encoders as models
+from fusionrank.vectors.quantize import quantize_linear_int8, resolve_int8
+from tests.conftest import make_settings
+
+MOVIELENS = [
+    "Toy Story (1995). Movies > Animation. Genres: Animation, Children's, Comedy. Released 1995.",
+    'Mad Love (1995). Movies > Drama. Genres: Drama, Romance. Released 1995.',
+    "Lion King, The (1994). Movies > Animation. Genres: Animation, Children's, Musical. Released 1994.",
+    'Diabolique (1996). Movies > Drama. Genres: Drama, Thriller. Released 1996.',
+    "20,000 Leagues Under the Sea (1954). Movies > Adventure. Genres: Adventure, Children's, Fantasy, Sci-Fi. Released 1954.",
+    'Aliens (1986). Movies > Action. Genres: Action, Sci-Fi, Thriller, War. Released 1986.',
+    'M*A*S*H (1970). Movies > Comedy. Genres: Comedy, War. Released 1970.',
+    'Chasing Amy (1997). Movies > Drama. Genres: Drama, Romance. Released 1997.',
+    'River Wild, The (1994). Movies > Action. Genres: Action, Thriller. Released 1994.',
+    'As Good As It Gets (1997). Movies > Comedy. Genres: Comedy, Drama. Released 1997.',
+    'Prophecy II, The (1998). Movies > Horror. Genres: Horror. Released 1998.',
+    'Addams Family Values (1993). Movies > Comedy. Genres: Comedy. Released 1993.',
+    "William Shakespeare's Romeo and Juliet (1996). Movies > Drama. Genres: Drama, Romance. Released 1996.",
+    'Beverly Hills Ninja (1997). Movies > Action. Genres: Action, Comedy. Released 1997.',
+    'Adventures of Robin Hood, The (1938). Movies > Action. Genres: Action, Adventure. Released 1938.',
+    'Ben-Hur (1959). Movies > Action. Genres: Action, Adventure, Drama. Released 1959.',
+    "Mary Shelley's Frankenstein (1994). Movies > Drama. Genres: Drama, Horror. Released 1994.",
+    "Hunchback of Notre Dame, The (1996). Movies > Animation. Genres: Animation, Children's, Musical. Released 1996.",
+    'Crying Game, The (1992). Movies > Action. Genres: Action, Drama, Romance, War. Released 1992.',
+    "Blood For Dracula (Andy Warhol's Dracula) (1974). Movies > Horror. Genres: Horror. Released 1974.",
+    'Wonderful, Horrible Life of Leni Riefenstahl, The (1993). Movies > Documentary. Genres: Documentary. Released 1993.',
+    'Shadowlands (1993). Movies > Drama. Genres: Drama, Romance. Released 1993.',
+    'Johnny Mnemonic (1995). Movies > Action. Genres: Action, Sci-Fi, Thriller. Released 1995.',
+    'Menace II Society (1993). Movies > Action. Genres: Action, Crime, Drama. Released 1993.',
+    'Glimmer Man, The (1996). Movies > Action. Genres: Action, Thriller. Released 1996.',
+    'Money Talks (1997). Movies > Action. Genres: Action, Comedy. Released 1997.',
+    'Twilight (1998). Movies > Crime. Genres: Crime, Drama. Released 1998.',
+    "Fox and the Hound, The (1981). Movies > Animation. Genres: Animation, Children's. Released 1981.",
+    'Dangerous Ground (1997). Movies > Drama. Genres: Drama. Released 1997.',
+    'Con Air (1997). Movies > Action. Genres: Action, Adventure, Thriller. Released 1997.',
+    'Associate, The (1996). Movies > Comedy. Genres: Comedy. Released 1996.',
+    "It's My Party (1995). Movies > Drama. Genres: Drama. Released 1995.",
+    'Umbrellas of Cherbourg, The (Parapluies de Cherbourg, Les) (1964). Movies > Drama. Genres: Drama, Musical. Released 1964.',
+    'Cyclo (1995). Movies > Crime. Genres: Crime, Drama. Released 1995.',
+    'Letter From Death Row, A (1998). Movies > Crime. Genres: Crime, Drama. Released 1998.',
+    'Night Falls on Manhattan (1997). Movies > Crime. Genres: Crime, Drama. Released 1997.',
+    'Run of the Country, The (1995). Movies > Drama. Genres: Drama. Released 1995.',
+    'Indian Summer (1996). Movies > Comedy. Genres: Comedy, Drama. Released 1996.',
+    'Last Klezmer: Leopold Kozlowski, His Life and Music, The (1995). Movies > Documentary. Genres: Documentary. Released 1995.',
+    'JLG/JLG - autoportrait de décembre (1994). Movies > Documentary. Genres: Documentary, Drama. Released 1994.',
+    'M. Butterfly (1993). Movies > Drama. Genres: Drama. Released 1993.',
+    'Mr. Jones (1993). Movies > Drama. Genres: Drama, Romance. Released 1993.',
+    'Hideaway (1995). Movies > Thriller. Genres: Thriller. Released 1995.',
+    'Nelly & Monsieur Arnaud (1995). Movies > Drama. Genres: Drama. Released 1995.',
+    'Beans of Egypt, Maine, The (1994). Movies > Drama. Genres: Drama. Released 1994.',
+    'Hungarian Fairy Tale, A (1987). Movies > Fantasy. Genres: Fantasy. Released 1987.',
+    'Intimate Relations (1996). Movies > Comedy. Genres: Comedy. Released 1996.',
+    'Men With Guns (1997). Movies > Action. Genres: Action, Drama. Released 1997.',
+]
+PRODUCTS = [
+    "Trail running shoe. Shop > Shoes > Running. Northpeak. A lightweight trail shoe with a rock plate, a grippy "
+    "lugged outsole and a breathable mesh upper that drains quickly after stream crossings.",
+    "Stainless steel kettle 1.7 l. Shop > Kitchen > Kettles. Brewline. Boils a full jug in under four minutes, "
+    "switches off automatically and keeps a concealed element that is easy to descale.",
+    "Merino wool scarf. Shop > Accessories > Scarves. Highland Mills. Soft, warm and itch-free, knitted from "
+    "fine merino in a ribbed pattern; machine washable on a wool cycle.",
+    "Ergonomic office chair. Shop > Furniture > Chairs. Sitwell. Adjustable lumbar support, 4D armrests and a "
+    "breathable mesh back for long working days.",
+    "Noise cancelling headphones. Shop > Electronics > Audio. Quietone. Over-ear, 30 hours of battery, "
+    "Bluetooth 5.3 with multipoint pairing and a foldable design with a hard travel case.",
+    "Ceramic pour-over coffee dripper. Shop > Kitchen > Coffee. Kiln & Co. Fits size 02 filters; the spiral "
+    "ribs keep an even flow for a clean, bright cup.",
+    "Waterproof hiking backpack 28 l. Shop > Outdoor > Bags. Ridgeline. Roll-top closure, padded laptop "
+    "sleeve, hip belt pockets and reflective details for early starts.",
+    "Bamboo cutting board set. Shop > Kitchen > Boards. Greengrove. Three sizes with juice grooves, "
+    "naturally antibacterial and gentle on knife edges.",
+]
+TEXTS = MOVIELENS + PRODUCTS
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    path = models.default_text_model_path()
+    fp32 = models.TextEncoder(path, "cpu", "float32")
+    int8 = models.TextEncoder(path, "cpu", "int8")
+    return fp32, int8, fp32.encode(TEXTS), int8.encode(TEXTS)
+
+
+def test_int8_text_vectors_stay_within_the_cosine_bound(vectors):
+    fp32, int8, a, b = vectors
+    assert not fp32.quantized and int8.quantized
+    assert sum(type(m).__name__ == "Int8Linear" for m in int8.model.modules()) == 36  # 6 layers x 6 Linears
+    assert b.shape == a.shape == (len(TEXTS), 384) and b.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    cosine = (a * b).sum(axis=1)
+    assert cosine.mean() >= 0.99, f"int8 mean cosine to float32 {cosine.mean():.4f} < 0.99"
+    assert cosine.min() >= 0.97, f"int8 worst cosine {cosine.min():.4f} (text {TEXTS[int(cosine.argmin())]!r})"
+    assert cosine.max() < 0.99999  # the int8 path really ran: vectors are close, not identical
+
+
+def test_int8_keeps_each_texts_nearest_neighbours(vectors):
+    _, _, a, b = vectors
+    k = 5
+    near_a = np.argsort(-(a @ a.T), axis=1)[:, 1:k + 1]
+    near_b = np.argsort(-(b @ b.T), axis=1)[:, 1:k + 1]
+    recall = np.mean([len(set(x) & set(y)) / k for x, y in zip(near_a, near_b)])
+    assert recall >= 0.9, f"int8 neighbour recall@{k} {recall:.3f}"
+
+
+def test_model_version_differs_by_dtype(tmp_path):
+    versions = {dtype: resolve_spec(make_settings(tmp_path, models={"text": {"dtype": dtype}})).version
+                for dtype in ("auto", "float32", "int8")}
+    assert len(set(versions.values())) == 3, versions
+
+
+def test_int8_on_a_gpu_falls_back_to_the_gpu_dtype_with_a_log_line(caplog):
+    with caplog.at_level(logging.WARNING, logger="fusionrank.quantize"):
+        assert resolve_int8("int8", "cuda:0") == ("auto", False)
+    assert "int8 is CPU only" in caplog.text
+    assert resolve_int8("int8", "cpu") == ("float32", True)
+    assert resolve_int8("bfloat16", "cpu") == ("bfloat16", False)
+
+
+def test_int8_image_dtype_is_for_hf_models_only(tmp_path, tiny_vit):
+    with pytest.raises(Exception, match="EfficientNet-Lite0's feature path is all convolutions"):
+        make_settings(tmp_path, models={"image": {"backend": "efficientnet_lite0", "dtype": "int8"}})
+    from PIL import Image
+
+    images = [Image.new("RGB", (40, 40), colour) for colour in ((200, 30, 30), (30, 200, 30), (20, 20, 220))]
+    fp32 = models.HFImageEncoder(tiny_vit, "cpu", "float32").encode(images)
+    encoder = models.HFImageEncoder(tiny_vit, "cpu", "int8")
+    int8 = encoder.encode(images)
+    assert encoder.quantized and int8.shape == fp32.shape == (3, 32)
+    assert (fp32 * int8).sum(axis=1).min() >= 0.95
+
+
+def test_quantize_linear_int8_replaces_every_linear():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    quantized = quantize_linear_int8(model)
+    assert not any(isinstance(m, torch.nn.Linear) for m in quantized.modules())
+    x = torch.randn(4, 16)
+    with torch.inference_mode():
+        cosine = torch.nn.functional.cosine_similarity(model(x), quantized(x)).min()
+    assert cosine >= 0.99
