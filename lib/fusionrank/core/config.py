@@ -106,9 +106,6 @@ class StorageConfig(_Strict):
     def table_path(self, name: str) -> str:
         return str(self.root / getattr(self.tables, name))
 
-    @property
-    def index_root(self) -> Path:
-        return self.root / self.index_dir
 
 
 def _plain_name(value: str) -> str:

@@ -76,7 +76,7 @@ class RunContext:
     def for_date(self, table: str) -> DataFrame:
         if not self.store.exists(table):
             raise StageError(f"table {table} does not exist yet: run the stage that writes it for {self.run_date} first")
-        if str(self.run_date) not in self.store.partition_values(table, "run_date"):
+        if not self.has_date(table):
             raise StageError(f"table {table} has no rows for run_date {self.run_date}: run its stage for that date first")
         return self.store.read(table, where={"run_date": self.run_date})
 

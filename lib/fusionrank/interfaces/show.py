@@ -50,11 +50,6 @@ def _titles(ctx, item_ids: Iterable[str | None]) -> dict[str, str]:
     return {r["item_id"]: r["title"] for r in rows}
 
 
-def _table_exists_for_date(ctx, table: str) -> bool:
-    store = ctx.store
-    return store.exists(table) and str(ctx.run_date) in store.partition_values(table, "run_date")
-
-
 # -- show_user -------------------------------------------------------------------------
 def show_user(ctx, user_id: str, history_limit: int = 10) -> dict:
     """One user's history, profile and recommendations for `ctx.run_date`.
@@ -90,7 +85,7 @@ def show_user(ctx, user_id: str, history_limit: int = 10) -> dict:
 
     # Profile (absent for users without training history, or before build_profiles ran).
     profile = None
-    if _table_exists_for_date(ctx, "user_profiles"):
+    if ctx.has_date("user_profiles"):
         prow = (
             ctx.for_date("user_profiles")
             .where(F.col("user_id") == output_id)
@@ -169,7 +164,7 @@ def show_item(ctx, item_id: str) -> dict:
     row = rows[0]
 
     similar: list[dict] = []
-    if _table_exists_for_date(ctx, "recs_item_similar"):
+    if ctx.has_date("recs_item_similar"):
         sim_rows = (
             ctx.for_date("recs_item_similar")
             .where(F.col("item_id") == item_id)
@@ -189,7 +184,7 @@ def show_item(ctx, item_id: str) -> dict:
         ]
 
     modalities = None
-    if _table_exists_for_date(ctx, "item_embeddings"):
+    if ctx.has_date("item_embeddings"):
         def size(column: str) -> F.Column:
             return F.when(F.col(column).isNull(), F.lit(0)).otherwise(F.size(column)).alias(f"{column}_dim")
 
@@ -224,7 +219,7 @@ def show_item(ctx, item_id: str) -> dict:
             }
 
     recommended_to = None
-    if _table_exists_for_date(ctx, "recs_user_topk"):
+    if ctx.has_date("recs_user_topk"):
         recommended_to = int(
             ctx.for_date("recs_user_topk")
             .where(F.col("item_id") == item_id)
