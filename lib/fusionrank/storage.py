@@ -167,7 +167,8 @@ class TableStore:
         elif engine == "delta-spark" and not delta_spark_available(spark):
             raise StorageError(
                 "storage.engine is 'delta-spark' but the Delta classes are not on the Spark "
-                "classpath: add --packages io.delta:delta-spark_2.13:<version> to spark-submit, "
+                "classpath: run `make jars` (fusionrank.jars caches them) before the session starts, "
+                "add --packages io.delta:delta-spark_2.13:<version> to spark-submit, "
                 "or set storage.engine: auto"
             )
         self.engine = engine
