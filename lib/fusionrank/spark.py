@@ -30,6 +30,9 @@ REQUIRED_CONF = {
 DELTA_SPARK_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    # A write that replaces an empty partition with no rows still commits a version,
+    # as delta-rs does (a rerun of a date always shows in the table's history).
+    "spark.databricks.delta.skipRecordingEmptyCommits": "false",
 }
 
 
