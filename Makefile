@@ -36,6 +36,7 @@ jars: $(JARS_DIR)/manifest.json
 
 $(JARS_DIR)/manifest.json: lib/fusionrank/jars.py | $(STAMP)
 	$(PY) -m fusionrank.jars fetch
+	touch $@
 
 data: $(DEMO_DATA)/events.jsonl
 

@@ -61,7 +61,7 @@ def store(spark, tmp_path, engine: str) -> TableStore:
 def recs_frame(spark, day: dt.date, users: range, tag: str):
     rows = [(day, f"u{u}", r, f"{tag}-{(u * 7 + r) % 50}", float(u) / (r + 1), None if r % 3 else f"because {r}")
             for u in users for r in range(1, 4)]
-    return spark.createDataFrame(rows, RECS).repartition(3)
+    return spark.createDataFrame(rows, RECS)
 
 
 def produce_recs(batches, tag: str):
