@@ -42,7 +42,11 @@ def spark(tmp_path_factory):
 
     # The one session of the run carries the Delta jars when they are cached, so that
     # tests can write with both engines (each TableStore follows its settings' engine).
-    settings = make_settings(tmp_path_factory.mktemp("spark"), storage={"engine": "delta-spark"})
+    # Without the cache, a Delta catalog without its classes would break every test.
+    from fusionrank.jars import cached_jars
+
+    engine = "delta-spark" if cached_jars("delta") else "delta-rs"
+    settings = make_settings(tmp_path_factory.mktemp("spark"), storage={"engine": engine})
     session = get_session(settings)
     yield session
     session.stop()
