@@ -14,8 +14,9 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export FUSIONRANK_JARS_DIR ?= $(abspath .jars)
 
-.PHONY: install demo data synth test test-unit dist clean
+.PHONY: install jars demo data synth test test-unit dist clean
 
 install: $(STAMP)
 
@@ -27,6 +28,15 @@ $(STAMP): pyproject.toml constraints/local.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints/local.txt torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints/local.txt -e '.[dev,airflow]'
 	touch $(STAMP)
+
+# The Delta Lake and S3A jars, resolved once from Maven Central with Spark's Ivy into
+# .jars/ (never committed); sessions then take them from there, offline.
+JARS_DIR := $(FUSIONRANK_JARS_DIR)
+jars: $(JARS_DIR)/manifest.json
+
+$(JARS_DIR)/manifest.json: lib/fusionrank/core/jars.py | $(STAMP)
+	$(PY) -m fusionrank.core.jars fetch
+	touch $@
 
 data: $(DEMO_DATA)/events.jsonl
 
@@ -47,7 +57,7 @@ $(SYNTH_DATA)/events.jsonl: | $(STAMP)
 demo: install data
 	$(VENV)/bin/fusionrank run --conf conf/local.yaml --date $(DEMO_DATE)
 
-test: install
+test: install jars
 	$(VENV)/bin/pytest -q
 
 test-unit: install
@@ -60,4 +70,4 @@ dist: install
 	$(PY) -m pip wheel -q --no-deps -w dist .
 
 clean:
-	rm -rf warehouse spark-warehouse dist build .pytest_cache
+	rm -rf warehouse spark-warehouse dist build .pytest_cache  # .jars/ stays: `rm -rf .jars` to fetch again

@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "raw" / "movielens-100k"
 RUN_DATE = "1998-04-22"  # the last day of MovieLens-100k
 
+TEST_ENGINE = os.environ.get("FUSIONRANK_TEST_ENGINE", "delta-rs")
+
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
@@ -23,7 +25,9 @@ def make_settings(root: Path, catalog: Path | None = None, events: Path | None =
 
     base = {
         "spark": {"master": "local[2]", "ui_enabled": False, "conf": {"spark.sql.shuffle.partitions": "2"}},
-        "storage": {"root": str(root / "warehouse")},
+        # The engine the suite's tables are written with: FUSIONRANK_TEST_ENGINE=delta-spark
+        # runs it with the Delta jars (`make jars`); tests/integration/test_engines.py runs both.
+        "storage": {"root": str(root / "warehouse"), "engine": TEST_ENGINE},
         "inputs": {
             "catalog": {"path": str(catalog or DATA / "catalog.jsonl"), "format": "json"},
             "events": {"path": str(events or DATA / "events.jsonl"), "format": "json"},
@@ -36,7 +40,13 @@ def make_settings(root: Path, catalog: Path | None = None, events: Path | None =
 def spark(tmp_path_factory):
     from fusionrank.core.spark import get_session
 
-    settings = make_settings(tmp_path_factory.mktemp("spark"))
+    # The one session of the run carries the Delta jars when they are cached, so that
+    # tests can write with both engines (each TableStore follows its settings' engine).
+    # Without the cache, a Delta catalog without its classes would break every test.
+    from fusionrank.core.jars import cached_jars
+
+    engine = "delta-spark" if cached_jars("delta") else "delta-rs"
+    settings = make_settings(tmp_path_factory.mktemp("spark"), storage={"engine": engine})
     session = get_session(settings)
     yield session
     session.stop()

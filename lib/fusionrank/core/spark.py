@@ -14,6 +14,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from fusionrank.core.config import Settings
+from fusionrank.core.jars import cached_jars
 
 # Settings every fusionrank session needs, whatever the environment.
 REQUIRED_CONF = {
@@ -30,6 +31,9 @@ REQUIRED_CONF = {
 DELTA_SPARK_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    # A write that replaces an empty partition with no rows still commits a version,
+    # as delta-rs does (a rerun of a date always shows in the table's history).
+    "spark.databricks.delta.skipRecordingEmptyCommits": "false",
 }
 
 
@@ -57,6 +61,7 @@ def get_session(settings: Settings) -> SparkSession:
     conf["spark.ui.enabled"] = str(cfg.ui_enabled).lower()
     if settings.storage.engine == "delta-spark":
         conf.update(DELTA_SPARK_CONF)
+    conf.update(jar_conf(settings, conf))
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -64,10 +69,30 @@ def get_session(settings: Settings) -> SparkSession:
     return spark
 
 
+def jar_conf(settings: Settings, conf: dict[str, str]) -> dict[str, str]:
+    """`spark.jars` with the cached jars (`make jars`, see fusionrank.core.jars) a session
+    needs: Delta's when storage.engine is delta-spark, S3A's when storage.root is s3a://.
+    Nothing when they are not cached (spark-submit --packages or the cluster's image
+    may provide them; TableStore says what is missing)."""
+    groups = []
+    if settings.storage.engine == "delta-spark":
+        groups.append("delta")
+    if str(settings.storage.root).startswith("s3a:"):
+        groups.append("s3a")
+    jars = cached_jars(*groups) if groups else None
+    if not jars:
+        return {}
+    listed = [j for j in conf.get("spark.jars", "").split(",") if j]
+    return {"spark.jars": ",".join(listed + [j for j in jars if j not in listed])}
+
+
 def delta_spark_available(spark: SparkSession) -> bool:
     """True when the delta-spark classes are on the JVM classpath."""
     try:
-        spark.sparkContext._jvm.java.lang.Class.forName("org.apache.spark.sql.delta.DeltaLog")
+        jvm = spark.sparkContext._jvm
+        # Jars from spark.jars live in the context class loader, not the system one.
+        loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        jvm.java.lang.Class.forName("org.apache.spark.sql.delta.DeltaLog", False, loader)
         return True
     except Exception:  # py4j raises a generic Py4JJavaError
         return False

@@ -81,7 +81,10 @@ def ranking_metrics(recs: DataFrame, relevant: DataFrame, k: int) -> dict[str, f
         (F.col("dcg") / ideal).alias("ndcg"),
         (F.col("ap_sum") / cutoff).alias("map"),
     )
-    row = scored.agg(*[F.avg(m).alias(m) for m in METRIC_NAMES], F.count("*").alias("users")).first()
+    # A sum of doubles depends on the order the partitions' partial sums arrive in; a
+    # decimal sum does not, so a rerun of a date reproduces its metrics bit for bit.
+    means = [F.avg(F.col(m).cast("decimal(38,18)")).cast("double").alias(m) for m in METRIC_NAMES]
+    row = scored.agg(*means, F.count("*").alias("users")).first()
     result = {m: float(row[m] or 0.0) for m in METRIC_NAMES}
     result["users"] = int(row["users"])
     return result

@@ -54,8 +54,9 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from fusionrank.core.config import Settings
-from fusionrank.core.spark import delta_spark_available
 from fusionrank.core.errors import StorageError
+from fusionrank.core.spark import delta_spark_available
+from fusionrank.storage.table_schema import SchemaEvolutionError, evolve  # noqa: F401 (re-exported for callers)
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,8 @@ class TableStore:
         elif engine == "delta-spark" and not delta_spark_available(spark):
             raise StorageError(
                 "storage.engine is 'delta-spark' but the Delta classes are not on the Spark "
-                "classpath: add --packages io.delta:delta-spark_2.13:<version> to spark-submit, "
+                "classpath: run `make jars` (fusionrank.core.jars caches them) before the session starts, "
+                "add --packages io.delta:delta-spark_2.13:<version> to spark-submit, "
                 "or set storage.engine: auto"
             )
         self.engine = engine
@@ -225,6 +227,7 @@ class TableStore:
             if batches.schema.fieldNames() != expected:
                 raise StorageError(f"table {name}: executor batches have columns {batches.schema.fieldNames()}, "
                                    f"expected {expected}")
+        evolve(name, self.path(name), to_arrow_schema(schema, timezone="UTC"))  # the schema policy, both engines
         if self.engine == "delta-spark":
             return self._write_delta_spark_with(df, name, partition_by, replace, commit_info, batches, schema)
         return self._write_delta_rs(df, name, partition_by, replace, commit_info, batches, schema)
@@ -240,6 +243,7 @@ class TableStore:
         file_schema = to_arrow_schema(T.StructType([f for f in schema.fields if f.name not in partition_by]),
                                       timezone="UTC")
         rows = rows.select(file_schema.names).cast(file_schema)
+        evolve(name, self.path(name), to_arrow_schema(schema, timezone="UTC"))  # the schema policy, both engines
         if self.engine == "delta-spark":
             frame = self.spark.createDataFrame(rows.to_pandas(), T.StructType(
                 [f for f in schema.fields if f.name not in partition_by]))
@@ -293,7 +297,8 @@ class TableStore:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _write_delta_spark(self, df, name, partition_by, replace, commit_info) -> int:
-        writer = df.write.format("delta").mode("overwrite")
+        # New columns merge (evolve() has already refused any other schema change).
+        writer = df.write.format("delta").mode("overwrite").option("mergeSchema", "true")
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         if replace and self.exists(name):
@@ -307,7 +312,6 @@ class TableStore:
     def _write_delta_rs(self, df, name, partition_by, replace, commit_info, batches=None, schema=None,
                         driver_rows: pa.Table | None = None) -> int:
         from deltalake import CommitProperties, DeltaTable
-        from deltalake.schema import Schema as DeltaSchema
         from deltalake.transaction import AddAction, create_table_with_add_actions
 
         table_path = self.path(name)
@@ -341,7 +345,7 @@ class TableStore:
                 actions += self._add_actions(table_path, spark_dir, partition_by, AddAction)
             _fault_point(name)
             properties = CommitProperties(custom_metadata=dict(commit_info or {}))
-            delta_schema = DeltaSchema.from_arrow(arrow_schema)
+            delta_schema = evolve(name, table_path, arrow_schema)  # the table's columns plus new ones
             if DeltaTable.is_deltatable(table_path):
                 table = DeltaTable(table_path)
                 filters = [(c, "=", v) for c, v in replace.items()] or None

@@ -1,0 +1,183 @@
+"""The JVM jars fusionrank adds to Spark: Delta Lake (delta-spark) and S3A.
+
+pyspark's pip package carries Spark and Hadoop's client but neither the Delta
+classes nor Hadoop's S3A connector. `fetch()` resolves them once from Maven
+Central with Spark's own Ivy (``spark.jars.packages`` with ``spark.jars.ivy``
+pointing into the cache folder) and writes a manifest of the resolved files;
+afterwards sessions use the cached files through ``spark.jars`` and need no
+network.
+
+    python -m fusionrank.core.jars fetch          # what `make jars` runs
+    python -m fusionrank.core.jars show           # the cached files
+
+The cache folder is ``$FUSIONRANK_JARS_DIR``, else ``.jars`` at the project root
+(beside ``lib/``). Jars are never committed.
+
+Versions: pyspark 4.2.0 bundles hadoop-client 3.5.0, so hadoop-aws is 3.5.0 (its
+POM brings the AWS SDK v2 bundle 2.35.4 and analyticsaccelerator-s3). delta-spark
+4.4.1 (the Python package's version) has no jar on Maven Central; 4.4.0 is the
+newest ``io.delta:delta-spark_2.13`` and is built against Spark 4.2.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DELTA_VERSION = "4.4.0"
+HADOOP_VERSION = "3.5.0"
+GROUPS = {
+    "delta": [f"io.delta:delta-spark_2.13:{DELTA_VERSION}"],
+    "s3a": [f"org.apache.hadoop:hadoop-aws:{HADOOP_VERSION}"],
+}
+MANIFEST = "manifest.json"
+ENV_DIR = "FUSIONRANK_JARS_DIR"
+
+
+class JarsError(RuntimeError):
+    """The jars could not be fetched or are not in the cache."""
+
+
+def jars_dir() -> Path:
+    env = os.environ.get(ENV_DIR)
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(__file__).resolve().parents[2] / ".jars"
+
+
+_ARTIFACT = re.compile(r"^(.+?)-\d")
+
+
+def _artifact(jar_name: str, ivy: bool = False) -> str:
+    """`parquet-hadoop-1.17.0.jar` (pyspark's) or, with `ivy`, Ivy's `org.apache.parquet_parquet-hadoop-1.16.0.jar`
+    -> `parquet-hadoop`."""
+    name = jar_name.split("_", 1)[1] if ivy else jar_name
+    match = _ARTIFACT.match(name)
+    return match.group(1) if match else name[:-len(".jar")]
+
+
+def _bundled_artifacts() -> set[str]:
+    import pyspark
+
+    return {_artifact(jar.name) for jar in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
+
+
+def _bundled_hadoop_version() -> str | None:
+    import pyspark
+
+    folder = Path(pyspark.__file__).parent / "jars"
+    for jar in folder.glob("hadoop-client-api-*.jar"):
+        return jar.name[len("hadoop-client-api-"):-len(".jar")]
+    return None
+
+
+def manifest(folder: Path | None = None) -> dict | None:
+    """The cache's manifest ({group: [jar paths]}, coordinates), None when not fetched."""
+    path = (folder or jars_dir()) / MANIFEST
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("coordinates") != GROUPS:
+        return None  # fetched for other versions: fetch again
+    if not all(Path(p).is_file() for jars in data["jars"].values() for p in jars):
+        return None
+    return data
+
+
+def cached_jars(*groups: str) -> list[str] | None:
+    """The cached jar files of `groups` (default: all), None when they are not cached."""
+    data = manifest()
+    if data is None:
+        return None
+    seen: list[str] = []
+    for group in groups or tuple(GROUPS):
+        for path in data["jars"][group]:
+            if path not in seen:
+                seen.append(path)
+    return seen
+
+
+_RESOLVE = """
+import sys
+from pyspark.sql import SparkSession
+spark = (SparkSession.builder.master("local[1]").appName("fusionrank-fetch-jars")
+         .config("spark.ui.enabled", "false")
+         .config("spark.jars.packages", sys.argv[1]).config("spark.jars.ivy", sys.argv[2]).getOrCreate())
+spark.stop()
+"""
+
+
+def fetch(folder: Path | None = None, force: bool = False) -> dict:
+    """Resolve every group into `folder` (one Ivy resolution per group) and write the manifest."""
+    folder = folder or jars_dir()
+    if not force and manifest(folder) is not None:
+        return manifest(folder)
+    bundled = _bundled_hadoop_version()
+    if bundled and bundled != HADOOP_VERSION:
+        raise JarsError(f"pyspark bundles hadoop-client {bundled} but hadoop-aws {HADOOP_VERSION} is pinned: "
+                        f"change HADOOP_VERSION in {__file__}")
+    folder.mkdir(parents=True, exist_ok=True)
+    result: dict[str, list[str]] = {}
+    provided: dict[str, list[str]] = {}
+    bundled_artifacts = _bundled_artifacts()
+    for group, coordinates in GROUPS.items():
+        ivy = folder / "ivy" / group
+        shutil.rmtree(ivy / "jars", ignore_errors=True)
+        env = dict(os.environ)
+        env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        env.setdefault("PYSPARK_PYTHON", sys.executable)
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
+            script.write(_RESOLVE)
+        try:
+            proc = subprocess.run([sys.executable, script.name, ",".join(coordinates), str(ivy)],
+                                  env=env, capture_output=True, text=True)
+        finally:
+            os.unlink(script.name)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+            raise JarsError(f"could not resolve {coordinates} from Maven Central into {ivy}:\n{tail}")
+        resolved = sorted((ivy / "jars").glob("*.jar"))
+        if not resolved:
+            raise JarsError(f"resolving {coordinates} left no jars in {ivy / 'jars'}")
+        # Transitive dependencies pyspark already ships (Hadoop client, Parquet, Jackson,
+        # log4j...) stay out: two versions of one library on a classpath is a lottery.
+        result[group] = [str(p) for p in resolved if _artifact(p.name, ivy=True) not in bundled_artifacts]
+        provided[group] = [p.name for p in resolved if _artifact(p.name, ivy=True) in bundled_artifacts]
+    data = {"coordinates": GROUPS, "jars": result, "provided_by_pyspark": provided}
+    (folder / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fusionrank.core.jars", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["fetch", "show"])
+    parser.add_argument("--force", action="store_true", help="resolve again even when cached")
+    args = parser.parse_args(argv)
+    if args.command == "fetch":
+        try:
+            data = fetch(force=args.force)
+        except JarsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    else:
+        data = manifest()
+        if data is None:
+            print(f"no jars cached in {jars_dir()}: run `make jars`", file=sys.stderr)
+            return 1
+    for group, jars in data["jars"].items():
+        size = sum(Path(p).stat().st_size for p in jars) / 2**20
+        print(f"{group}: {len(jars)} jars, {size:.0f} MiB")
+        for path in jars:
+            print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

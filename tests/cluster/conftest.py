@@ -1,0 +1,224 @@
+"""A real cluster for the tests, started and stopped by them (nothing outside pytest):
+
+* `object_store`: an S3-compatible server (moto's, from PyPI) on 127.0.0.1 with a
+  bucket; path-style access, dummy credentials in the environment;
+* `cluster`: a Spark standalone master and two workers, each its own process (the
+  pip package's `bin/spark-class`), each worker with one core, a small memory and its
+  own work and local folders.
+
+Everything binds to 127.0.0.1 on free ports. Every process runs in its own process
+group and is killed with it at the end of the session, also when a test or the
+start-up fails. The cluster's jars (Delta, S3A) come from the cache (`make jars`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import pyspark
+
+SPARK_HOME = Path(pyspark.__file__).parent
+BUCKET = "fusionrank-test"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+WORKER_MEMORY = "1g"
+EXECUTOR_MEMORY = "512m"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ObjectStore:
+    endpoint: str
+    bucket: str
+
+    def storage_options(self) -> dict[str, str]:
+        """deltalake (delta-rs) options for this server."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ALLOW_HTTP": "true", "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
+                "AWS_REGION": CREDENTIALS["AWS_REGION"], "AWS_ACCESS_KEY_ID": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                "AWS_SECRET_ACCESS_KEY": CREDENTIALS["AWS_SECRET_ACCESS_KEY"], "AWS_FORCE_PATH_STYLE": "true"}
+
+    def hadoop_conf(self) -> dict[str, str]:
+        """Spark conf for S3A on this server (credentials from the environment)."""
+        return {
+            "spark.hadoop.fs.s3a.endpoint": self.endpoint,
+            "spark.hadoop.fs.s3a.endpoint.region": CREDENTIALS["AWS_REGION"],
+            "spark.hadoop.fs.s3a.path.style.access": "true",
+            "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
+            "spark.hadoop.fs.s3a.aws.credentials.provider":
+                "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider",
+        }
+
+
+@dataclass
+class Cluster:
+    master_url: str
+    webui: str
+    worker_dirs: list[Path]
+    logs: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def state(self) -> dict:
+        with urllib.request.urlopen(f"{self.webui}/json", timeout=5) as response:
+            return json.load(response)
+
+
+def _start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    handle = open(log, "wb")
+    try:
+        return subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    finally:
+        handle.close()
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process group, then SIGKILL what is left after 10 s."""
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 10
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group: executors the worker started too
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def cluster_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(CREDENTIALS)
+    env.update(SPARK_HOME=str(SPARK_HOME), SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
+               PYSPARK_DRIVER_PYTHON=sys.executable, SPARK_DAEMON_MEMORY="256m")
+    env.pop("SPARK_CONF_DIR", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def object_store():
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name=CREDENTIALS["AWS_REGION"],
+                          aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        s3.create_bucket(Bucket=BUCKET)
+        yield ObjectStore(endpoint, BUCKET)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("spark-cluster")
+    logs = root / "logs"
+    logs.mkdir()
+    spark_class = str(SPARK_HOME / "bin" / "spark-class")
+    port, webui_port = free_port(), free_port()
+    master_url = f"spark://127.0.0.1:{port}"
+    cluster = Cluster(master_url, f"http://127.0.0.1:{webui_port}", [], logs)
+    try:
+        cluster.procs.append(_start(
+            [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+             "--webui-port", str(webui_port)], logs / "master.log", cluster_env()))
+        _wait(lambda: cluster.state(), 60, "the master's web UI", logs / "master.log", cluster)
+        for i in range(2):
+            work, local = root / f"worker{i}" / "work", root / f"worker{i}" / "local"
+            work.mkdir(parents=True)
+            local.mkdir()
+            cluster.worker_dirs.append(work)
+            env = cluster_env(SPARK_WORKER_DIR=str(work), SPARK_LOCAL_DIRS=str(local))
+            cluster.procs.append(_start(
+                [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+                 "--port", str(free_port()), "--webui-port", str(free_port()), "--cores", "1",
+                 "--memory", WORKER_MEMORY, "--work-dir", str(work), master_url], logs / f"worker{i}.log", env))
+        _wait(lambda: len([w for w in cluster.state()["workers"] if w["state"] == "ALIVE"]) == 2 or None,
+              90, "two ALIVE workers", logs / "worker1.log", cluster)
+        yield cluster
+    finally:
+        _stop(cluster.procs)
+
+
+def _wait(probe, timeout: float, what: str, log: Path, cluster: Cluster):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for proc in cluster.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a cluster process exited ({proc.args[1]}, rc {proc.returncode}) "
+                                   f"while waiting for {what}:\n{_tail(log)}")
+        try:
+            if probe():
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"no {what} after {timeout:.0f} s:\n{_tail(log)}")
+
+
+def submit(cluster: Cluster, job: Path, args: list[str], conf: dict[str, str], jars: list[str] | None = None,
+           class_path: list[str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """spark-submit `job` to the cluster (client mode); raise with its output on failure."""
+    cmd = [str(SPARK_HOME / "bin" / "spark-submit"), "--master", cluster.master_url,
+           "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
+           "--conf", f"spark.executor.memory={EXECUTOR_MEMORY}", "--conf", "spark.driver.memory=512m",
+           "--conf", "spark.cores.max=2", "--conf", "spark.ui.enabled=false",
+           # Run nothing before both executors are there (the test checks they both worked).
+           "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0",
+           "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=120s"]
+    for key, value in conf.items():
+        cmd += ["--conf", f"{key}={value}"]
+    for key, value in CREDENTIALS.items():
+        cmd += ["--conf", f"spark.executorEnv.{key}={value}"]
+    if jars:
+        cmd += ["--jars", ",".join(jars)]
+    if class_path:
+        joined = os.pathsep.join(class_path)
+        cmd += ["--conf", f"spark.driver.extraClassPath={joined}", "--conf", f"spark.executor.extraClassPath={joined}"]
+    cmd += [str(job), *args]
+    # Its own process group: a timeout kills the driver JVM and its Python together.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster_env(),
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"spark-submit {job.name} ran over {timeout:.0f} s:\n{out[-3000:]}\n{err[-6000:]}")
+    proc = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    if proc.returncode != 0:
+        raise AssertionError(f"spark-submit {job.name} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc
