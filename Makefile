@@ -58,7 +58,7 @@ demo: install data
 	$(VENV)/bin/fusionrank run --conf conf/local.yaml --date $(DEMO_DATE)
 
 test: install jars
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=20
 
 test-unit: install
 	$(VENV)/bin/pytest -q tests/unit
