@@ -297,7 +297,7 @@ def write_amazon(tmp_path: Path) -> tuple[Path, Path]:
 def test_convert_amazon_reviews_2023(tmp_path: Path, caplog) -> None:
     reviews, meta = write_amazon(tmp_path)
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger="fusionrank.data.adapters"):
+    with caplog.at_level(logging.WARNING, logger="fusionrank.raw.adapters"):
         result = convert_amazon_reviews_2023(reviews, meta, out)
     assert result == {"items": 3, "events": 4, "skipped_reviews": 2, "skipped_meta": 0}
     # Skips are logged with file and line number.

@@ -123,7 +123,7 @@ def test_model_version_differs_by_dtype(tmp_path):
 
 
 def test_int8_on_a_gpu_falls_back_to_the_gpu_dtype_with_a_log_line(caplog):
-    with caplog.at_level(logging.WARNING, logger="fusionrank.quantize"):
+    with caplog.at_level(logging.WARNING, logger="fusionrank.vectors.quantize"):
         assert resolve_int8("int8", "cuda:0") == ("auto", False)
     assert "int8 is CPU only" in caplog.text
     assert resolve_int8("int8", "cpu") == ("float32", True)

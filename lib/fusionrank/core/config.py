@@ -155,7 +155,7 @@ class CleaningConfig(_Strict):
     # quarantined (a broken upstream feed must not publish an empty top-K table);
     # the quarantine is still written for inspection. 1.0 switches the check off.
     max_quarantine_share: float = Field(0.5, ge=0, le=1)
-    # Feed volume (fusionrank.data.volume): raw and clean rows and distinct items/users
+    # Feed volume (fusionrank.clean.volume): raw and clean rows and distinct items/users
     # are compared with the previous successful night of the stage; the stage fails,
     # before writing anything, when one fell by more than `volume_max_drop_share`
     # (0.5: to less than half) or grew by more than `volume_max_growth_share` (1.0: to

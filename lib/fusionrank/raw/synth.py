@@ -666,7 +666,7 @@ def generate(
         buffer.clear()
 
         manifest = {
-            "generator": "fusionrank.data.synth",
+            "generator": "fusionrank.raw.synth",
             "params": {"items": items, "users": users, "days": days, "seed": seed, "end_date": end_date.isoformat(),
                        "images": images, "dirty": dirty},
             "first_event_day": iso(start_ts)[:10],

@@ -43,7 +43,7 @@ IMAGE_STATUSES = ("ok", "absent", "missing", "corrupt")
 # Failures logged per partition before the rest are only counted.
 MAX_LOGGED_IMAGE_FAILURES = 20
 
-log = logging.getLogger("fusionrank.encoding")
+log = logging.getLogger("fusionrank.vectors")
 
 
 def item_text(title: Column, category: Column, brand: Column, description: Column) -> Column:

@@ -31,7 +31,7 @@ import logging
 import warnings
 from functools import lru_cache
 
-log = logging.getLogger("fusionrank.quantize")
+log = logging.getLogger("fusionrank.vectors.quantize")
 
 INT8 = "int8"
 
