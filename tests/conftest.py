@@ -16,6 +16,14 @@ RUN_DATE = "1998-04-22"  # the last day of MovieLens-100k
 TEST_ENGINE = os.environ.get("FUSIONRANK_TEST_ENGINE", "delta-rs")
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+# CI replays the same generated examples on every run (a failure there is reproducible);
+# local runs explore new ones each time.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    _hypothesis_settings.load_profile("ci")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
