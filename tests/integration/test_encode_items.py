@@ -156,8 +156,6 @@ def test_default_efficientnet_lite0_through_spark(spark, tmp_path):
 def test_learned_projection_is_trained_once_per_model_version(spark, tmp_path):
     """Users view items of one product each: those items co-occur, W is learned from
     them, saved under storage.root, reused by the next run and by query_vectors."""
-    from fusionrank.vectors import encode as encoding
-    from fusionrank.vectors import encoders as models
 
     rows, _ = make_catalog(tmp_path, 60)
     for row in rows:

@@ -13,7 +13,7 @@ import shutil
 import pytest
 from deltalake import DeltaTable
 
-from fusionrank.pipeline import ORDER, run_all
+from fusionrank.pipeline import ORDER
 from fusionrank.core.config import load_config
 from fusionrank.interfaces.report import build_report
 from tests.conftest import RUN_DATE

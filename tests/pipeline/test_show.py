@@ -16,8 +16,7 @@ from deltalake import DeltaTable
 from fusionrank.interfaces import show as inspect_tables
 from fusionrank.core.catalog import OUTPUT_TABLES
 from fusionrank.core.context import make_context
-from fusionrank.pipeline import run_all
-from tests.conftest import RUN_DATE, make_settings, write_jsonl
+from tests.conftest import RUN_DATE, make_settings
 
 pytestmark = pytest.mark.integration
 

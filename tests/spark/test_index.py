@@ -9,18 +9,12 @@ import pytest
 
 from fusionrank.index import build as index
 from fusionrank.core.config import IndexConfig
+from tests.unit.test_index import batches, clustered
 
 
-def clustered(n: int, dim: int = 32, clusters: int = 20, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, dim))
-    vectors = centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim))
-    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-
-
-def batches(ids, vectors, size=700):
-    for start in range(0, len(ids), size):
-        yield ids[start:start + size], vectors[start:start + size]
+def top10_ids(loaded, queries):
+    scores, positions = loaded.search(queries, 10)
+    return loaded.ids[positions], scores
 
 
 # -- sharded builds on Spark ---------------------------------------------------------------
@@ -30,11 +24,6 @@ def vector_frame(spark, ids, vectors, partitions):
     schema = T.StructType([T.StructField("item_id", T.StringType()), T.StructField("rec_vec", T.ArrayType(T.FloatType()))])
     rows = [(i, v.tolist()) for i, v in zip(ids, vectors)]
     return spark.createDataFrame(rows, schema).repartition(partitions)
-
-
-def top10_ids(loaded, queries):
-    scores, positions = loaded.search(queries, 10)
-    return loaded.ids[positions], scores
 
 
 def test_sharded_flat_build_equals_the_single_process_build(spark, tmp_path):
@@ -98,3 +87,5 @@ def test_failed_self_check_of_a_spark_build_keeps_the_previous_index(spark, tmp_
         index.build_from_spark(vector_frame(spark, ids, noise, 2), 32, 2000, cfg, target, "v2", "d")
     assert json.loads((target / "manifest.json").read_text())["model_version"] == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run_date=2026-11-22"]  # no staging or tmp left
+
+

@@ -30,6 +30,8 @@ RECS = {
     "u5": ["a", "b"],  # not in `relevant`: must be ignored
     # u4 has relevant items but no recommendations at all -> zeros
 }
+
+
 RELEVANT = {
     "u1": {"b", "d", "f"},
     "u2": {"a"},
@@ -49,6 +51,10 @@ def _reference_means(k: int) -> dict[str, float]:
     ):
         out[name] = sum(fn(RECS.get(u, []), RELEVANT[u], k) for u in users) / len(users)
     return out
+
+
+# -- popularity baseline ------------------------------------------------------------------------
+EVENTS_SCHEMA = "user_id string, item_id string"
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +114,6 @@ def test_spark_ranking_metrics_no_recs_at_all(spark):
     got = ev.ranking_metrics(recs, relevant, 5)
     assert got["users"] == 1
     assert all(got[name] == 0.0 for name in ev.METRIC_NAMES)
-
-
-# -- popularity baseline ------------------------------------------------------------------------
-EVENTS_SCHEMA = "user_id string, item_id string"
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +198,5 @@ def test_coverage(spark):
     assert ev.coverage(recs, users, 1, 4) == pytest.approx(0.25)
     assert ev.coverage(recs, users, 2, 4) == pytest.approx(0.75)
     assert ev.coverage(recs, users, 2, 0) == 0.0
+
+

@@ -3,19 +3,10 @@ clear error when the salt is missing."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
-import pytest
-
-from fusionrank.core.privacy import PrivacyError, pseudonymise_id, pseudonymise_users, user_salt
-from tests.conftest import make_settings
-
-SALT_ENV = "FUSIONRANK_TEST_USER_SALT"
 
 
-def settings_with(tmp_path, enabled=True):
-    return make_settings(tmp_path, privacy={"pseudonymise_user_ids": enabled, "salt_env": SALT_ENV})
+from fusionrank.core.privacy import pseudonymise_id, pseudonymise_users, user_salt
+from tests.unit.test_privacy import SALT_ENV, settings_with
 
 
 def test_spark_column_matches_python(spark, tmp_path, monkeypatch):

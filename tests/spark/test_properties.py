@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
 import json
 import math
 import os
@@ -30,25 +29,25 @@ from hypothesis import strategies as st
 
 from fusionrank.core.config import CleaningConfig, InputSource
 from fusionrank.clean import rules as cleaning
-from fusionrank.raw.csv_input import scan_csv
 from fusionrank.core.errors import InputError
 from fusionrank.raw.readers import CORRUPT, read_raw
 from fusionrank.raw.contract import CATALOG_FIELDS, CATALOG_REQUIRED, EVENT_FIELDS, EVENT_REQUIRED
+from tests.unit.test_properties import text
+
 
 RUN_END = dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc)
+
 
 # FUSIONRANK_PROPERTY_EXAMPLES=200 for a longer, randomised hunt (the default is quick
 # and reproducible).
 _HUNT = int(os.environ.get("FUSIONRANK_PROPERTY_EXAMPLES", "0"))
+
+
 SPARK = settings(max_examples=_HUNT or 4, deadline=None, derandomize=not _HUNT,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                         HealthCheck.function_scoped_fixture])
 
-# Text as product feeds hold it: delimiters, both quotes, line breaks of every kind,
-# tabs, accents, CJK, emoji, control characters, the replacement character, a BOM.
-SPECIAL = [",", ";", '"', "'", "\n", "\r\n", "\r", "\t", " ", "é", "漢", "🙂", "\x01", "\ufffd", "\ufeff", "\\"]
-text = st.lists(st.one_of(st.sampled_from(SPECIAL), st.text(st.characters(blacklist_categories=("Cs",)), max_size=6)),
-                max_size=6).map("".join)
+
 # Values that stress the number and timestamp parsers.
 extreme = st.one_of(
     text,
@@ -58,21 +57,6 @@ extreme = st.one_of(
     st.integers(min_value=-(2 ** 70), max_value=2 ** 70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
 )
-
-
-# -- the quote check, against Python's csv module (no Spark) ----------------------------
-dialects = st.sampled_from([
-    {"delimiter": ",", "quotechar": '"', "quoting": csv.QUOTE_MINIMAL, "lineterminator": "\r\n"},
-    {"delimiter": ",", "quotechar": '"', "quoting": csv.QUOTE_ALL, "lineterminator": "\n"},
-    {"delimiter": ";", "quotechar": "'", "quoting": csv.QUOTE_MINIMAL, "lineterminator": "\n"},
-    {"delimiter": "\t", "quotechar": '"', "quoting": csv.QUOTE_NONNUMERIC, "lineterminator": "\r\n"},
-])
-
-
-def _write_csv(rows: list[list[str]], dialect: dict, bom: bool = False) -> bytes:
-    buf = io.StringIO()
-    csv.writer(buf, **dialect).writerows(rows)
-    return (b"\xef\xbb\xbf" if bom else b"") + buf.getvalue().encode("utf-8")
 
 
 # -- readers and cleaning on Spark -------------------------------------------------------
@@ -118,12 +102,25 @@ catalog_rows = st.lists(
     st.fixed_dictionaries({"title": text, "description": text, "category": text, "brand": text,
                            "price": extreme, "image_uri": text, "updated_at": extreme, "suffix": text}),
     min_size=1, max_size=12)
+
+
 csv_dialects = st.sampled_from([
     {"delimiter": ",", "quotechar": '"', "quoting": csv.QUOTE_MINIMAL},
     # pandas' to_csv: "\n" line ends, so a lone CR in a field is left unquoted.
     {"delimiter": ",", "quotechar": '"', "quoting": csv.QUOTE_MINIMAL, "lineterminator": "\n"},
     {"delimiter": ";", "quotechar": "'", "quoting": csv.QUOTE_ALL, "lineterminator": "\n"},
 ])
+
+
+event_rows = st.lists(
+    st.fixed_dictionaries({"user_id": text, "event_type": st.one_of(
+        st.sampled_from(["view", "click", "purchase", "rating", "search", "VIEW ", ""]), text),
+        "event_ts": extreme, "item_id": st.sampled_from(["A", "B", "", "zz"]), "value": extreme,
+        "query": text, "session_id": text}),
+    min_size=1, max_size=15)
+
+
+HEADERS = {"csv": b"item_id,title,price\n", "json": b""}
 
 
 @SPARK
@@ -148,14 +145,6 @@ def test_catalog_rows_are_read_exactly_and_all_accounted_for(spark, generated, f
         shutil.rmtree(folder, ignore_errors=True)
 
 
-event_rows = st.lists(
-    st.fixed_dictionaries({"user_id": text, "event_type": st.one_of(
-        st.sampled_from(["view", "click", "purchase", "rating", "search", "VIEW ", ""]), text),
-        "event_ts": extreme, "item_id": st.sampled_from(["A", "B", "", "zz"]), "value": extreme,
-        "query": text, "session_id": text}),
-    min_size=1, max_size=15)
-
-
 @SPARK
 @given(event_rows, st.sampled_from(["csv", "json", "parquet"]))
 def test_event_logs_are_all_accounted_for(spark, rows, fmt):
@@ -169,9 +158,6 @@ def test_event_logs_are_all_accounted_for(spark, rows, fmt):
         assert n == len(rows) and 0 <= clean <= n
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-HEADERS = {"csv": b"item_id,title,price\n", "json": b""}
 
 
 @SPARK
@@ -213,3 +199,5 @@ def test_extreme_prices_are_accounted_for(spark, tmp_path, price):
     parsed = float(price) if price != "9" * 400 else math.inf
     ok = math.isfinite(parsed) and 0 <= parsed <= CleaningConfig().max_price
     assert (row[cleaning.REASON] is None) == ok, row[cleaning.REASON]
+
+

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-import numpy as np
-import pytest
 
-from fusionrank.ranks.query_topk import frequent_queries, normalize_query, query_engagement, rerank
+from fusionrank.ranks.query_topk import frequent_queries, query_engagement
+
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -47,3 +46,5 @@ def test_events_are_attributed_to_the_latest_search_of_their_session(spark):
         == {"blue mug"}
     # The window bounds both the searches and the events.
     assert frequent_queries(events, T0 + dt.timedelta(seconds=1), until, n=10).count() == 1
+
+

@@ -3,44 +3,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
-from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from fusionrank.raw.contract import CATALOG_FIELDS, EVENT_FIELDS
 from fusionrank.raw.synth import (
-    BOT_EVENTS,
-    COLOUR_NAMES,
     DIRTY_FILE,
     MANIFEST_FILE,
-    MAX_EVENTS_PER_DAY,
-    TAXONOMY,
     generate,
 )
-
-END = dt.date(2026, 11, 22)
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
-    }
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth") / "shop"
-    generate(out, items=300, users=120, days=30, seed=7, end_date=END)
-    return out
+from tests.unit.test_synth import END
 
 
 @pytest.mark.integration

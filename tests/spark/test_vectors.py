@@ -6,45 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from fusionrank.core.config import ProfilesConfig
-from fusionrank.vectors.fusion import fuse, l2_normalize
-from fusionrank.profiles.build import event_weight, pool_user, weighted_history
-from fusionrank.ranks.users import pick_reasons, top_unseen
+from fusionrank.profiles.build import event_weight, weighted_history
+
 
 UTC = dt.timezone.utc
-
-
-# -- encoding.fuse ---------------------------------------------------------------------
-@pytest.fixture
-def parts():
-    rng = np.random.default_rng(0)
-    text = rng.normal(size=(5, 3)).astype(np.float32)
-    image = rng.normal(size=(5, 4)).astype(np.float32)
-    return text, image
-
-
-# -- profiles.pool_user ----------------------------------------------------------------------------
-def _history_frame() -> pd.DataFrame:
-    ts = pd.to_datetime(["2024-01-01", "2024-01-05", "2024-01-03", "2024-01-02"])
-    return pd.DataFrame(
-        {
-            "user_id": ["u1"] * 4,
-            # ties on weight 1.0 (c, b) and 0.5 (d only); heaviest is a
-            "item_id": ["c", "a", "b", "d"],
-            "weight": [1.0, 2.0, 1.0, 0.5],
-            "last_ts": ts,
-            "rec_vec": [
-                np.array([0.0, 0.0, 1.0], dtype=np.float32),
-                np.array([1.0, 0.0, 0.0], dtype=np.float32),
-                np.array([0.0, 1.0, 0.0], dtype=np.float32),
-                np.array([0.6, 0.8, 0.0], dtype=np.float32),
-            ],
-        }
-    )
 
 
 # -- profiles.event_weight (Spark) ------------------------------------------------------------------
@@ -150,3 +118,5 @@ def test_weighted_history_decays_from_each_users_last_event(spark):
     assert run["b"] == pytest.approx(3.0 * 2 ** (-10 / 30))
     flat = {r.item_id: r.weight for r in weighted_history(events, ProfilesConfig(half_life_days=None), AS_OF).collect()}
     assert flat == {"a": 3.0, "b": 3.0}
+
+

@@ -125,8 +125,3 @@ def test_hnsw_build_passes_its_self_check(tmp_path):
     np.testing.assert_allclose(loaded.vectors(["7"])[0][0], vectors[7], atol=1e-6)
 
 
-def top10_ids(loaded, queries):
-    scores, positions = loaded.search(queries, 10)
-    return loaded.ids[positions], scores
-
-

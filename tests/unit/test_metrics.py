@@ -7,18 +7,12 @@ import math
 
 import pytest
 
-from fusionrank.metrics import measures as ev
 from fusionrank.metrics.measures import (
     average_precision_at_k,
     ndcg_at_k,
     precision_at_k,
     recall_at_k,
 )
-
-
-def inv(i: int) -> float:
-    """Discount of rank i: 1 / log2(i + 1)."""
-    return 1.0 / math.log2(i + 1)
 
 
 # -- reference metrics, by hand ------------------------------------------------------------
@@ -79,39 +73,5 @@ def test_reference_metrics_k_larger_than_list():
     assert recall_at_k(recommended, relevant, k) == 1.0
     assert ndcg_at_k(recommended, relevant, k) == pytest.approx(1.0)  # 1/log2(2) / 1
     assert average_precision_at_k(recommended, relevant, k) == pytest.approx(1.0)  # (1/1) / min(1, 5)
-
-
-# -- Spark vs reference -----------------------------------------------------------------------
-RECS = {
-    # user: ranked list
-    "u1": ["a", "b", "c", "d", "e"],
-    "u2": ["x", "y", "z"],  # no hits
-    "u3": ["c", "a", "f", "g"],
-    "u5": ["a", "b"],  # not in `relevant`: must be ignored
-    # u4 has relevant items but no recommendations at all -> zeros
-}
-RELEVANT = {
-    "u1": {"b", "d", "f"},
-    "u2": {"a"},
-    "u3": {"c", "a", "f", "g", "h", "i"},
-    "u4": {"a", "b"},
-}
-
-
-def _reference_means(k: int) -> dict[str, float]:
-    users = sorted(RELEVANT)
-    out = {}
-    for name, fn in (
-        ("precision", precision_at_k),
-        ("recall", recall_at_k),
-        ("ndcg", ndcg_at_k),
-        ("map", average_precision_at_k),
-    ):
-        out[name] = sum(fn(RECS.get(u, []), RELEVANT[u], k) for u in users) / len(users)
-    return out
-
-
-# -- popularity baseline ------------------------------------------------------------------------
-EVENTS_SCHEMA = "user_id string, item_id string"
 
 

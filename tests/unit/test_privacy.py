@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from fusionrank.core.privacy import PrivacyError, pseudonymise_id, pseudonymise_users, user_salt
+from fusionrank.core.privacy import PrivacyError, pseudonymise_id, user_salt
 from tests.conftest import make_settings
 
 SALT_ENV = "FUSIONRANK_TEST_USER_SALT"

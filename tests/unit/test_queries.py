@@ -3,14 +3,11 @@ attribution of clicks to the search before them (Spark)."""
 
 from __future__ import annotations
 
-import datetime as dt
 
 import numpy as np
 import pytest
 
-from fusionrank.ranks.query_topk import frequent_queries, normalize_query, query_engagement, rerank
-
-T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
+from fusionrank.ranks.query_topk import normalize_query, rerank
 
 
 def test_normalize_query():

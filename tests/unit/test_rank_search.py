@@ -12,7 +12,7 @@ import pytest
 
 from fusionrank.index import build as index
 from fusionrank.ranks import users as ranking
-from fusionrank.core.config import IndexConfig, RankConfig
+from fusionrank.core.config import IndexConfig
 from tests.unit.test_index import batches, clustered
 
 

@@ -4,18 +4,14 @@ weighted_history (Spark)."""
 
 from __future__ import annotations
 
-import datetime as dt
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from fusionrank.core.config import ProfilesConfig
 from fusionrank.vectors.fusion import fuse, l2_normalize
-from fusionrank.profiles.build import event_weight, pool_user, weighted_history
+from fusionrank.profiles.build import pool_user
 from fusionrank.ranks.users import pick_reasons, top_unseen
-
-UTC = dt.timezone.utc
 
 
 # -- encoding.fuse ---------------------------------------------------------------------
@@ -195,9 +191,5 @@ def test_pool_user_max_history_cuts_the_list_not_the_profile():
     np.testing.assert_allclose(cut["history_weights"], [2.0, 1.0])
     assert cut["history_len"] == 4
     np.testing.assert_allclose(cut["profile_vec"], full["profile_vec"])
-
-
-# -- profiles.event_weight (Spark) ------------------------------------------------------------------
-AS_OF = dt.datetime(2024, 3, 1, tzinfo=UTC)
 
 

@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from fusionrank.core.config import Settings
-from fusionrank.core.errors import ConfigError, PrivacyError
+from fusionrank.core.errors import PrivacyError
 
 MIN_SALT_CHARS = 16
 

@@ -3,7 +3,6 @@ space: decayed, weighted sums of the history's rec_vec)."""
 
 from __future__ import annotations
 
-from pyspark.sql import functions as F
 
 from fusionrank.core.catalog import INDEX_VECTOR
 from fusionrank.core.context import RunContext

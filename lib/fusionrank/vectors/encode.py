@@ -16,7 +16,6 @@ import logging
 from functools import partial
 from typing import Iterator
 
-import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
