@@ -71,10 +71,50 @@ class Cluster:
     worker_dirs: list[Path]
     logs: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
+    root: Path | None = None
+    workers: dict[int, subprocess.Popen] = field(default_factory=dict)  # worker number -> its process
+    ports: dict[int, int] = field(default_factory=dict)  # worker number -> its RPC port
 
     def state(self) -> dict:
         with urllib.request.urlopen(f"{self.webui}/json", timeout=5) as response:
             return json.load(response)
+
+    def alive_workers(self) -> int:
+        return len([w for w in self.state()["workers"] if w["state"] == "ALIVE"])
+
+    def start_worker(self) -> int:
+        """One more worker process (one core, its own work and local folders); its number."""
+        number = len(self.worker_dirs)
+        work, local = self.root / f"worker{number}" / "work", self.root / f"worker{number}" / "local"
+        work.mkdir(parents=True)
+        local.mkdir()
+        self.worker_dirs.append(work)
+        env = cluster_env(SPARK_WORKER_DIR=str(work), SPARK_LOCAL_DIRS=str(local))
+        self.ports[number] = free_port()
+        proc = _start([str(SPARK_HOME / "bin" / "spark-class"), "org.apache.spark.deploy.worker.Worker",
+                       "--host", "127.0.0.1", "--port", str(self.ports[number]), "--webui-port", str(free_port()),
+                       "--cores", "1", "--memory", WORKER_MEMORY, "--work-dir", str(work), self.master_url],
+                      self.logs / f"worker{number}.log", env)
+        self.procs.append(proc)
+        self.workers[number] = proc
+        return number
+
+    def kill_worker(self, number: int) -> None:
+        """SIGKILL the worker's process group: the Worker JVM, its executors and their
+        Python workers, as when a host dies."""
+        proc = self.workers.pop(number)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def wait_worker(self, number: int, timeout: float = 90) -> None:
+        """Until the master lists worker `number` as ALIVE."""
+        port = self.ports[number]
+        _wait(lambda: any(w["port"] == port and w["state"] == "ALIVE" for w in self.state()["workers"]) or None,
+              timeout, f"worker {number} ALIVE", self.logs / f"worker{number}.log", self)
+
+    def scratch_dirs(self) -> list[Path]:
+        """Every worker's work and local folders (where Spark may write on a host)."""
+        return [d for work in self.worker_dirs for d in (work, work.parent / "local")]
 
 
 def _start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -118,6 +158,8 @@ def cluster_env(**extra: str) -> dict[str, str]:
     env.update(SPARK_HOME=str(SPARK_HOME), SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
                PYSPARK_DRIVER_PYTHON=sys.executable, SPARK_DAEMON_MEMORY="256m")
     env.pop("SPARK_CONF_DIR", None)
+    # Drivers and executors import fusionrank from --py-files (the zip), not from a checkout.
+    env.pop("PYTHONPATH", None)
     env.update(extra)
     return env
 
@@ -149,24 +191,14 @@ def cluster(tmp_path_factory):
     spark_class = str(SPARK_HOME / "bin" / "spark-class")
     port, webui_port = free_port(), free_port()
     master_url = f"spark://127.0.0.1:{port}"
-    cluster = Cluster(master_url, f"http://127.0.0.1:{webui_port}", [], logs)
+    cluster = Cluster(master_url, f"http://127.0.0.1:{webui_port}", [], logs, root=root)
     try:
         cluster.procs.append(_start(
             [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
              "--webui-port", str(webui_port)], logs / "master.log", cluster_env()))
         _wait(lambda: cluster.state(), 60, "the master's web UI", logs / "master.log", cluster)
-        for i in range(2):
-            work, local = root / f"worker{i}" / "work", root / f"worker{i}" / "local"
-            work.mkdir(parents=True)
-            local.mkdir()
-            cluster.worker_dirs.append(work)
-            env = cluster_env(SPARK_WORKER_DIR=str(work), SPARK_LOCAL_DIRS=str(local))
-            cluster.procs.append(_start(
-                [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                 "--port", str(free_port()), "--webui-port", str(free_port()), "--cores", "1",
-                 "--memory", WORKER_MEMORY, "--work-dir", str(work), master_url], logs / f"worker{i}.log", env))
-        _wait(lambda: len([w for w in cluster.state()["workers"] if w["state"] == "ALIVE"]) == 2 or None,
-              90, "two ALIVE workers", logs / "worker1.log", cluster)
+        for number in [cluster.start_worker() for _ in range(2)]:
+            cluster.wait_worker(number)
         yield cluster
     finally:
         _stop(cluster.procs)
@@ -175,7 +207,7 @@ def cluster(tmp_path_factory):
 def _wait(probe, timeout: float, what: str, log: Path, cluster: Cluster):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for proc in cluster.procs:
+        for proc in [cluster.procs[0], *cluster.workers.values()]:  # the master and the live workers
             if proc.poll() is not None:
                 raise RuntimeError(f"a cluster process exited ({proc.args[1]}, rc {proc.returncode}) "
                                    f"while waiting for {what}:\n{_tail(log)}")
@@ -188,9 +220,10 @@ def _wait(probe, timeout: float, what: str, log: Path, cluster: Cluster):
     raise RuntimeError(f"no {what} after {timeout:.0f} s:\n{_tail(log)}")
 
 
-def submit(cluster: Cluster, job: Path, args: list[str], conf: dict[str, str], jars: list[str] | None = None,
-           class_path: list[str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    """spark-submit `job` to the cluster (client mode); raise with its output on failure."""
+def submit_command(cluster: Cluster, job: Path, args: list[str], conf: dict[str, str],
+                   jars: list[str] | None = None, class_path: list[str] | None = None,
+                   py_files: list[str] | None = None, files: list[str] | None = None) -> list[str]:
+    """The spark-submit command line of `job` on the cluster (client mode)."""
     cmd = [str(SPARK_HOME / "bin" / "spark-submit"), "--master", cluster.master_url,
            "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
            "--conf", f"spark.executor.memory={EXECUTOR_MEMORY}", "--conf", "spark.driver.memory=512m",
@@ -207,10 +240,23 @@ def submit(cluster: Cluster, job: Path, args: list[str], conf: dict[str, str], j
     if class_path:
         joined = os.pathsep.join(class_path)
         cmd += ["--conf", f"spark.driver.extraClassPath={joined}", "--conf", f"spark.executor.extraClassPath={joined}"]
-    cmd += [str(job), *args]
+    if py_files:
+        cmd += ["--py-files", ",".join(py_files)]
+    if files:
+        cmd += ["--files", ",".join(files)]
+    return cmd + [str(job), *args]
+
+
+def submit(cluster: Cluster, job: Path, args: list[str], conf: dict[str, str], jars: list[str] | None = None,
+           class_path: list[str] | None = None, timeout: float = 240, py_files: list[str] | None = None,
+           files: list[str] | None = None, env: dict[str, str] | None = None,
+           check: bool = True) -> subprocess.CompletedProcess:
+    """spark-submit `job` to the cluster (client mode); raise with its output on failure
+    (unless not `check`)."""
+    cmd = submit_command(cluster, job, args, conf, jars, class_path, py_files, files)
     # Its own process group: a timeout kills the driver JVM and its Python together.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster_env(),
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env or cluster_env(), start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -218,7 +264,28 @@ def submit(cluster: Cluster, job: Path, args: list[str], conf: dict[str, str], j
         out, err = proc.communicate()
         raise AssertionError(f"spark-submit {job.name} ran over {timeout:.0f} s:\n{out[-3000:]}\n{err[-6000:]}")
     proc = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         raise AssertionError(f"spark-submit {job.name} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-6000:]}")
     return proc
+
+
+# -- the nightly pipeline on the cluster (tests/cluster/night.py) ---------------------------
+@pytest.fixture(scope="session")
+def night_inputs(movielens, tmp_path_factory):
+    """The --py-files zip and a small MovieLens slice, shared by the cluster nights."""
+    from tests.cluster.night import build_zip, small_slice
+
+    tmp = tmp_path_factory.mktemp("cluster_night")
+    return {"tmp": tmp, "zip": build_zip(tmp / "dist" / "fusionrank.zip"), "data": small_slice(movielens, tmp / "raw")}
+
+
+@pytest.fixture(scope="session")
+def rs_night(cluster, night_inputs):
+    """One clean night with the delta-rs engine: the reference the other nights equal."""
+    from tests.cluster.night import deployment, snapshot, versions
+
+    dep = deployment(cluster, night_inputs, "delta_rs", "delta-rs")
+    seconds = dep.run_night()
+    print(f"\ndelta-rs night on the cluster: {seconds} (total {sum(seconds.values()):.0f} s)")
+    return {"dep": dep, "frames": snapshot(dep.root), "versions": versions(dep.root), "seconds": seconds}

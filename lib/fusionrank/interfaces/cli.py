@@ -15,7 +15,7 @@ from fusionrank.core.context import make_context
 from fusionrank.core.errors import USER_ERRORS
 from fusionrank.core.logs import configure_logging
 from fusionrank.core.spark import get_session
-from fusionrank.interfaces import config_show, show
+from fusionrank.interfaces import config_show, doctor, show
 from fusionrank.interfaces.progress import StageProgress
 from fusionrank.interfaces.report import build_report
 from fusionrank.interfaces.search import search
@@ -106,6 +106,18 @@ def cmd_stage(args) -> int:
     settings = _load(args)
     _run_stages(settings, args.date, [args.name])
     return 0
+
+
+def cmd_doctor(args) -> int:
+    settings = _load(args)
+    if args.master:
+        settings.spark.master = args.master
+    checks = doctor.run_checks(settings, executors=not args.no_executors, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(doctor.as_dicts(checks), indent=2))
+    else:
+        print(doctor.render(checks))
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def cmd_report(args) -> int:
@@ -276,6 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
     stage.add_argument("--date", required=True, type=_date)
     stage.set_defaults(func=cmd_stage)
+
+    check = sub.add_parser("doctor", help="check a deployment before its first night: storage, Delta engine, models, "
+                                          "executors (exit status 1 names what is missing)")
+    check.add_argument("--conf", required=True)
+    check.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
+    check.add_argument("--master", help="Spark master for the check (default: spark.master, or spark-submit's)")
+    check.add_argument("--no-executors", action="store_true", help="driver-side checks only (no Spark job)")
+    check.add_argument("--timeout", type=float, default=180, help="seconds the executor probe may take (default 180)")
+    check.add_argument("--json", action="store_true", help="the checks as JSON")
+    check.set_defaults(func=cmd_doctor)
 
     config = sub.add_parser("config", help="inspect the configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)

@@ -1,0 +1,251 @@
+"""The nightly pipeline on the test cluster: the `--py-files` zip, a deployment conf
+layered on the project's conf/base.yaml, one spark-submit per stage in pipeline
+order (as the Airflow DAG runs them), and the tables read back with `deltalake`.
+
+    spark-submit --master spark://HOST:PORT --py-files fusionrank.zip --files base.yaml,night.yaml \\
+        jobs/<stage>.py --conf <dir>/night.yaml --date 1998-04-22
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import os
+import subprocess
+import threading
+import time
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.fs as pafs
+from deltalake import DeltaTable
+
+from fusionrank.core.jars import cached_jars
+from fusionrank.pipeline.registry import ORDER
+from tests.cluster.conftest import Cluster, cluster_env, submit
+from tests.conftest import ROOT, RUN_DATE
+
+# Row-for-row tables (published carries its decision time; it is checked on its own).
+TABLES = ["catalog_clean", "events_clean", "quarantine", "item_embeddings", "user_profiles",
+          "recs_user_topk", "recs_item_similar", "metrics", "query_topk"]
+VOLATILE = {"quarantined_at"}  # wall-clock columns that legitimately differ between runs
+ITEMS = 150  # the slice's most-touched items: text encoding dominates a night's time
+STAGE_TIMEOUT = 420
+
+
+def build_zip(out: Path) -> Path:
+    """dist/fusionrank.zip as `make dist` builds it: lib/fusionrank as a zip (no caches)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lib = ROOT / "lib"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted((lib / "fusionrank").rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                archive.write(path, path.relative_to(lib))
+    return out
+
+
+def small_slice(movielens: Path, out: Path) -> Path:
+    """Every tenth user's events on the ITEMS items they touched most, and those items."""
+    out.mkdir(parents=True, exist_ok=True)
+    events = [e for e in map(json.loads, open(movielens / "events.jsonl")) if int(e["user_id"]) % 10 == 0]
+    keep = {item for item, _ in Counter(e["item_id"] for e in events).most_common(ITEMS)}
+    with open(out / "events.jsonl", "w") as dst:
+        dst.writelines(json.dumps(e) + "\n" for e in events if e["item_id"] in keep)
+    with open(movielens / "catalog.jsonl") as src, open(out / "catalog.jsonl", "w") as dst:
+        dst.writelines(line for line in src if json.loads(line)["item_id"] in keep)
+    return out
+
+
+def write_conf(folder: Path, root: str, data: str, engine: str) -> Path:
+    """A deployment overlay on the project's conf/base.yaml (copied beside it): the
+    master comes from spark-submit; storage and inputs are URIs every process reaches."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "conf" / "base.yaml", folder / "base.yaml")
+    overlay = {
+        "spark": {"master": None, "ui_enabled": False, "conf": {"spark.sql.shuffle.partitions": 2}},
+        "storage": {"root": root, "engine": engine},
+        "inputs": {"catalog": {"path": f"{data}/catalog.jsonl"}, "events": {"path": f"{data}/events.jsonl"}},
+        # Lighter than production: this checks the deployment, not the model.
+        "models": {"text": {"max_length": 32}},
+        "behaviour": {"max_iter": 3},
+        "index": {"self_check_queries": 100},
+        # 5 held-out users on 150 items say nothing about quality: a floor the slice can show.
+        "publish": {"floors": {"ndcg@10": 0.0, "users_evaluated": 3}},
+    }
+    path = folder / "night.yaml"
+    path.write_text(json.dumps(overlay, indent=2))
+    return path
+
+
+@dataclass
+class Deployment:
+    """What a night on the cluster needs: the zip, the conf, the Spark conf and jars."""
+    cluster: Cluster
+    zip_path: Path
+    conf: Path
+    root: str
+    spark_conf: dict[str, str] = field(default_factory=dict)
+    jars: list[str] = field(default_factory=list)
+    class_path: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def stage_args(self, stage: str) -> tuple[Path, list[str]]:
+        return ROOT / "jobs" / f"{stage}.py", ["--conf", str(self.conf), "--date", RUN_DATE]
+
+    def submit_kwargs(self) -> dict:
+        return dict(conf=self.spark_conf, jars=self.jars or None, class_path=self.class_path or None,
+                    py_files=[str(self.zip_path)], files=[str(self.conf.parent / "base.yaml"), str(self.conf)],
+                    env=cluster_env(**self.env))
+
+    def run_stage(self, stage: str, check: bool = True) -> subprocess.CompletedProcess:
+        job, args = self.stage_args(stage)
+        return submit(self.cluster, job, args, timeout=STAGE_TIMEOUT, check=check, **self.submit_kwargs())
+
+    def run_night(self, stages: list[str] | None = None) -> dict[str, float]:
+        """Every stage in pipeline order, one spark-submit each; seconds per stage."""
+        seconds = {}
+        for stage in stages or ORDER:
+            started = time.perf_counter()
+            proc = self.run_stage(stage)
+            assert f"{stage} {RUN_DATE}" in proc.stdout, proc.stdout[-2000:]
+            seconds[stage] = round(time.perf_counter() - started, 1)
+        return seconds
+
+
+def deployment(cluster: Cluster, inputs: dict, name: str, engine: str, root: str | None = None) -> Deployment:
+    """A night's deployment in its own folder; `root`: storage.root (default: a local
+    folder every process sees)."""
+    tmp = inputs["tmp"]
+    root = root or str(tmp / name / "warehouse")
+    conf = write_conf(tmp / name / "conf", root, str(inputs["data"]), engine)
+    dep = Deployment(cluster, inputs["zip"], conf, root)
+    # No jar cache on a cluster host: the session adds none (core.spark.jar_conf), the
+    # command line brings Delta's (as --packages or a cluster image would).
+    dep.env["FUSIONRANK_JARS_DIR"] = str(tmp / "no-jar-cache")
+    if engine == "delta-spark":
+        jars = cached_jars("delta")
+        assert jars, "the Delta jars are not cached: run `make jars`"
+        dep.jars = jars
+    return dep
+
+
+# -- losing a worker in the middle of a stage ---------------------------------------------
+def _group_pythons(pgid: int) -> list[int]:
+    """PySpark Python processes (daemon and workers) in a process group."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            if int(stat[stat.rindex(")") + 2:].split()[2]) != pgid:
+                continue
+            if b"pyspark" in open(f"/proc/{entry}/cmdline", "rb").read():
+                pids.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def _has_loaded(pid: int, library: str) -> bool:
+    try:
+        return library in open(f"/proc/{pid}/maps").read()
+    except OSError:
+        return False
+
+
+@dataclass
+class Kill:
+    worker: int          # the worker killed
+    replacement: int     # the worker started in its place
+    after_s: float       # seconds into the stage
+    stage_s: float       # the stage's whole time
+    stderr: str
+
+
+def run_with_worker_loss(dep: Deployment, stage: str, library: str, timeout: float = STAGE_TIMEOUT) -> Kill:
+    """spark-submit `stage`; once a Python worker of one of the cluster's workers has
+    `library` loaded (its task is doing the stage's real work), SIGKILL that worker's
+    whole process group and start a replacement worker. The stage must still succeed."""
+    result: dict = {}
+
+    def target():
+        try:
+            result["proc"] = dep.run_stage(stage, check=False)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            result["error"] = exc
+
+    started = time.perf_counter()
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    victim = None
+    while thread.is_alive() and victim is None and time.perf_counter() - started < timeout:
+        for number, proc in list(dep.cluster.workers.items()):
+            if any(_has_loaded(pid, library) for pid in _group_pythons(proc.pid)):
+                victim = number
+                break
+        else:
+            time.sleep(0.2)
+    assert victim is not None, f"{stage}: no Python worker loaded {library} while the stage ran: " + (
+        result["proc"].stderr[-3000:] if "proc" in result else "")
+    time.sleep(0.5)  # into the task's work
+    after = time.perf_counter() - started
+    dep.cluster.kill_worker(victim)
+    replacement = dep.cluster.start_worker()
+    dep.cluster.wait_worker(replacement)
+    thread.join(timeout)
+    if "error" in result:
+        raise result["error"]
+    proc = result["proc"]
+    assert proc.returncode == 0, (f"{stage} failed after worker {victim} was killed {after:.1f} s in:\n"
+                                  f"{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}")
+    return Kill(victim, replacement, round(after, 1), round(time.perf_counter() - started, 1), proc.stderr)
+
+
+def snapshot(root: str, storage_options: dict | None = None) -> dict[str, pd.DataFrame]:
+    """Every row-for-row table, read with deltalake as consumers read it, sorted."""
+    frames = {}
+    for name in TABLES:
+        df = DeltaTable(f"{root}/{name}", storage_options=storage_options).to_pandas()
+        df = df.drop(columns=[c for c in VOLATILE if c in df.columns])
+        for column in df.columns:  # arrays -> tuples so frames compare and sort
+            if df[column].map(lambda v: isinstance(v, (list, np.ndarray))).any():
+                df[column] = df[column].map(lambda v: None if v is None else tuple(np.asarray(v).tolist()))
+        frames[name] = df.sort_values(list(df.columns)).reset_index(drop=True)
+    return frames
+
+
+def versions(root: str, storage_options: dict | None = None) -> dict[str, int]:
+    return {name: DeltaTable(f"{root}/{name}", storage_options=storage_options).version()
+            for name in TABLES + ["published"]}
+
+
+def assert_same_tables(left: dict[str, pd.DataFrame], right: dict[str, pd.DataFrame], what: str) -> None:
+    for name in TABLES:
+        a, b = left[name], right[name]
+        assert list(a.columns) == list(b.columns), f"{what}: {name} columns {list(a.columns)} != {list(b.columns)}"
+        assert len(a) == len(b), f"{what}: {name} has {len(a)} rows against {len(b)}"
+        pd.testing.assert_frame_equal(a, b, check_dtype=False, obj=f"{what}: {name}")
+
+
+def copy_tables(source: str, target: str, names: list[str]) -> None:
+    """Copy whole table folders (log and files) between roots, local or on the store."""
+    for name in names:
+        src_fs, src = _fs(f"{source}/{name}")
+        dst_fs, dst = _fs(f"{target}/{name}")
+        pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+
+
+def _fs(uri: str):
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), uri
+    return pafs.FileSystem.from_uri(uri.replace("s3a://", "s3://", 1))
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
+

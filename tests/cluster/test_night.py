@@ -1,0 +1,53 @@
+"""The whole nightly pipeline on the standalone cluster (a master and two worker
+processes), one spark-submit of `jobs/<stage>.py` per stage with the `--py-files`
+zip and the conf shipped with `--files`: with the delta-rs engine, then with the
+delta-spark engine (the same tables row for row). The rerun of the date is the
+Airflow DAG's night (test_dag_night.py). Tables are read back with `deltalake`, as consumers read them."""
+
+from __future__ import annotations
+
+from deltalake import DeltaTable
+
+from fusionrank.pipeline.registry import ORDER
+from tests.cluster.night import ITEMS, assert_same_tables, deployment, snapshot
+from tests.conftest import RUN_DATE
+
+
+def check_night(root: str, frames: dict, storage_options: dict | None = None) -> None:
+    """The night's tables hold what the slice implies."""
+    cat, quarantine = frames["catalog_clean"], frames["quarantine"]
+    assert len(cat) + (quarantine["stage"] == "clean_catalog").sum() == ITEMS
+    assert len(cat) == ITEMS and cat["item_id"].is_unique
+    emb = frames["item_embeddings"]
+    assert sorted(emb["item_id"]) == sorted(cat["item_id"]) and emb["rec_vec"].notna().all()
+    profiles, recs = frames["user_profiles"], frames["recs_user_topk"]
+    assert len(profiles) > 50 and profiles["user_id"].is_unique
+    assert set(profiles["user_id"]) <= set(recs["user_id"])
+    per_user = recs.groupby("user_id").size()
+    assert per_user.max() == 10 and per_user.min() >= 1
+    assert set(recs["item_id"]) <= set(cat["item_id"])
+    assert {str(d) for d in recs["run_date"]} == {RUN_DATE}
+    similar = frames["recs_item_similar"]
+    assert similar.groupby("item_id").size().max() == 10 and set(similar["item_id"]) <= set(cat["item_id"])
+    metrics = frames["metrics"]
+    assert (metrics["metric"] == "users_evaluated").any(), metrics
+    published = DeltaTable(f"{root}/published", storage_options=storage_options).to_pandas()
+    assert list(published["status"]) == ["published"] and str(published["run_date"][0]) == RUN_DATE
+
+
+def test_a_delta_rs_night_on_the_cluster(rs_night, cluster):
+    check_night(rs_night["dep"].root, rs_night["frames"])
+    apps = [a for a in cluster.state()["completedapps"] if a["name"].startswith("fusionrank")]
+    assert len(apps) >= len(ORDER) and all(a["state"] == "FINISHED" for a in apps)
+
+
+def test_a_delta_spark_night_equals_the_delta_rs_night(rs_night, cluster, night_inputs):
+    dep = deployment(cluster, night_inputs, "delta_spark", "delta-spark")
+    seconds = dep.run_night()
+    print(f"delta-spark night on the cluster: {seconds} (total {sum(seconds.values()):.0f} s)")
+    frames = snapshot(dep.root)
+    check_night(dep.root, frames)
+    assert_same_tables(frames, rs_night["frames"], "delta-spark vs delta-rs")
+    # Written by delta-spark: its commits say so.
+    info = DeltaTable(f"{dep.root}/recs_user_topk").history(1)[0]
+    assert "Apache-Spark" in str(info.get("engineInfo", "")), info
