@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -51,6 +52,18 @@ class ObjectStore:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ALLOW_HTTP": "true", "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
                 "AWS_REGION": CREDENTIALS["AWS_REGION"], "AWS_ACCESS_KEY_ID": CREDENTIALS["AWS_ACCESS_KEY_ID"],
                 "AWS_SECRET_ACCESS_KEY": CREDENTIALS["AWS_SECRET_ACCESS_KEY"], "AWS_FORCE_PATH_STYLE": "true"}
+
+    def environment(self) -> dict[str, str]:
+        """What a deployment puts in the environment of the driver and the executors."""
+        return {**CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def filesystem(self):
+        """pyarrow's S3 filesystem on this server (for the test's own reads and writes)."""
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(endpoint_override=self.endpoint.split("://", 1)[1], scheme="http",
+                                 region=CREDENTIALS["AWS_REGION"], access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                                 secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"], force_virtual_addressing=False)
 
     def hadoop_conf(self) -> dict[str, str]:
         """Spark conf for S3A on this server (credentials from the environment)."""
@@ -164,23 +177,83 @@ def cluster_env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def object_store():
-    import boto3
-    from moto.server import ThreadedMotoServer
+class StoreServer:
+    """moto's S3 server in a thread of the test process, which can go down and come back
+    on the same port (moto keeps the buckets in this process meanwhile). `trip_on`
+    arms an outage: the first request it matches is answered 503 and the server stops,
+    until `restart()`."""
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    def __init__(self, port: int):
+        self.port = port
+        self.server = None
+        self.trip_on = None  # (method, path) -> bool
+        self.tripped = threading.Event()
+        self.down = False  # also refuse requests on connections opened before the outage
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        outer = self
+
+        class _Server(ThreadedMotoServer):
+            def _server_entry(self) -> None:
+                from werkzeug.serving import make_server
+                from moto.moto_server.werkzeug_app import (DomainDispatcherApplication, MotoRequestHandler,
+                                                           create_backend_app)
+
+                app = DomainDispatcherApplication(create_backend_app)
+                self._server = make_server(self._ip_address, self._port, outer._guard(app), True,
+                                           request_handler=MotoRequestHandler)
+                self._server_ready_event.set()
+                self._server.serve_forever()
+
+        self.server = _Server(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def _guard(self, app):
+        def guarded(environ, start_response):
+            trip = self.trip_on
+            if self.down or (trip is not None and trip(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))):
+                if not self.down:
+                    self.trip_on, self.down = None, True
+                    self.tripped.set()
+                    threading.Thread(target=self.stop, daemon=True).start()
+                start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"the object store is down (test outage)"]
+            return app(environ, start_response)
+        return guarded
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.down = False
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def store_server():
+    server = StoreServer(free_port())
     server.start()
     try:
-        endpoint = f"http://127.0.0.1:{port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name=CREDENTIALS["AWS_REGION"],
-                          aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
-        s3.create_bucket(Bucket=BUCKET)
-        yield ObjectStore(endpoint, BUCKET)
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def object_store(store_server):
+    import boto3
+
+    endpoint = f"http://127.0.0.1:{store_server.port}"
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=CREDENTIALS["AWS_REGION"],
+                      aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    s3.create_bucket(Bucket=BUCKET)
+    return ObjectStore(endpoint, BUCKET)
 
 
 @pytest.fixture(scope="session")
@@ -250,13 +323,13 @@ def submit_command(cluster: Cluster, job: Path, args: list[str], conf: dict[str,
 def submit(cluster: Cluster, job: Path, args: list[str], conf: dict[str, str], jars: list[str] | None = None,
            class_path: list[str] | None = None, timeout: float = 240, py_files: list[str] | None = None,
            files: list[str] | None = None, env: dict[str, str] | None = None,
-           check: bool = True) -> subprocess.CompletedProcess:
+           check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """spark-submit `job` to the cluster (client mode); raise with its output on failure
     (unless not `check`)."""
     cmd = submit_command(cluster, job, args, conf, jars, class_path, py_files, files)
     # Its own process group: a timeout kills the driver JVM and its Python together.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env or cluster_env(), start_new_session=True)
+                            env=env or cluster_env(), start_new_session=True, cwd=cwd)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -281,11 +354,20 @@ def night_inputs(movielens, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def rs_night(cluster, night_inputs):
-    """One clean night with the delta-rs engine: the reference the other nights equal."""
-    from tests.cluster.night import deployment, snapshot, versions
+def night_store():
+    """Where the cluster nights keep inputs and storage.root: None, a local folder
+    every process of the cluster sees."""
+    return None
 
-    dep = deployment(cluster, night_inputs, "delta_rs", "delta-rs")
+
+@pytest.fixture(scope="session")
+def rs_night(cluster, night_inputs, night_store):
+    """One clean night with the delta-rs engine: the reference the other nights equal."""
+    from tests.cluster.night import deployment, project_files
+
+    dep = deployment(cluster, night_inputs, "delta_rs", "delta-rs", night_store)
+    project = project_files()
     seconds = dep.run_night()
     print(f"\ndelta-rs night on the cluster: {seconds} (total {sum(seconds.values()):.0f} s)")
-    return {"dep": dep, "frames": snapshot(dep.root), "versions": versions(dep.root), "seconds": seconds}
+    return {"dep": dep, "frames": dep.snapshot(), "versions": dep.versions(), "seconds": seconds,
+            "project_before": project}

@@ -26,7 +26,7 @@ from deltalake import DeltaTable
 
 from fusionrank.core.jars import cached_jars
 from fusionrank.pipeline.registry import ORDER
-from tests.cluster.conftest import Cluster, cluster_env, submit
+from tests.cluster.conftest import Cluster, ObjectStore, cluster_env, submit, submit_command
 from tests.conftest import ROOT, RUN_DATE
 
 # Row-for-row tables (published carries its decision time; it is checked on its own).
@@ -92,14 +92,71 @@ class Deployment:
     jars: list[str] = field(default_factory=list)
     class_path: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    store: ObjectStore | None = None  # None: storage.root is a local folder every process sees
+
+    def table_uri(self, name: str) -> str:
+        """The table as consumers' deltalake reads it (s3:// for the object store)."""
+        root = self.root.replace("s3a://", "s3://", 1) if self.store else self.root
+        return f"{root}/{name}"
+
+    def storage_options(self) -> dict | None:
+        return self.store.storage_options() if self.store else None
+
+    def snapshot(self) -> dict[str, pd.DataFrame]:
+        return snapshot(self)
+
+    def versions(self) -> dict[str, int]:
+        return {name: DeltaTable(self.table_uri(name), storage_options=self.storage_options()).version()
+                for name in TABLES + ["published"]}
+
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """(pyarrow filesystem, path) of storage.root, as the test sees it."""
+        if not self.store:
+            return pafs.LocalFileSystem(), self.root
+        return self.store.filesystem(), self.root.split("://", 1)[1]
 
     def stage_args(self, stage: str) -> tuple[Path, list[str]]:
         return ROOT / "jobs" / f"{stage}.py", ["--conf", str(self.conf), "--date", RUN_DATE]
 
+    @property
+    def folder(self) -> Path:
+        return self.conf.parent.parent
+
+    @property
+    def scratch(self) -> Path:
+        """The driver's scratch (TMPDIR, spark.local.dir): local writes are allowed only here
+        and in the workers' folders."""
+        return self.folder / "scratch"
+
+    @property
+    def cwd(self) -> Path:
+        return self.folder / "cwd"
+
     def submit_kwargs(self) -> dict:
-        return dict(conf=self.spark_conf, jars=self.jars or None, class_path=self.class_path or None,
-                    py_files=[str(self.zip_path)], files=[str(self.conf.parent / "base.yaml"), str(self.conf)],
-                    env=cluster_env(**self.env))
+        self.scratch.mkdir(exist_ok=True)
+        self.cwd.mkdir(exist_ok=True)
+        return dict(conf={**self.spark_conf, "spark.local.dir": str(self.scratch)}, jars=self.jars or None,
+                    class_path=self.class_path or None, py_files=[str(self.zip_path)],
+                    files=[str(self.conf.parent / "base.yaml"), str(self.conf)],
+                    env=cluster_env(**self.env, TMPDIR=str(self.scratch)), cwd=self.cwd)
+
+    def spark_defaults(self, folder: Path) -> Path:
+        """A SPARK_CONF_DIR whose spark-defaults.conf holds what this deployment's
+        spark-submit lines pass (for submitters that take no per-job conf: the DAG)."""
+        kwargs = self.submit_kwargs()
+        cmd = submit_command(self.cluster, Path("job.py"), [], kwargs["conf"], kwargs["jars"], kwargs["class_path"])
+        lines = [cmd[i + 1].replace("=", " ", 1) for i, arg in enumerate(cmd) if arg == "--conf"]
+        if kwargs["jars"]:
+            lines.append("spark.jars " + ",".join(kwargs["jars"]))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "spark-defaults.conf").write_text("\n".join(lines) + "\n")
+        return folder
+
+    def local_files(self) -> set[str]:
+        """Files in the deployment's folder outside the driver's scratch (the conf, and a
+        local storage.root), and in the working directory of spark-submit."""
+        return {str(p.relative_to(self.folder)) for p in self.folder.rglob("*")
+                if p.is_file() and self.scratch not in p.parents}
 
     def run_stage(self, stage: str, check: bool = True) -> subprocess.CompletedProcess:
         job, args = self.stage_args(stage)
@@ -116,21 +173,45 @@ class Deployment:
         return seconds
 
 
-def deployment(cluster: Cluster, inputs: dict, name: str, engine: str, root: str | None = None) -> Deployment:
-    """A night's deployment in its own folder; `root`: storage.root (default: a local
-    folder every process sees)."""
+def deployment(cluster: Cluster, inputs: dict, name: str, engine: str,
+               store: ObjectStore | None = None) -> Deployment:
+    """A night's deployment with its own conf folder. With `store`, inputs and
+    storage.root are on the object store (s3a://), the credentials and endpoint in the
+    environment of the driver and the executors and in Spark's Hadoop conf (never in the
+    conf); else storage.root is a local folder every process sees."""
     tmp = inputs["tmp"]
-    root = root or str(tmp / name / "warehouse")
-    conf = write_conf(tmp / name / "conf", root, str(inputs["data"]), engine)
-    dep = Deployment(cluster, inputs["zip"], conf, root)
+    if store:
+        root, data = f"s3a://{store.bucket}/{name}/warehouse", upload_inputs(store, inputs)
+    else:
+        root, data = str(tmp / name / "warehouse"), str(inputs["data"])
+    conf = write_conf(tmp / name / "conf", root, data, engine)
+    dep = Deployment(cluster, inputs["zip"], conf, root, store=store)
     # No jar cache on a cluster host: the session adds none (core.spark.jar_conf), the
-    # command line brings Delta's (as --packages or a cluster image would).
+    # command line brings them (as --packages or a cluster image would).
     dep.env["FUSIONRANK_JARS_DIR"] = str(tmp / "no-jar-cache")
     if engine == "delta-spark":
         jars = cached_jars("delta")
         assert jars, "the Delta jars are not cached: run `make jars`"
         dep.jars = jars
+    if store:
+        s3a = cached_jars("s3a")
+        assert s3a, "the S3A jars are not cached: run `make jars`"
+        dep.class_path = s3a  # hadoop-aws and the AWS SDK bundle on the hosts' class path, as an image has them
+        dep.env.update(store.environment())
+        dep.spark_conf.update(store.hadoop_conf())
+        dep.spark_conf["spark.executorEnv.AWS_ENDPOINT_URL"] = store.endpoint
     return dep
+
+
+def upload_inputs(store: ObjectStore, inputs: dict) -> str:
+    """The slice's raw files on the object store (once); their s3a:// folder."""
+    if "s3_data" not in inputs:
+        fs = store.filesystem()
+        for name in ("catalog.jsonl", "events.jsonl"):
+            with fs.open_output_stream(f"{store.bucket}/raw/{name}") as out:
+                out.write((inputs["data"] / name).read_bytes())
+        inputs["s3_data"] = f"s3a://{store.bucket}/raw"
+    return inputs["s3_data"]
 
 
 # -- losing a worker in the middle of a stage ---------------------------------------------
@@ -158,6 +239,15 @@ def _has_loaded(pid: int, library: str) -> bool:
         return False
 
 
+def _cpu_ticks(pid: int) -> int:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, ValueError):
+        return -1
+
+
 @dataclass
 class Kill:
     worker: int          # the worker killed
@@ -169,8 +259,9 @@ class Kill:
 
 def run_with_worker_loss(dep: Deployment, stage: str, library: str, timeout: float = STAGE_TIMEOUT) -> Kill:
     """spark-submit `stage`; once a Python worker of one of the cluster's workers has
-    `library` loaded (its task is doing the stage's real work), SIGKILL that worker's
-    whole process group and start a replacement worker. The stage must still succeed."""
+    `library` loaded and is using CPU (a task is doing the stage's real work in it),
+    SIGKILL that worker's whole process group and start a replacement worker. The stage
+    must still succeed."""
     result: dict = {}
 
     def target():
@@ -182,17 +273,23 @@ def run_with_worker_loss(dep: Deployment, stage: str, library: str, timeout: flo
     started = time.perf_counter()
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    victim = None
+    victim, ticks = None, {}
     while thread.is_alive() and victim is None and time.perf_counter() - started < timeout:
         for number, proc in list(dep.cluster.workers.items()):
-            if any(_has_loaded(pid, library) for pid in _group_pythons(proc.pid)):
-                victim = number
+            for pid in _group_pythons(proc.pid):
+                if not _has_loaded(pid, library):
+                    continue
+                now, before = _cpu_ticks(pid), ticks.get(pid)
+                ticks[pid] = now
+                if before is not None and now > before:  # busy: a task is at work in it
+                    victim = number
+                    break
+            if victim is not None:
                 break
         else:
             time.sleep(0.2)
     assert victim is not None, f"{stage}: no Python worker loaded {library} while the stage ran: " + (
         result["proc"].stderr[-3000:] if "proc" in result else "")
-    time.sleep(0.5)  # into the task's work
     after = time.perf_counter() - started
     dep.cluster.kill_worker(victim)
     replacement = dep.cluster.start_worker()
@@ -206,22 +303,17 @@ def run_with_worker_loss(dep: Deployment, stage: str, library: str, timeout: flo
     return Kill(victim, replacement, round(after, 1), round(time.perf_counter() - started, 1), proc.stderr)
 
 
-def snapshot(root: str, storage_options: dict | None = None) -> dict[str, pd.DataFrame]:
+def snapshot(dep: Deployment) -> dict[str, pd.DataFrame]:
     """Every row-for-row table, read with deltalake as consumers read it, sorted."""
     frames = {}
     for name in TABLES:
-        df = DeltaTable(f"{root}/{name}", storage_options=storage_options).to_pandas()
+        df = DeltaTable(dep.table_uri(name), storage_options=dep.storage_options()).to_pandas()
         df = df.drop(columns=[c for c in VOLATILE if c in df.columns])
         for column in df.columns:  # arrays -> tuples so frames compare and sort
             if df[column].map(lambda v: isinstance(v, (list, np.ndarray))).any():
                 df[column] = df[column].map(lambda v: None if v is None else tuple(np.asarray(v).tolist()))
         frames[name] = df.sort_values(list(df.columns)).reset_index(drop=True)
     return frames
-
-
-def versions(root: str, storage_options: dict | None = None) -> dict[str, int]:
-    return {name: DeltaTable(f"{root}/{name}", storage_options=storage_options).version()
-            for name in TABLES + ["published"]}
 
 
 def assert_same_tables(left: dict[str, pd.DataFrame], right: dict[str, pd.DataFrame], what: str) -> None:
@@ -232,20 +324,29 @@ def assert_same_tables(left: dict[str, pd.DataFrame], right: dict[str, pd.DataFr
         pd.testing.assert_frame_equal(a, b, check_dtype=False, obj=f"{what}: {name}")
 
 
-def copy_tables(source: str, target: str, names: list[str]) -> None:
-    """Copy whole table folders (log and files) between roots, local or on the store."""
+def copy_tables(source: Deployment, target: Deployment, names: list[str]) -> None:
+    """Copy whole table folders (log and files) between two deployments' roots."""
+    src_fs, src = source.filesystem()
+    dst_fs, dst = target.filesystem()
     for name in names:
-        src_fs, src = _fs(f"{source}/{name}")
-        dst_fs, dst = _fs(f"{target}/{name}")
-        pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+        pafs.copy_files(f"{src}/{name}", f"{dst}/{name}", source_filesystem=src_fs, destination_filesystem=dst_fs)
 
 
-def _fs(uri: str):
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), uri
-    return pafs.FileSystem.from_uri(uri.replace("s3a://", "s3://", 1))
+def project_files() -> set[str]:
+    """Untracked and ignored files of the checkout (a mangled URI would land here)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return {line[3:] for line in out.splitlines()
+            if not line[3:].startswith((".venv", "data/", ".jars", ".pytest_cache")) and "__pycache__" not in line}
 
 
-def files_under(folder: Path) -> set[Path]:
-    return {p for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
 
+def assert_no_local_writes(dep: Deployment, project_before: set[str]) -> None:
+    """Nothing but the conf (and a local storage.root, when the night is not on the
+    object store) in the deployment's folder outside the driver's scratch; nothing in
+    spark-submit's working directory; no new file in the checkout."""
+    allowed = {"conf/base.yaml", "conf/night.yaml"}
+    stray = {f for f in dep.local_files() - allowed if dep.store or not f.startswith("warehouse/")}
+    assert stray == set(), f"written to local paths outside Spark's scratch: {sorted(stray)[:20]}"
+    new = project_files() - project_before
+    assert new == set(), f"written into the checkout: {sorted(new)[:20]}"

@@ -1,7 +1,8 @@
 """The Airflow DAG's night against the standalone cluster: `dag.test()` (in a
 subprocess, tests/dags/run_dag.py) runs every stage task, each SparkSubmitOperator
 submits `jobs/<stage>.py` with the --py-files zip to the cluster's master through
-the Spark connection. It reruns the date of the spark-submit night (rs_night) over
+the Spark connection (the cluster's Spark settings in SPARK_CONF_DIR's
+spark-defaults.conf). It reruns the date of the spark-submit night (rs_night) over
 its warehouse: every table gets a new version and the same rows."""
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 
 from fusionrank.pipeline.registry import ORDER
 from tests.cluster.conftest import cluster_env
-from tests.cluster.night import TABLES, assert_same_tables, snapshot, versions
-from tests.conftest import ROOT, RUN_DATE
+from tests.cluster.night import TABLES, assert_same_tables
+from tests.conftest import ROOT
 from tests.dags.test_nightly_dag import run_dag
 
 
@@ -26,6 +27,9 @@ def test_the_dag_night_runs_on_the_cluster(cluster, night_inputs, rs_night):
                   "extra": {"deploy-mode": "client", "spark-binary": "spark-submit"}}
     env = {
         **cluster_env(**dep.env),
+        # The cluster's Spark settings (driver host, executor memory, jars, object store)
+        # as a deployment keeps them: spark-defaults.conf.
+        "SPARK_CONF_DIR": str(dep.spark_defaults(tmp / "spark-conf")),
         "AIRFLOW_HOME": str(tmp / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow_dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -40,13 +44,14 @@ def test_the_dag_night_runs_on_the_cluster(cluster, night_inputs, rs_night):
         "AIRFLOW_VAR_FUSIONRANK_START_DATE": "1998-01-01",
         "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
     }
+    apps_before = {a["id"] for a in cluster.state()["completedapps"]}
     result = run_dag({"tmp": tmp, "env": env}, "cluster")
     assert result["state"] == "success", result["log"][-6000:]
     assert {t: s for t, s in result["tasks"].items() if t in ORDER} == {t: "success" for t in ORDER}
     assert all(result["tries"][t] == 1 for t in ORDER), result["tries"]  # no retry hid a failure
     # Every stage was an application of the cluster's master.
-    apps = {a["name"]: a["state"] for a in cluster.state()["completedapps"]}
-    assert all(apps.get(f"fusionrank-{stage}-{RUN_DATE}") == "FINISHED" for stage in ORDER), apps
-    assert_same_tables(snapshot(dep.root), rs_night["frames"], "DAG rerun vs the spark-submit night")
-    after = versions(dep.root)
+    apps = [a for a in cluster.state()["completedapps"] if a["id"] not in apps_before]
+    assert len(apps) == len(ORDER) and all(a["state"] == "FINISHED" for a in apps), apps
+    assert_same_tables(dep.snapshot(), rs_night["frames"], "DAG rerun vs the spark-submit night")
+    after = dep.versions()
     assert all(after[name] > rs_night["versions"][name] for name in TABLES), (rs_night["versions"], after)

@@ -17,8 +17,8 @@ def doctor(dep, *extra: str):
                   timeout=300, **kwargs)
 
 
-def test_doctor_passes_on_the_cluster(cluster, night_inputs):
-    dep = deployment(cluster, night_inputs, "doctor_ok", "delta-spark")
+def test_doctor_passes_on_the_cluster(cluster, night_inputs, night_store):
+    dep = deployment(cluster, night_inputs, "doctor_ok", "delta-spark", night_store)
     proc = doctor(dep)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = proc.stdout
@@ -32,8 +32,8 @@ def test_doctor_passes_on_the_cluster(cluster, night_inputs):
     assert "checks passed" in out and "missing" not in out
 
 
-def test_doctor_names_what_is_missing(cluster, night_inputs):
-    dep = deployment(cluster, night_inputs, "doctor_broken", "delta-spark")
+def test_doctor_names_what_is_missing(cluster, night_inputs, night_store):
+    dep = deployment(cluster, night_inputs, "doctor_broken", "delta-spark", night_store)
     dep.jars = []  # delta-spark without its jars
     overlay = json.loads(dep.conf.read_text())
     overlay["models"]["text"]["path"] = str(night_inputs["tmp"] / "no-such-model")

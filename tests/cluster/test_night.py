@@ -9,11 +9,11 @@ from __future__ import annotations
 from deltalake import DeltaTable
 
 from fusionrank.pipeline.registry import ORDER
-from tests.cluster.night import ITEMS, assert_same_tables, deployment, snapshot
+from tests.cluster.night import ITEMS, assert_no_local_writes, assert_same_tables, deployment, project_files
 from tests.conftest import RUN_DATE
 
 
-def check_night(root: str, frames: dict, storage_options: dict | None = None) -> None:
+def check_night(dep, frames: dict) -> None:
     """The night's tables hold what the slice implies."""
     cat, quarantine = frames["catalog_clean"], frames["quarantine"]
     assert len(cat) + (quarantine["stage"] == "clean_catalog").sum() == ITEMS
@@ -31,23 +31,26 @@ def check_night(root: str, frames: dict, storage_options: dict | None = None) ->
     assert similar.groupby("item_id").size().max() == 10 and set(similar["item_id"]) <= set(cat["item_id"])
     metrics = frames["metrics"]
     assert (metrics["metric"] == "users_evaluated").any(), metrics
-    published = DeltaTable(f"{root}/published", storage_options=storage_options).to_pandas()
+    published = DeltaTable(dep.table_uri("published"), storage_options=dep.storage_options()).to_pandas()
     assert list(published["status"]) == ["published"] and str(published["run_date"][0]) == RUN_DATE
 
 
 def test_a_delta_rs_night_on_the_cluster(rs_night, cluster):
-    check_night(rs_night["dep"].root, rs_night["frames"])
+    check_night(rs_night["dep"], rs_night["frames"])
+    assert_no_local_writes(rs_night["dep"], rs_night["project_before"])
     apps = [a for a in cluster.state()["completedapps"] if a["name"].startswith("fusionrank")]
     assert len(apps) >= len(ORDER) and all(a["state"] == "FINISHED" for a in apps)
 
 
-def test_a_delta_spark_night_equals_the_delta_rs_night(rs_night, cluster, night_inputs):
-    dep = deployment(cluster, night_inputs, "delta_spark", "delta-spark")
+def test_a_delta_spark_night_equals_the_delta_rs_night(rs_night, cluster, night_inputs, night_store):
+    dep = deployment(cluster, night_inputs, "delta_spark", "delta-spark", night_store)
+    project = project_files()
     seconds = dep.run_night()
     print(f"delta-spark night on the cluster: {seconds} (total {sum(seconds.values()):.0f} s)")
-    frames = snapshot(dep.root)
-    check_night(dep.root, frames)
+    frames = dep.snapshot()
+    check_night(dep, frames)
+    assert_no_local_writes(dep, project)
     assert_same_tables(frames, rs_night["frames"], "delta-spark vs delta-rs")
     # Written by delta-spark: its commits say so.
-    info = DeltaTable(f"{dep.root}/recs_user_topk").history(1)[0]
+    info = DeltaTable(dep.table_uri("recs_user_topk"), storage_options=dep.storage_options()).history(1)[0]
     assert "Apache-Spark" in str(info.get("engineInfo", "")), info
