@@ -266,11 +266,12 @@ def local_copy(uri: str, key: str, scratch: str | None = None) -> str:
 
 
 def _scratch_root() -> str:
-    """Spark's per-application local scratch on an executor, else the temp dir."""
+    """Spark's per-application local scratch (executor or driver; removed when the
+    application ends), else the temp dir."""
     try:
-        from pyspark import SparkFiles, TaskContext
+        from pyspark import SparkContext, SparkFiles, TaskContext
 
-        if TaskContext.get() is not None:
+        if TaskContext.get() is not None or SparkContext._active_spark_context is not None:
             return SparkFiles.getRootDirectory()
     except Exception:  # outside Spark, or no SparkFiles on this worker
         pass
