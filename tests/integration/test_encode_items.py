@@ -8,6 +8,7 @@ real code path); one smaller test runs the default EfficientNet-Lite0.
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -172,7 +173,7 @@ def test_learned_projection_is_trained_once_per_model_version(spark, tmp_path):
     run_stage("clean_events", settings, DAY_1, ctx=ctx)
     counts = run_stage("encode_items", settings, DAY_1, ctx=ctx).counts
     version = resolve_spec(settings).version
-    artifact = layout(settings).learned_projection(version)
+    artifact = Path(layout(settings).learned_projection(version))
     assert artifact.exists() and counts["projection_pairs"] > 0 and counts["fused_dim"] == 32
     matrix = np.load(artifact)
     assert matrix.shape == (384, 32)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -167,7 +168,7 @@ def test_stage_record_keeps_the_config_digest(spark, tmp_path):
     assert record["config_digest"] == settings.digest() and len(record["config_digest"]) == 12
     other = make_settings(tmp_path, path, rank={"k": 7})
     assert other.digest() != record["config_digest"]
-    stored = json.loads((settings.storage.root / "_runs" / f"run_date={NIGHT1}" / "clean_catalog.json").read_text())
+    stored = json.loads((Path(settings.storage.root) / "_runs" / f"run_date={NIGHT1}" / "clean_catalog.json").read_text())
     assert stored["config_digest"] == settings.digest()
 
 

@@ -166,7 +166,7 @@ def test_pseudonymised_user_ids_join_through_evaluation(night, spark, tmp_path, 
     salt = "a-test-salt-of-enough-length"
     monkeypatch.setenv("FUSIONRANK_TEST_USER_SALT", salt)
     settings = make_settings(tmp_path, privacy={"pseudonymise_user_ids": True, "salt_env": "FUSIONRANK_TEST_USER_SALT"})
-    assert settings.storage.root == root
+    assert settings.storage.root == str(root)
     run_all(settings, dt.date.fromisoformat(RUN_DATE), spark, stages=["build_profiles", "rank", "evaluate"])
     hashed = {name: DeltaTable(str(root / name)).to_pandas() for name in ("user_profiles", "recs_user_topk", "metrics")}
     plain = night["first"]

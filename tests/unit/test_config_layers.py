@@ -49,8 +49,8 @@ def test_overlay_outside_conf_keeps_the_project_base(project, deployed, monkeypa
     assert settings.profiles.event_weights == load_config(project / "conf" / "base.yaml").profiles.event_weights
     # relative paths resolve from the project root, not from the overlay's folder
     assert settings.project_root == project
-    assert settings.storage.root == project / "warehouse"
-    assert settings.inputs.catalog.path == project / "data/raw/movielens-100k/catalog.jsonl"
+    assert settings.storage.root == str(project / "warehouse")
+    assert settings.inputs.catalog.path == str(project / "data/raw/movielens-100k/catalog.jsonl")
 
 
 def test_overlay_outside_conf_finds_the_project_from_the_working_directory(project, deployed, monkeypatch):

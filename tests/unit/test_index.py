@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def test_flat_index_roundtrip(tmp_path):
     ids = [f"item{i}" for i in range(500)]
     built = index.build(batches(ids, vectors), np.zeros((0, 32)), 32, 500, IndexConfig(type="flat"),
                         tmp_path / "run_date=2026-11-22", "fr-test", "2026-11-22")
-    manifest = json.loads((built.path / "manifest.json").read_text())
+    manifest = json.loads((Path(built.path) / "manifest.json").read_text())
     assert manifest["type"] == "flat" and manifest["count"] == 500 and manifest["dim"] == 32
     assert manifest["model_version"] == "fr-test" and manifest["self_check"]["recall_at_10"] == 1.0
     loaded = index.load_index(built.path)
@@ -97,7 +98,7 @@ def test_pq_is_chosen_and_built_under_a_small_memory_budget(tmp_path):
     built = index.build(batches(ids, vectors, 4000), sample, 32, 20_000, cfg, tmp_path / "pq", "v", "d")
     m = built.manifest
     assert m["type"] == "ivf_pq" and m["estimated_mb"] <= 2
-    assert (built.path / "index.faiss").stat().st_size < 20_000 * 32 * 4  # smaller than the raw vectors
+    assert (Path(built.path) / "index.faiss").stat().st_size < 20_000 * 32 * 4  # smaller than the raw vectors
     assert m["self_check"]["recall_at_10"] >= 0.9
     loaded = index.load_index(built.path)
     _, positions = loaded.search(vectors[:20], 1)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -103,9 +104,9 @@ def test_attributes_name_the_reasons_and_cap_each_category(tmp_path):
     built = index.build(batches(ids, clustered(n, seed=5)), np.zeros((0, 32)), 32, n, IndexConfig(type="flat"),
                         tmp_path / "idx", "v7", "d")
     categories = [None if i % 10 == 0 else f"cat{i % 3}" for i in range(n)]
-    (built.path / index.ATTRIBUTES_DIR).mkdir()
+    (Path(built.path) / index.ATTRIBUTES_DIR).mkdir()
     pq.write_table(pa.table({"item_id": ids, "title": [f"title {i}" for i in range(n)], "category": categories}),
-                   built.path / index.ATTRIBUTES_DIR / "part-0.parquet")
+                   Path(built.path) / index.ATTRIBUTES_DIR / "part-0.parquet")
     loaded = index.load_index(built.path)
     batch = users_batch(loaded, n=30, seed=3)
 

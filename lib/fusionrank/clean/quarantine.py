@@ -54,7 +54,7 @@ def publish_cleaned(
         drift = {**(drift or {}), **volume.distinct_counts(clean, output_columns)}
         try:
             drift.update(volume.guard(stage, {"raw_rows": raw_rows, "clean_rows": clean_rows, **drift},
-                                      ctx.layout.run_records(ctx.run_date).parent, ctx.run_date, ctx.settings.cleaning))
+                                      ctx.layout.runs_root, ctx.run_date, ctx.settings.cleaning))
         except volume.VolumeError as exc:
             raise StageError(str(exc)) from None
         share, limit = (raw_rows - clean_rows) / raw_rows, ctx.settings.cleaning.max_quarantine_share

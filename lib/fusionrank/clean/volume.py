@@ -14,6 +14,9 @@ import json
 import os
 from pathlib import Path
 
+from fusionrank.core import uri as uris
+from fusionrank.storage import fs
+
 # The counts compared (those a stage has; the others are skipped).
 VOLUME_KEYS = ("raw_rows", "clean_rows", "distinct_items", "distinct_users")
 # Comma-separated stage names, or `all`: skip the check for a planned change.
@@ -25,19 +28,19 @@ def allowed_by_env(stage: str) -> bool:
     return "all" in names or stage in names
 
 
-def previous_counts(runs_dir: Path, stage: str, run_date: dt.date | str) -> tuple[str, dict] | None:
+def previous_counts(runs_dir: str | Path, stage: str, run_date: dt.date | str) -> tuple[str, dict] | None:
     """(date, counts) of the stage's latest run record strictly before `run_date`."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        return None
+    runs_dir = str(runs_dir)
     dates = []
-    for folder in runs_dir.glob("run_date=*"):
-        text = folder.name.split("=", 1)[1]
-        if text < str(run_date) and (folder / f"{stage}.json").is_file():
+    for entry in fs.listdir(runs_dir):
+        if not entry.startswith("run_date="):
+            continue
+        text = entry.split("=", 1)[1]
+        if text < str(run_date) and fs.is_file(uris.join(runs_dir, entry, f"{stage}.json")):
             dates.append(text)
     for text in sorted(dates, reverse=True):
         try:
-            record = json.loads((runs_dir / f"run_date={text}" / f"{stage}.json").read_text())
+            record = json.loads(fs.read_text(uris.join(runs_dir, f"run_date={text}", f"{stage}.json")))
         except (OSError, ValueError):
             continue  # an unreadable record is no evidence; look further back
         return text, dict(record.get("counts") or {})

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from pathlib import Path
 
 from pyspark.sql import types as T
+
+from fusionrank.core import uri as uris
+from fusionrank.storage import fs
 
 # Output tables. Column names here are the contract downstream consumers read
 # (DESIGN.md, "Output tables"); tests check every table against these.
@@ -207,35 +209,41 @@ INDEX_MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each artifact lives under `storage.root` (tables live at their names)."""
+    """Where each artifact lives under `storage.root` (tables live at their names).
+    Every location is a URI string (`fusionrank.core.uri`)."""
 
-    root: Path
+    root: str
     index_dir: str = "index"
 
-    def index(self, run_date: dt.date | str) -> Path:
+    def index(self, run_date: dt.date | str) -> str:
         """The FAISS index artifact (index, ids, attributes, manifest) of a run date."""
-        return self.root / self.index_dir / f"run_date={run_date}"
+        return uris.join(self.root, self.index_dir, f"run_date={run_date}")
 
     @property
-    def index_root(self) -> Path:
-        return self.root / self.index_dir
+    def index_root(self) -> str:
+        return uris.join(self.root, self.index_dir)
 
-    def run_records(self, run_date: dt.date | str) -> Path:
+    def run_records(self, run_date: dt.date | str) -> str:
         """Each stage's counts for a run date, as JSON (pipeline.runlog)."""
-        return self.root / "_runs" / f"run_date={run_date}"
+        return uris.join(self.root, "_runs", f"run_date={run_date}")
 
-    def learned_projection(self, model_version: str) -> Path:
+    @property
+    def runs_root(self) -> str:
+        return uris.join(self.root, "_runs")
+
+    def learned_projection(self, model_version: str) -> str:
         """The learned fusion matrix W of a model version (executors read it)."""
-        return self.root / "_fusion" / f"{model_version}.npy"
+        return uris.join(self.root, "_fusion", f"{model_version}.npy")
 
-    def report(self, run_date: dt.date | str) -> Path:
-        return self.root / "reports" / f"run_date={run_date}" / "report.html"
+    def report(self, run_date: dt.date | str) -> str:
+        return uris.join(self.root, "reports", f"run_date={run_date}", "report.html")
 
     def index_dates(self) -> list[str]:
         """Run dates with a complete index artifact, oldest first."""
-        return sorted(p.name.split("=", 1)[1] for p in self.index_root.glob("run_date=*")
-                      if (p / INDEX_MANIFEST).exists())
+        return sorted(entry.split("=", 1)[1] for entry in fs.listdir(self.index_root)
+                      if entry.startswith("run_date=") and fs.exists(uris.join(self.index(entry.split("=", 1)[1]),
+                                                                                 INDEX_MANIFEST)))
 
 
 def layout(settings) -> Layout:
-    return Layout(Path(settings.storage.root), settings.storage.index_dir)
+    return Layout(str(settings.storage.root), settings.storage.index_dir)

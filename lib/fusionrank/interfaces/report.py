@@ -27,12 +27,14 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
+from fusionrank.core import uri as uris
 from fusionrank.core.catalog import DATED_TABLES, layout
 from fusionrank.core.privacy import pseudonymise_users, user_salt
 from fusionrank.core.spark import get_session, utc_literal
 from fusionrank.index import build as index_mod
 from fusionrank.pipeline.registry import ORDER
 from fusionrank.pipeline.runlog import read_stage_records
+from fusionrank.storage import fs
 from fusionrank.storage.store import TableStore, partition_values
 from fusionrank.core.config import Settings
 
@@ -587,8 +589,9 @@ def _value(event_type: str | None, value) -> str:
     return e((" ★" if event_type == "rating" else " ×") + _fmt(float(value), 1))
 
 
-def build_report(settings: Settings, run_date: dt.date, spark=None, out_path=None) -> Path:
-    """Write the HTML report of `run_date` and return its path.
+def build_report(settings: Settings, run_date: dt.date, spark=None, out_path=None) -> Path | str:
+    """Write the HTML report of `run_date` and return its path (a Path for a local
+    file, the URI for one on an object store).
 
     Default path: `<storage.root>/reports/run_date=<D>/report.html`, replaced
     atomically. Raises ValueError when nothing of a run exists for the date.
@@ -601,7 +604,7 @@ def build_report(settings: Settings, run_date: dt.date, spark=None, out_path=Non
     dates = {name: parts for name in DATED_TABLES if (parts := _dated_partitions(settings, name)) is not None}
     if _dated_partitions(settings, "events_clean") is not None:
         dates["events_clean"] = []  # exists, not partitioned by run date
-    index_present = (layout(settings).index(run_date) / index_mod.MANIFEST).exists()
+    index_present = fs.exists(uris.join(layout(settings).index(run_date), index_mod.MANIFEST))
     if not records and not index_present and not any(str(run_date) in v for v in dates.values()):
         raise ValueError(f"no fusionrank run found for {run_date} under {root}")
 
@@ -610,7 +613,12 @@ def build_report(settings: Settings, run_date: dt.date, spark=None, out_path=Non
         spark = get_session(settings)
     document = _Report(settings, run_date, spark, records, dates).render()
 
-    out = Path(out_path) if out_path else layout(settings).report(run_date)
+    target = str(out_path) if out_path else layout(settings).report(run_date)
+    if not uris.is_local(target):  # an object store: one PUT, readers see old or new
+        fs.write_text(target, document)
+        log.info("report for %s written to %s", run_date, target)
+        return target
+    out = Path(uris.local_path(target))
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from fusionrank.core.catalog import layout
 from fusionrank.core.config import Settings, load_config
 from fusionrank.index.build import load_index
+from fusionrank.storage import fs
 from fusionrank.ranks.query_topk import check_dim, encode_queries, index_spec, normalize_query, text_similarity
 
 
@@ -42,11 +43,9 @@ def latest_index_date(settings) -> str:
 
 
 def _delta_rows(table_path: str, run_date: str, columns: list[str], filter_expr) -> pd.DataFrame:
-    from deltalake import DeltaTable
-
-    if not DeltaTable.is_deltatable(table_path):
+    if not fs.is_delta_table(table_path):
         return pd.DataFrame(columns=columns)
-    table = DeltaTable(table_path)
+    table = fs.delta_table(table_path)
     if "run_date" not in table.metadata().partition_columns:
         return pd.DataFrame(columns=columns)
     dataset = table.to_pyarrow_dataset(file_pruning_predicate=[("run_date", "=", run_date)])

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
+from fusionrank.core import uri as uris
 from fusionrank.core.catalog import layout
 from fusionrank.core.config import Settings
+from fusionrank.storage import fs
 
 
 @dataclass
@@ -21,7 +21,7 @@ class StageResult:
     counts: dict
 
 
-def run_log_dir(settings: Settings, run_date: dt.date | str) -> Path:
+def run_log_dir(settings: Settings, run_date: dt.date | str) -> str:
     """Where each stage's result for a date is kept."""
     return layout(settings).run_records(run_date)
 
@@ -29,23 +29,19 @@ def run_log_dir(settings: Settings, run_date: dt.date | str) -> Path:
 def record_stage(settings: Settings, result: StageResult, run_id: str) -> None:
     """Keep the stage's counts as JSON; a rerun of the date replaces them."""
     folder = run_log_dir(settings, result.run_date)
-    folder.mkdir(parents=True, exist_ok=True)
     payload = {
         "stage": result.stage, "run_date": str(result.run_date), "run_id": run_id,
         "seconds": round(result.seconds, 3), "counts": result.counts, "config_digest": settings.digest(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    tmp = folder / f".{result.stage}.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, folder / f"{result.stage}.json")
+    fs.write_text(uris.join(folder, f"{result.stage}.json"), json.dumps(payload, indent=2, default=str))
 
 
 def read_stage_records(settings: Settings, run_date: dt.date | str) -> dict[str, dict]:
     folder = run_log_dir(settings, run_date)
-    if not folder.exists():
-        return {}
     records = {}
-    for path in sorted(folder.glob("*.json")):
-        record = json.loads(path.read_text())
-        records[record["stage"]] = record
+    for entry in fs.listdir(folder):
+        if entry.endswith(".json") and not entry.startswith("."):
+            record = json.loads(fs.read_text(uris.join(folder, entry)))
+            records[record["stage"]] = record
     return records

@@ -83,12 +83,13 @@ def validate_files(spark: SparkSession, path: str, delimiter: str, quote: str) -
 
 
 def read_csv(spark: SparkSession, path: str, delimiter: str, quote: str, corrupt: str,
-             kind: str) -> tuple[DataFrame, set[str], str | None]:
+             kind: str, shown: str | None = None) -> tuple[DataFrame, set[str], str | None]:
     """(rows as strings with `corrupt` holding malformed rows, header columns, error).
 
     The error (file and line of an unbalanced quote) is returned, not raised, so the
     caller can first report missing columns, the clearer message for a file that is
-    not CSV at all."""
+    not CSV at all. `path` is what Spark reads; `shown` names it in messages."""
+    shown_path = shown or path
     base = spark.read.option("header", True).option("inferSchema", False).option("sep", delimiter) \
         .option("quote", quote).option("escape", quote)
     present = [c.lstrip("\ufeff") for c in base.csv(path).columns]
@@ -98,7 +99,7 @@ def read_csv(spark: SparkSession, path: str, delimiter: str, quote: str, corrupt
     if bad:
         shown = "; ".join(f"{f.removeprefix('file:')}: {p}" for f, p in bad[:3])
         more = f" (and {len(bad) - 3} more file(s))" if len(bad) > 3 else ""
-        error = f"{kind} input {path} is not well-formed CSV: {shown}{more}"
+        error = f"{kind} input {shown_path} is not well-formed CSV: {shown}{more}"
     multiline = any(m for _, _, m in verdicts)
     schema = T.StructType([T.StructField(c, T.StringType()) for c in present] + [T.StructField(corrupt, T.StringType())])
     df = (base.schema(schema).option("multiLine", multiline).option("mode", "PERMISSIVE")

@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from fusionrank.core import uri as uris
 from fusionrank.core.config import InputSource
 from fusionrank.core.errors import InputError
 from fusionrank.raw.csv_input import read_csv
@@ -36,8 +37,10 @@ def path_exists(spark: SparkSession, path: str) -> bool:
     return bool(fs.exists(hadoop_path))
 
 
-def _json_columns(spark: SparkSession, path: str, kind: str) -> set[str]:
-    lines = [r.value for r in spark.read.text(path).limit(SAMPLE_LINES).collect()]
+def _json_columns(spark: SparkSession, where: str, kind: str, path: str | None = None) -> set[str]:
+    """Keys of the first lines' objects (`where`: what Spark reads; `path`: for messages)."""
+    path = path or where
+    lines = [r.value for r in spark.read.text(where).limit(SAMPLE_LINES).collect()]
     if not lines:
         raise InputError(f"{kind} input {path} is empty")
     keys: set[str] = set()
@@ -89,23 +92,24 @@ def read_raw(
     absent optional contract columns read as null. A contract column of a nested
     type (struct, array, map) is an error naming the column."""
     path = str(source.path)
-    if not path_exists(spark, path):
+    where = uris.spark_uri(path)  # fully qualified: never resolved against fs.defaultFS
+    if not path_exists(spark, where):
         raise InputError(f"{kind} input {path} does not exist (inputs.{kind}.path)")
     fmt = source.format
     try:
         if fmt == "json":
-            present = _json_columns(spark, path, kind)
+            present = _json_columns(spark, where, kind, path)
             schema = T.StructType([T.StructField(f, T.StringType()) for f in fields] + [T.StructField(CORRUPT, T.StringType())])
             df = (
                 spark.read.schema(schema)
                 .option("mode", "PERMISSIVE")
                 .option("columnNameOfCorruptRecord", CORRUPT)
-                .json(path)
+                .json(where)
             )
         elif fmt == "csv":
-            df, present, csv_error = read_csv(spark, path, source.delimiter, source.quote, CORRUPT, kind)
+            df, present, csv_error = read_csv(spark, where, source.delimiter, source.quote, CORRUPT, kind, path)
         elif fmt == "parquet":
-            df = spark.read.parquet(path)
+            df = spark.read.parquet(where)
             present = set(df.columns)
         elif fmt == "delta":
             if delta_reader is None:

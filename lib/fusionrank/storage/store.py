@@ -53,9 +53,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
+from fusionrank.core import uri as uris
 from fusionrank.core.config import Settings
 from fusionrank.core.errors import StorageError
 from fusionrank.core.spark import delta_spark_available
+from fusionrank.storage import fs
 from fusionrank.storage.table_schema import SchemaEvolutionError, evolve  # noqa: F401 (re-exported for callers)
 
 log = logging.getLogger(__name__)
@@ -104,21 +106,23 @@ def write_batches_partition(batches: Iterator[pa.RecordBatch], produce, folder: 
                             schema: pa.Schema, distinct: str | None = None,
                             dictionary_columns: tuple[str, ...] | None = None) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: this task's produced batches -> one Parquet file in `folder`
-    (none when it produced no rows); yields (path, rows, bytes, distinct) of the file."""
+    (any URI, written through the fs layer; none when it produced no rows); yields
+    (path, rows, bytes, distinct) of the file."""
     import pyarrow.parquet as pq
     from pyspark import TaskContext
 
     task = TaskContext.get()
     name = f"part-{task.partitionId() if task else 0:05d}-{uuid.uuid4().hex}.parquet"  # unique per attempt
-    path = os.path.join(folder, name)
+    path = uris.join(folder, name)
     writer, rows, pending, keys = None, 0, [], 0
 
     def flush():
         nonlocal writer
         if writer is None:
-            os.makedirs(folder, exist_ok=True)
-            writer = pq.ParquetWriter(path, schema, use_dictionary=True if dictionary_columns is None
-                                      else list(dictionary_columns))
+            fs.makedirs(folder)
+            filesystem, inner = fs.filesystem(path)
+            writer = pq.ParquetWriter(inner, schema, filesystem=filesystem,
+                                      use_dictionary=True if dictionary_columns is None else list(dictionary_columns))
         writer.write_table(pa.Table.from_batches(pending).cast(schema), row_group_size=ROW_GROUP_ROWS)
         pending.clear()
 
@@ -137,7 +141,7 @@ def write_batches_partition(batches: Iterator[pa.RecordBatch], produce, folder: 
         if writer is not None:
             writer.close()
     if writer is not None:
-        yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows], "bytes": [os.path.getsize(path)],
+        yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows], "bytes": [fs.size(path)],
                                           "distinct": [keys if distinct else None]},
                                          schema=pa.schema([("path", pa.string()), ("rows", pa.int64()),
                                                            ("bytes", pa.int64()), ("distinct", pa.int64())]))
@@ -146,6 +150,12 @@ def write_batches_partition(batches: Iterator[pa.RecordBatch], produce, folder: 
 def _local_path(uri: str) -> str:
     parsed = urlparse(uri)
     return unquote(parsed.path) if parsed.scheme in ("", "file") else uri
+
+
+def _in_table(uri: str, table_path: str) -> str:
+    """A file URI that deltalake reports (local path, file:// or s3://), as the table
+    path spells it (so `s3a://` tables keep `s3a://` files for Spark)."""
+    return uris.join(table_path, fs.relative(_local_path(uri), table_path))
 
 
 def _format_value(value: object) -> str:
@@ -178,9 +188,7 @@ class TableStore:
         return self.settings.storage.table_path(name)
 
     def exists(self, name: str) -> bool:
-        from deltalake import DeltaTable
-
-        return DeltaTable.is_deltatable(self.path(name))
+        return fs.is_delta_table(self.path(name))
 
     # -- writing ---------------------------------------------------------------
     def write(
@@ -269,21 +277,13 @@ class TableStore:
         by Spark and written as Delta with the rest."""
         if batches is None:
             return self._write_delta_spark(df, name, partition_by, replace, commit_info)
-        if urlparse(self.path(name)).scheme not in ("", "file"):
-            # An object store the Python workers cannot write with plain paths: Spark rows.
-            data = batches.to_dataframe()
-            for column, value in replace.items():
-                data = data.withColumn(column, F.lit(value).cast(schema[column].dataType))
-            data = data.select(*schema.fieldNames())
-            if df is not None:
-                data = data.unionByName(df.select(*schema.fieldNames()))
-            return self._write_delta_spark(data, name, partition_by, replace, commit_info)
-        staging = os.path.join(_local_path(self.path(name)) + "_staging", uuid.uuid4().hex)
+        # Staged beside the table, on its filesystem (object stores too, through fs).
+        staging = uris.join(self.path(name) + "_staging", uuid.uuid4().hex)
         try:
             files = self._write_batches(batches, staging)
             data = None
             if files:
-                data = self.spark.read.schema(batches.schema).parquet(*[f["path"] for f in files])
+                data = self.spark.read.schema(batches.schema).parquet(*[uris.spark_uri(f["path"]) for f in files])
                 for column, value in replace.items():
                     data = data.withColumn(column, F.lit(value).cast(schema[column].dataType))
                 data = data.select(*schema.fieldNames())
@@ -294,7 +294,7 @@ class TableStore:
                 data = self.spark.createDataFrame([], schema)
             return self._write_delta_spark(data, name, partition_by, replace, commit_info)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            fs.delete(staging)
 
     def _write_delta_spark(self, df, name, partition_by, replace, commit_info) -> int:
         # New columns merge (evolve() has already refused any other schema change).
@@ -306,20 +306,20 @@ class TableStore:
             writer = writer.option("replaceWhere", predicate)
         if commit_info:
             writer = writer.option("userMetadata", json.dumps(commit_info, sort_keys=True))
-        writer.save(self.path(name))
+        writer.save(uris.spark_uri(self.path(name)))
         return self._version(name)
 
     def _write_delta_rs(self, df, name, partition_by, replace, commit_info, batches=None, schema=None,
                         driver_rows: pa.Table | None = None) -> int:
-        from deltalake import CommitProperties, DeltaTable
+        from deltalake import CommitProperties
         from deltalake.transaction import AddAction, create_table_with_add_actions
 
         table_path = self.path(name)
         write_dir = "part-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-        staging = os.path.join(table_path, write_dir)
+        staging = uris.join(table_path, write_dir)
         arrow_schema = to_arrow_schema(schema if schema is not None else df.schema, timezone="UTC")
         # Where rows of the one replaced partition go (executor files, driver rows).
-        folder = os.path.join(staging, *[f"{c}={quote(replace.get(c, ''), safe='')}" for c in partition_by])
+        folder = uris.join(staging, *[f"{c}={quote(replace.get(c, ''), safe='')}" for c in partition_by])
         try:
             actions = []
             if batches is not None:
@@ -329,10 +329,11 @@ class TableStore:
             if driver_rows is not None and driver_rows.num_rows:
                 import pyarrow.parquet as pq
 
-                os.makedirs(folder, exist_ok=True)
-                path = os.path.join(folder, f"part-00000-{uuid.uuid4().hex}.parquet")
-                pq.write_table(driver_rows, path)
-                files = [{"path": path, "rows": driver_rows.num_rows, "bytes": os.path.getsize(path)}]
+                fs.makedirs(folder)
+                path = uris.join(folder, f"part-00000-{uuid.uuid4().hex}.parquet")
+                filesystem, inner = fs.filesystem(path)
+                pq.write_table(driver_rows, inner, filesystem=filesystem)
+                files = [{"path": path, "rows": driver_rows.num_rows, "bytes": fs.size(path)}]
                 actions += self._file_actions(table_path, files, {c: replace[c] for c in partition_by}, AddAction)
             if df is not None:
                 spark_dir = write_dir if batches is None else f"{write_dir}/spark"
@@ -341,13 +342,13 @@ class TableStore:
                 writer = df.select(*arrow_schema.names).write.mode("errorifexists")
                 if partition_by:
                     writer = writer.partitionBy(*partition_by)
-                writer.parquet(os.path.join(table_path, spark_dir))
+                writer.parquet(uris.spark_uri(uris.join(table_path, spark_dir)))
                 actions += self._add_actions(table_path, spark_dir, partition_by, AddAction)
             _fault_point(name)
             properties = CommitProperties(custom_metadata=dict(commit_info or {}))
             delta_schema = evolve(name, table_path, arrow_schema)  # the table's columns plus new ones
-            if DeltaTable.is_deltatable(table_path):
-                table = DeltaTable(table_path)
+            if fs.is_delta_table(table_path):
+                table = fs.delta_table(table_path)
                 filters = [(c, "=", v) for c, v in replace.items()] or None
                 table.create_write_transaction(
                     actions,
@@ -359,17 +360,18 @@ class TableStore:
                 )
             else:
                 create_table_with_add_actions(
-                    table_path,
+                    uris.arrow_uri(table_path),
                     delta_schema,
                     actions,
                     mode="error",
                     partition_by=partition_by or None,
                     name=name,
+                    storage_options=uris.delta_storage_options(table_path),
                     commit_properties=properties,
                 )
         except Exception:
             # The commit never happened: nothing references these files; drop them.
-            shutil.rmtree(staging, ignore_errors=True)
+            fs.delete(staging)
             raise
         removed = remove_stale_writes(table_path, self.settings.storage.orphan_grace_hours * 3600, keep=write_dir)
         if removed:
@@ -380,10 +382,10 @@ class TableStore:
     def _file_actions(table_path: str, files: list[dict], values: dict[str, str], action_cls) -> list:
         return [
             action_cls(
-                path=os.path.relpath(f["path"], _local_path(table_path)).replace(os.sep, "/"),
+                path=fs.relative(f["path"], table_path),
                 size=int(f["bytes"]),
                 partition_values=dict(values),
-                modification_time=int(os.stat(f["path"]).st_mtime * 1000),
+                modification_time=int(fs.mtime(f["path"]) * 1000),
                 data_change=True,
                 stats=json.dumps({"numRecords": int(f["rows"])}),
             )
@@ -394,33 +396,35 @@ class TableStore:
         import pyarrow.parquet as pq
 
         actions = []
-        root = os.path.join(table_path, write_dir)
-        for folder, _, files in os.walk(root):
-            for file_name in sorted(files):
-                if not file_name.endswith(".parquet"):
-                    continue  # _SUCCESS and checksum files
-                full = os.path.join(folder, file_name)
-                rel = os.path.relpath(full, table_path).replace(os.sep, "/")
-                values: dict[str, str | None] = {}
-                for segment in rel.split("/")[1:-1]:
-                    match = _PARTITION_SEGMENT.match(segment)
-                    if match:
-                        value = unquote(match.group(2))
-                        values[match.group(1)] = None if value == "__HIVE_DEFAULT_PARTITION__" else value
-                if set(values) != set(partition_by):
-                    raise StorageError(f"file {full}: partition folders {values} do not match {partition_by}")
-                stat = os.stat(full)
-                rows = pq.ParquetFile(full).metadata.num_rows
-                actions.append(
-                    action_cls(
-                        path=rel,
-                        size=stat.st_size,
-                        partition_values=values,
-                        modification_time=int(stat.st_mtime * 1000),
-                        data_change=True,
-                        stats=json.dumps({"numRecords": rows}),
-                    )
+        root = uris.join(table_path, write_dir)
+        # Sorted by folder, then file name (as os.walk gave them before the fs layer).
+        entries = sorted(fs.list_files(root), key=lambda e: (e.path.rsplit("/", 1)[0] if "/" in e.path else "",
+                                                              e.path.rsplit("/", 1)[-1]))
+        for entry in entries:
+            if not entry.path.endswith(".parquet") or entry.path.rsplit("/", 1)[-1].startswith((".", "_")):
+                continue  # _SUCCESS and checksum files
+            full = uris.join(root, entry.path)
+            rel = f"{write_dir}/{entry.path}"
+            values: dict[str, str | None] = {}
+            for segment in rel.split("/")[1:-1]:
+                match = _PARTITION_SEGMENT.match(segment)
+                if match:
+                    value = unquote(match.group(2))
+                    values[match.group(1)] = None if value == "__HIVE_DEFAULT_PARTITION__" else value
+            if set(values) != set(partition_by):
+                raise StorageError(f"file {full}: partition folders {values} do not match {partition_by}")
+            filesystem, inner = fs.filesystem(full)
+            rows = pq.read_metadata(inner, filesystem=filesystem).num_rows
+            actions.append(
+                action_cls(
+                    path=rel,
+                    size=entry.size,
+                    partition_values=values,
+                    modification_time=int(entry.mtime * 1000),
+                    data_change=True,
+                    stats=json.dumps({"numRecords": rows}),
                 )
+            )
         return actions
 
     # -- reading ---------------------------------------------------------------
@@ -432,9 +436,7 @@ class TableStore:
 
     # -- metadata --------------------------------------------------------------
     def _version(self, name: str) -> int:
-        from deltalake import DeltaTable
-
-        return DeltaTable(self.path(name)).version()
+        return fs.delta_table(self.path(name)).version()
 
     def partition_values(self, name: str, column: str) -> list[str]:
         """Distinct values of a partition column in the current version (from the log)."""
@@ -442,11 +444,9 @@ class TableStore:
 
     def count_rows(self, name: str, where: dict[str, object] | None = None) -> int | None:
         """Row count from the Delta log's file statistics (no data is read)."""
-        from deltalake import DeltaTable
-
         if not self.exists(name):
             return None
-        actions = pa.table(DeltaTable(self.path(name)).get_add_actions(flatten=True))
+        actions = pa.table(fs.delta_table(self.path(name)).get_add_actions(flatten=True))
         if "num_records" not in actions.column_names:
             return None
         keep = [True] * actions.num_rows
@@ -461,9 +461,7 @@ class TableStore:
         return values[-1] if values else None
 
     def info(self, name: str) -> TableInfo:
-        from deltalake import DeltaTable
-
-        table = DeltaTable(self.path(name))
+        table = fs.delta_table(self.path(name))
         actions = pa.table(table.get_add_actions(flatten=True))
         rows = None
         if "num_records" in actions.column_names:
@@ -494,35 +492,37 @@ def _fault_point(table: str) -> None:
 def referenced_write_dirs(table_path: str) -> set[str]:
     """Top-level folders of every file a version of the table still refers to: the
     current files plus every add/remove in the JSON commits kept (time travel)."""
-    from deltalake import DeltaTable
-
     def top(path: str) -> str:
         return unquote(path).replace(os.sep, "/").split("/")[0]
 
-    dirs = {top(os.path.relpath(_local_path(uri), table_path)) for uri in DeltaTable(table_path).file_uris()}
-    log_dir = os.path.join(table_path, "_delta_log")
-    for entry in sorted(os.listdir(log_dir)):
+    dirs = {top(fs.relative(_local_path(uri), table_path)) for uri in fs.delta_table(table_path).file_uris()}
+    log_dir = uris.join(table_path, "_delta_log")
+    for entry in fs.listdir(log_dir):
         if not entry.endswith(".json"):
             continue
-        with open(os.path.join(log_dir, entry), encoding="utf-8") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                action = json.loads(line)
-                for kind in ("add", "remove"):
-                    if kind in action:
-                        dirs.add(top(action[kind]["path"]))
+        for line in fs.read_text(uris.join(log_dir, entry)).splitlines():
+            if not line.strip():
+                continue
+            action = json.loads(line)
+            for kind in ("add", "remove"):
+                if kind in action:
+                    dirs.add(top(action[kind]["path"]))
     return dirs
 
 
 def _last_touched(folder: str) -> float:
-    newest = os.stat(folder).st_mtime
-    for root, subdirs, files in os.walk(folder):
-        for entry in subdirs + files:
-            try:
-                newest = max(newest, os.stat(os.path.join(root, entry)).st_mtime)
-            except FileNotFoundError:
-                pass
+    """The newest modification inside `folder` (object stores: of its files; a local
+    folder's own time counts too)."""
+    newest = os.stat(_local_path(folder)).st_mtime if uris.is_local(folder) else 0.0
+    for entry in fs.list_files(folder):
+        newest = max(newest, entry.mtime)
+    if uris.is_local(folder):  # sub-folders' own times (a write creating its folders)
+        for root, subdirs, _ in os.walk(_local_path(folder)):
+            for sub in subdirs:
+                try:
+                    newest = max(newest, os.stat(os.path.join(root, sub)).st_mtime)
+                except FileNotFoundError:
+                    pass
     return newest
 
 
@@ -530,8 +530,8 @@ def remove_stale_writes(table_path: str, grace_seconds: float, keep: str | None 
     """Remove the `part-*` folders of interrupted delta-rs writes: referenced by no
     Delta log entry and untouched for `grace_seconds`. Returns the folder names."""
     candidates = [
-        entry for entry in os.listdir(table_path)
-        if entry != keep and _WRITE_DIR.match(entry) and os.path.isdir(os.path.join(table_path, entry))
+        entry for entry in fs.listdir(table_path)
+        if entry != keep and _WRITE_DIR.match(entry) and fs.is_dir(uris.join(table_path, entry))
     ]
     if not candidates:
         return []
@@ -539,10 +539,10 @@ def remove_stale_writes(table_path: str, grace_seconds: float, keep: str | None 
     cutoff = time.time() - grace_seconds
     removed = []
     for entry in sorted(candidates):
-        folder = os.path.join(table_path, entry)
+        folder = uris.join(table_path, entry)
         if entry in referenced or _last_touched(folder) > cutoff:
             continue
-        shutil.rmtree(folder, ignore_errors=True)
+        fs.delete(folder)
         removed.append(entry)
     return removed
 
@@ -553,11 +553,9 @@ def partition_values(table_path: str, column: str) -> list[str] | None:
     None when there is no Delta table at `table_path`; empty when the table is not
     partitioned by `column`.
     """
-    from deltalake import DeltaTable
-
-    if not DeltaTable.is_deltatable(table_path):
+    if not fs.is_delta_table(table_path):
         return None
-    actions = pa.table(DeltaTable(table_path).get_add_actions(flatten=True))
+    actions = pa.table(fs.delta_table(table_path).get_add_actions(flatten=True))
     key = f"partition.{column}"
     if key not in actions.column_names:
         return []
@@ -577,35 +575,33 @@ def read_delta_path(
         reader = spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
-        df = reader.load(table_path)
+        df = reader.load(uris.spark_uri(table_path))
         for column, value in where.items():
             df = df.where(F.col(column).cast("string") == value)
         return df
-    from deltalake import DeltaTable
-
-    table = DeltaTable(table_path, version=version)
+    table = fs.delta_table(table_path, version=version)
     partition_by = list(table.metadata().partition_columns)
     schema = from_arrow_schema(pa.schema(table.schema().to_arrow()))
     unknown = [c for c in where if c not in partition_by]
     if unknown:
         raise StorageError(f"table {table_path}: can only prune on partition columns {partition_by}, not {unknown}")
     filters = [(c, "=", v) for c, v in where.items()] or None
-    files = [_local_path(uri) for uri in table.file_uris(file_pruning_predicate=filters)]
+    files = [_in_table(uri, table_path) for uri in table.file_uris(file_pruning_predicate=filters)]
     if not files:
         return spark.createDataFrame([], schema)
     # Files written in one Spark write share a base folder that holds `col=value`
     # sub-folders; Spark reads the partition values back from those paths.
     groups: dict[str, list[str]] = {}
     for path in files:
-        rel = os.path.relpath(path, table_path).replace(os.sep, "/").split("/")
+        rel = fs.relative(path, table_path).split("/")
         cut = len(rel) - 1
         for i, segment in enumerate(rel[:-1]):
             match = _PARTITION_SEGMENT.match(segment)
             if match and match.group(1) in partition_by:
                 cut = i
                 break
-        base = os.path.join(table_path, *rel[:cut]) if cut else table_path
-        groups.setdefault(base, []).append(path)
+        base = uris.join(table_path, *rel[:cut]) if cut else table_path
+        groups.setdefault(uris.spark_uri(base), []).append(uris.spark_uri(path))
     frames = [
         spark.read.schema(schema).option("basePath", base).parquet(*paths)
         for base, paths in sorted(groups.items())

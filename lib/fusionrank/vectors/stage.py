@@ -5,13 +5,13 @@ vectors from the logs every night, fused and put into the ranking space."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from fusionrank.core.context import RunContext
 from fusionrank.profiles.build import weighted_history
+from fusionrank.storage import fs
 from fusionrank.vectors import behaviour as behaviour_model
 from fusionrank.vectors import encode, fusion, space
 
@@ -40,7 +40,7 @@ def encode_items(ctx: RunContext) -> dict:
         fresh = encoded.drop("image_status").withColumn("encoded_at", F.current_timestamp())
         both = carried.unionByName(fresh)
         behaviour = history = None
-        learn = spec.learns_projection and not Path(spec.projection[3]).exists()
+        learn = spec.learns_projection and not fs.exists(spec.projection[3])
         if spec.behaviour_dim or learn:
             # Confidence from event types (no time decay): what was done, not when.
             history = weighted_history(ctx.training_events(), cfg.profiles, ctx.holdout_start, decay=False)
