@@ -96,9 +96,11 @@ def inputs_ready(source: str, path: str, conf: str) -> bool:
 
         path = str(getattr(load_config(conf).inputs, source).path)
     if "://" in path and not path.startswith("file://"):
-        from airflow.sdk import ObjectStoragePath
+        # The pipeline's own filesystem layer (pyarrow; credentials and endpoint from the
+        # environment, as the stages take them): no Airflow provider per store needed.
+        from fusionrank.storage import fs
 
-        ready = ObjectStoragePath(path).exists()
+        ready = fs.is_dir(path) or (fs.is_file(path) and (fs.size(path) > 0 or path.endswith("/_SUCCESS")))
     else:
         local = path.removeprefix("file://")
         # An empty file is a write in progress, except for an empty `_SUCCESS` marker.

@@ -354,10 +354,13 @@ def night_inputs(movielens, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def night_store():
-    """Where the cluster nights keep inputs and storage.root: None, a local folder
-    every process of the cluster sees."""
-    return None
+def night_store(request):
+    """Where the cluster nights keep inputs and storage.root: the object store (moto's
+    S3 server); with FUSIONRANK_CLUSTER_STORE=local, a local folder every process of
+    the cluster sees (None)."""
+    if os.environ.get("FUSIONRANK_CLUSTER_STORE", "s3") == "local":
+        return None
+    return request.getfixturevalue("object_store")
 
 
 @pytest.fixture(scope="session")

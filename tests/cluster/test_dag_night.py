@@ -39,10 +39,12 @@ def test_the_dag_night_runs_on_the_cluster(cluster, night_inputs, rs_night):
         "AIRFLOW_VAR_FUSIONRANK_CONF": str(dep.conf),
         "AIRFLOW_VAR_FUSIONRANK_PROJECT_DIR": str(ROOT),
         "AIRFLOW_VAR_FUSIONRANK_PY_FILES": str(dep.zip_path),
-        "AIRFLOW_VAR_FUSIONRANK_EVENTS_READY": str(night_inputs["data"] / "events.jsonl"),
         "AIRFLOW_VAR_FUSIONRANK_RETRY_DELAY_SECONDS": "1",
         "AIRFLOW_VAR_FUSIONRANK_START_DATE": "1998-01-01",
         "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        # The Airflow worker's own fusionrank (its sensors read the conf and the inputs);
+        # the stages run the --py-files zip.
+        "PYTHONPATH": str(ROOT / "lib"),
     }
     apps_before = {a["id"] for a in cluster.state()["completedapps"]}
     result = run_dag({"tmp": tmp, "env": env}, "cluster")

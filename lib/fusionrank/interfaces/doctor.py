@@ -25,14 +25,15 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 from pyspark.sql import SparkSession
 
 import fusionrank
+from fusionrank.core import uri as uris
 from fusionrank.core.config import Settings
 from fusionrank.core.spark import delta_spark_available, get_session
+from fusionrank.storage import fs
 from fusionrank.vectors.encoders import text_model_path
 
 PROBE_DIR = "_doctor"
@@ -53,26 +54,21 @@ class Check:
 
 # -- the filesystem under storage.root --------------------------------------------------
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for a local path or a URI; s3a:// (Hadoop's
-    name) is S3. Credentials and endpoints come from the environment."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return pafs.LocalFileSystem(), os.path.abspath(parsed.path if parsed.scheme else uri)
-    if parsed.scheme in ("s3a", "s3n"):
-        uri = "s3" + uri[len(parsed.scheme):]
-    return pafs.FileSystem.from_uri(uri)
+    """(pyarrow filesystem, path inside it), through fusionrank's one filesystem layer
+    (credentials and endpoints from the environment)."""
+    return fs.filesystem(uri)
 
 
 def probe_write(root: str, name: str) -> str:
     """Write, read back and list a small file under `root`/_doctor; its path. Raises on failure."""
-    fs, base = filesystem(root)
+    store, base = filesystem(root)
     folder = f"{base.rstrip('/')}/{PROBE_DIR}"
-    fs.create_dir(folder, recursive=True)
+    store.create_dir(folder, recursive=True)
     path = f"{folder}/{name}"
     payload = f"fusionrank doctor {name}".encode()
-    with fs.open_output_stream(path) as out:
+    with store.open_output_stream(path) as out:
         out.write(payload)
-    with fs.open_input_stream(path) as src:
+    with store.open_input_stream(path) as src:
         if src.read() != payload:
             raise OSError(f"{path} read back different bytes")
     return path
@@ -89,9 +85,9 @@ def driver_checks(settings: Settings) -> list[Check]:
     root = str(settings.storage.root)
     try:
         path = probe_write(root, f"driver-{uuid.uuid4().hex[:8]}")
-        fs, _ = filesystem(root)
-        fs.delete_file(path)
-        checks.append(Check("storage.root from the driver", True, f"{root} is writable ({type(fs).__name__})"))
+        store, _ = filesystem(root)
+        store.delete_file(path)
+        checks.append(Check("storage.root from the driver", True, f"{root} is writable ({type(store).__name__})"))
     except Exception as exc:
         checks.append(Check("storage.root from the driver", False, f"cannot write under {root}: {_error(exc)}",
                             "create the folder/bucket, grant write access, and give the object store's "
@@ -99,8 +95,8 @@ def driver_checks(settings: Settings) -> list[Check]:
     for source in ("catalog", "events"):
         where = str(getattr(settings.inputs, source).path)
         try:
-            fs, path = filesystem(where)
-            info = fs.get_file_info(path)
+            store, path = filesystem(where)
+            info = store.get_file_info(path)
             ok = info.type != pafs.FileType.NotFound
             checks.append(Check(f"inputs.{source}", ok, f"{where} " + ("is there" if ok else "does not exist"),
                                 "" if ok else f"write the raw {source} there, or fix inputs.{source}.path"))
@@ -151,15 +147,15 @@ def engine_checks(settings: Settings, spark: SparkSession) -> list[Check]:
     # The driver commits and reads the Delta log with deltalake whatever the engine.
     if engine != "delta-rs" and rs is None:
         checks.append(Check("deltalake on the driver", False, rs_error, "pip install deltalake"))
-    if str(settings.storage.root).startswith("s3a:"):
+    if uris.needs_s3a(str(settings.storage.root), str(settings.inputs.catalog.path), str(settings.inputs.events.path)):
         jvm = spark.sparkContext._jvm
         try:
             loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
             jvm.java.lang.Class.forName("org.apache.hadoop.fs.s3a.S3AFileSystem", False, loader)
             checks.append(Check("S3A connector", True, "org.apache.hadoop.fs.s3a.S3AFileSystem is on the classpath"))
         except Exception:
-            checks.append(Check("S3A connector", False, "storage.root is s3a:// but S3AFileSystem is not on the "
-                                "Spark classpath", "add org.apache.hadoop:hadoop-aws:3.5.0 and its AWS SDK bundle "
+            checks.append(Check("S3A connector", False, "storage.root or an input is on S3 but S3AFileSystem is not "
+                                "on the Spark classpath", "add org.apache.hadoop:hadoop-aws:3.5.0 and its AWS SDK bundle "
                                 "(--packages, --jars or the hosts' class path)"))
     return checks
 
@@ -246,8 +242,8 @@ def executor_checks(settings: Settings, spark: SparkSession, timeout: float = 18
     # The driver must see what the executors wrote: a private local disk would not.
     written = [r["info"]["probe"] for r in results if "probe" in r["info"]]
     if written:
-        fs, _ = filesystem(str(settings.storage.root))
-        missing = [p for p in written if fs.get_file_info(p).type == pafs.FileType.NotFound]
+        store, _ = filesystem(str(settings.storage.root))
+        missing = [p for p in written if store.get_file_info(p).type == pafs.FileType.NotFound]
         checks.append(Check("executor writes visible to the driver", not missing,
                             f"{len(written) - len(missing)} of {len(written)} files the executors wrote are "
                             "visible to the driver",
@@ -255,11 +251,11 @@ def executor_checks(settings: Settings, spark: SparkSession, timeout: float = 18
                             "(s3a://, gs://, abfss://, hdfs://) or a shared mount"))
         for path in written:
             try:
-                fs.delete_file(path)
+                store.delete_file(path)
             except OSError:
                 pass
         try:
-            fs.delete_dir(written[0].rsplit("/", 1)[0])  # _doctor/, empty now
+            store.delete_dir(written[0].rsplit("/", 1)[0])  # _doctor/, empty now
         except OSError:
             pass
     return checks
