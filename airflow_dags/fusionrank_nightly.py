@@ -98,9 +98,10 @@ def inputs_ready(source: str, path: str, conf: str) -> bool:
     if "://" in path and not path.startswith("file://"):
         # The pipeline's own filesystem layer (pyarrow; credentials and endpoint from the
         # environment, as the stages take them): no Airflow provider per store needed.
+        from fusionrank.core.uri import name as uri_name
         from fusionrank.storage import fs
 
-        ready = fs.is_dir(path) or (fs.is_file(path) and (fs.size(path) > 0 or path.endswith("/_SUCCESS")))
+        ready = fs.is_dir(path) or (fs.is_file(path) and (fs.size(path) > 0 or uri_name(path) == "_SUCCESS"))
     else:
         local = path.removeprefix("file://")
         # An empty file is a write in progress, except for an empty `_SUCCESS` marker.
