@@ -191,8 +191,11 @@ class StoreServer:
         self.down = False  # also refuse requests on connections opened before the outage
 
     def start(self) -> None:
+        import logging
+
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
         outer = self
 
         class _Server(ThreadedMotoServer):
