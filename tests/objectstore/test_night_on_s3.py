@@ -7,7 +7,6 @@ outside Spark's scratch and the temp dir's own short-lived copies."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,7 +106,8 @@ def test_a_night_on_the_object_store(engine, object_env, raw_in_bucket, tmp_path
     assert any(k.startswith(index + "attributes/") and k.endswith(".parquet") for k in keys)
     assert f"{engine}/wh/_runs/run_date={RUN_DATE}/rank.json" in keys
     assert f"{engine}/wh/reports/run_date={RUN_DATE}/report.html" in keys
-    assert not any("/.staging-" in k or "/.tmp-" in k or "_staging/" in k for k in keys), "scratch left behind"
+    left = [k for k in keys if "/.staging-" in k or "/.tmp-" in k or "_staging/" in k]
+    assert left == [], f"scratch left behind: {left[:10]}"
     manifest = json.loads(fs.read_text(uris.join(root, "index", f"run_date={RUN_DATE}", "manifest.json")))
     assert manifest["count"] == counts["build_index"]["count"]
 

@@ -102,9 +102,16 @@ def size(uri: str) -> int:
     return int(info.size)
 
 
+def _has_folders(uri: str) -> bool:
+    """Local disks and HDFS have real folders; object stores only keys (creating a
+    "folder" there writes a marker object: skipped)."""
+    return uris.scheme(uri) in ("", "file", "hdfs", "viewfs")
+
+
 def makedirs(uri: str) -> None:
-    fs, path = filesystem(uri)
-    fs.create_dir(path, recursive=True)
+    if _has_folders(uri):
+        fs, path = filesystem(uri)
+        fs.create_dir(path, recursive=True)
 
 
 def read_bytes(uri: str) -> bytes:
@@ -129,7 +136,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         os.replace(tmp, path)
         return
     parent = path.rsplit("/", 1)[0]
-    if parent:
+    if parent and _has_folders(uri):
         fs.create_dir(parent, recursive=True)
     with fs.open_output_stream(path) as handle:
         handle.write(data)
@@ -171,15 +178,31 @@ def delete(uri: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             fs.delete_dir(path)
+            if not _has_folders(uri):
+                _drop_markers(fs, path)
     elif info.type == pafs.FileType.File:
         fs.delete_file(path)
+
+
+def _drop_markers(fs: pafs.FileSystem, path: str) -> None:
+    """pyarrow keeps a deleted folder's parent "existing" with a marker object
+    (`parent/`); on an object store that is litter: drop markers up to the first
+    ancestor that holds real objects."""
+    parent = path.rstrip("/").rsplit("/", 1)[0]
+    while "/" in parent:  # never the bucket itself
+        infos = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+        if infos or fs.get_file_info(parent).type == pafs.FileType.NotFound:
+            return
+        fs.delete_dir(parent)  # only its marker is left
+        parent = parent.rsplit("/", 1)[0]
 
 
 def copy_dir(src: str, dst: str) -> None:
     """Copy folder `src` to `dst` (any two filesystems)."""
     src_fs, src_path = filesystem(src)
     dst_fs, dst_path = filesystem(dst)
-    dst_fs.create_dir(dst_path, recursive=True)
+    if _has_folders(dst):
+        dst_fs.create_dir(dst_path, recursive=True)
     pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs, use_threads=True)
 
 
@@ -213,7 +236,7 @@ def upload_file(local: str, dst: str) -> None:
         return
     fs, path = filesystem(dst)
     parent = path.rsplit("/", 1)[0]
-    if parent:
+    if parent and _has_folders(dst):
         fs.create_dir(parent, recursive=True)
     pafs.copy_files(os.path.abspath(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 

@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
