@@ -214,7 +214,7 @@ def cmd_data_synth(args) -> int:
     images = "none" if args.no_images else args.images
     try:
         manifest = generate(args.out, items=args.items, users=args.users, days=args.days, seed=args.seed,
-                            end_date=args.end_date, images=images, dirty=args.dirty)
+                            end_date=args.end_date, images=images, dirty=args.dirty, query_noise=args.query_noise)
     except ValueError as exc:
         raise SystemExit(f"error: data synth: {exc}") from None
     by_type = ", ".join(f"{k} {v}" for k, v in manifest["events_by_type"].items())
@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--no-images", action="store_true", help="same as --images none")
     synth.add_argument("--dirty", action="store_true",
                        help="inject bad rows and a bot user; expected quarantine counts in dirty_expected.json")
+    synth.add_argument("--query-noise", type=float, default=0.0,
+                       help="share of search queries written the way shoppers type: synonyms, typos, word order, "
+                            "attribute-only (raw.query_noise; kinds in query_kinds.json; default 0)")
     synth.add_argument("--out", required=True)
     synth.set_defaults(func=cmd_data_synth)
     return parser
