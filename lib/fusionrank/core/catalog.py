@@ -135,6 +135,8 @@ QUERY_TOPK = T.StructType(
         T.StructField("clicks", T.IntegerType()),
         T.StructField("searches", T.IntegerType()),
         T.StructField("model_version", T.StringType()),
+        # The query's predicted top-level category (query.hybrid; null otherwise).
+        T.StructField("category", T.StringType()),
     ]
 )
 
@@ -188,7 +190,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("recs_item_similar", RECS_ITEM_SIMILAR, ("run_date",), True, True),
     Table("metrics", METRICS, ("run_date",), True, True),
     Table("published", PUBLISHED, ("run_date",), True, False),
-    Table("query_topk", QUERY_TOPK, ("run_date",), True, False),
+    # In the snapshot: search() and consumers read the published night's query_topk.
+    Table("query_topk", QUERY_TOPK, ("run_date",), True, True),
 )}
 OUTPUT_TABLES = tuple(TABLES)
 DATED_TABLES = tuple(name for name, t in TABLES.items() if t.dated and name != "published")

@@ -372,6 +372,16 @@ class QueryConfig(_Strict):
         default_factory=lambda: {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0})
     # Engaged items per query considered besides the index candidates.
     max_engaged_items: int = Field(200, gt=0)
+    # Hybrid retrieval (ranks.hybrid): build_index also writes a BM25 index beside the
+    # FAISS index, and query_topk/search fuse its candidates with the dense ones by
+    # reciprocal rank fusion (rrf_k, lexical_weight against a dense weight of 1) before
+    # the CTR re-rank; intent_weight boosts items of the query's predicted category.
+    hybrid: bool = False
+    rrf_k: float = Field(60.0, gt=0)
+    lexical_weight: float = Field(1.0, ge=0)
+    intent_weight: float = Field(0.0, ge=0)
+    # search(query, user_id=...): score + user_weight * cosine(user profile, item).
+    user_weight: float = Field(0.2, ge=0)
 
     @field_validator("event_weights")
     @classmethod
@@ -390,6 +400,10 @@ class EvaluateConfig(_Strict):
     # upstream of evaluate (backtest protocol).
     holdout_days: int = Field(14, gt=0)
     ks: list[int] = Field(default_factory=lambda: [10])
+    # Search metrics (metrics.search_eval) on the held-out search sessions: search_ndcg,
+    # search_recall, search_mrr at k=10, split `search`, beside the dense-only baseline.
+    search: bool = True
+    search_max_cases: int = Field(2000, gt=0)
 
     @field_validator("ks")
     @classmethod

@@ -178,7 +178,10 @@ def cmd_show(args) -> int:
 def cmd_search(args) -> int:
 
     settings = _load(args)
-    hits = search(args.query, k=args.k, settings=settings, run_date=args.date)
+    try:
+        hits = search(args.query, k=args.k, settings=settings, run_date=args.date, user_id=args.user)
+    except LookupError as exc:
+        raise SystemExit(f"error: search: {exc}") from None
     if args.json:
         print(json.dumps([h.__dict__ for h in hits], indent=2))
         return 0
@@ -265,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("query")
     query.add_argument("--conf", required=True)
     query.add_argument("--k", type=int, default=10)
-    query.add_argument("--date", type=_date, help="run date of the index (default: the latest)")
+    query.add_argument("--date", type=_date,
+                       help="run date of the index (default: the published snapshot, else the latest index)")
+    query.add_argument("--user", default=None,
+                       help="personalise: blend this user's profile in (query.user_weight; id as in user_profiles)")
     query.add_argument("--json", action="store_true", help="JSON instead of a table")
     query.set_defaults(func=cmd_search)
 

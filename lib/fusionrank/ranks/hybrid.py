@@ -18,7 +18,10 @@ engaged with after the query join the candidates. Ties break by item id.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Mapping, Sequence
+
+from fusionrank.index.build import ATTRIBUTES_DIR
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,35 @@ def hybrid_rerank(
         rows.append((item, score, f, ctr, int(clicks)))
     rows.sort(key=lambda r: (-r[1], r[0]))
     return rows[:k]
+
+
+def params_from(cfg) -> HybridParams:
+    """HybridParams from the `query` settings."""
+    return HybridParams(rrf_k=cfg.rrf_k, dense_weight=1.0, lexical_weight=cfg.lexical_weight,
+                        ctr_weight=cfg.ctr_weight, ctr_prior=cfg.ctr_prior, intent_weight=cfg.intent_weight)
+
+
+def item_categories(index_path) -> dict[str, str]:
+    """{item_id: top-level category} from the index artifact's attributes (empty if none)."""
+    import pyarrow.parquet as pq
+
+    from_dir = Path(index_path) / ATTRIBUTES_DIR
+    if not from_dir.exists():
+        return {}
+    table = pq.read_table(from_dir, columns=["item_id", "category"])
+    return {i: c for i, c in zip(table.column("item_id").to_pylist(), table.column("category").to_pylist()) if c}
+
+
+def engagement_intent(engaged: Mapping[str, tuple[float, int]], category_of: Mapping[str, str],
+                      prior: float = 0.5) -> dict[str, float]:
+    """A known query's category distribution from its engaged items (ranks.intent's rule)."""
+    weights: dict[str, float] = {}
+    for item, (w, _) in engaged.items():
+        category = category_of.get(item)
+        if category:
+            weights[category] = weights.get(category, 0.0) + float(w)
+    total = sum(weights.values())
+    if total <= 0:
+        return {}
+    cats = sorted(weights)
+    return {c: (weights[c] + prior / len(cats)) / (total + prior) for c in cats}

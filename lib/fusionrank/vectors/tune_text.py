@@ -123,7 +123,7 @@ def tune_text_encoder(base: str | Path, out: str | Path, pairs: Sequence[tuple[s
         loss.backward()
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         step += 1
     seconds = time.perf_counter() - started
     if params.lora_rank > 0:
