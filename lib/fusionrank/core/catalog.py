@@ -231,6 +231,14 @@ class Layout:
         """The learned fusion matrix W of a model version (executors read it)."""
         return self.root / "_fusion" / f"{model_version}.npy"
 
+    def tuned_text_model(self, key: str) -> Path:
+        """A domain-tuned text encoder (safetensors model folder) of tune_text_encoder."""
+        return self.root / "_models" / "text" / key
+
+    def tuned_text_pointer(self) -> Path:
+        """The latest accepted tuned text encoder (JSON verdict; tuning.stage)."""
+        return self.root / "_models" / "text" / "current.json"
+
     def report(self, run_date: dt.date | str) -> Path:
         return self.root / "reports" / f"run_date={run_date}" / "report.html"
 

@@ -19,7 +19,7 @@ from fusionrank.interfaces import config_show, show
 from fusionrank.interfaces.progress import StageProgress
 from fusionrank.interfaces.report import build_report
 from fusionrank.interfaces.search import search
-from fusionrank.pipeline.registry import ORDER
+from fusionrank.pipeline.registry import ORDER, STAGES
 from fusionrank.pipeline.runner import run_all
 from fusionrank.publish import gate as publish
 from fusionrank.raw import adapters
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
     stage = sub.add_parser("stage", help="run one stage for one date")
-    stage.add_argument("name", choices=ORDER)
+    stage.add_argument("name", choices=ORDER + [s for s in STAGES if s not in ORDER])
     stage.add_argument("--conf", required=True)
     stage.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
     stage.add_argument("--date", required=True, type=_date)

