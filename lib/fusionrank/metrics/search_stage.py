@@ -5,10 +5,16 @@ zero-shot dense retrieval of the same index (metrics.search_eval definitions).""
 
 from __future__ import annotations
 
+import logging
+
 from pyspark.sql import functions as F
+
+from fusionrank.index.build import read_manifest
 
 from fusionrank.metrics.search_eval import GRADES, case_grades, evaluate_rankings, search_cases
 from fusionrank.ranks.query_topk import answer_queries
+
+log = logging.getLogger("fusionrank.metrics")
 
 SEARCH_K = 10
 SEARCH_SPLIT = "search"
@@ -38,6 +44,10 @@ def search_metric_rows(ctx) -> tuple[list[tuple], dict]:
         for r in rows:
             stored.setdefault(r["query"], []).append(r["item_id"])
     index_path = ctx.index_path()
+    if not read_manifest(index_path).get("model_spec"):
+        log.warning("evaluate: the index of %s records no model_spec (foreign embeddings): no search metrics",
+                    ctx.run_date)
+        return [], {"search_cases": 0}
     ours = evaluate_rankings(grades, answer_queries(queries, index_path, stored, cfg.query, SEARCH_K), SEARCH_K)["all"]
     base = evaluate_rankings(grades, answer_queries(queries, index_path, stored, cfg.query, SEARCH_K,
                                                     dense_only=True), SEARCH_K)["all"]
