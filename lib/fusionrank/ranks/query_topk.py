@@ -206,6 +206,7 @@ def hybrid_top_k(texts, searches, text, positions, engaged_by_query, loaded, spe
     lexical = LexicalIndex.load(lexical_dir(index_path)).search(texts, cfg.candidates)
     category_of = item_categories(index_path)
     params = params_from(cfg)
+    intents = query_intents(texts, text, engaged_by_query, category_of)
     rows = []
     for q, query in enumerate(texts):
         found = [loaded.ids[p] for p in positions[q] if p >= 0]
@@ -213,7 +214,7 @@ def hybrid_top_k(texts, searches, text, positions, engaged_by_query, loaded, spe
         sims = text_similarity(vecs, text[q], spec)
         dense = [ids[j] for j in sorted(range(len(ids)), key=lambda j: (-sims[j], ids[j]))]
         engaged = engaged_by_query.get(query, {})
-        intent = engagement_intent(engaged, category_of)
+        intent = intents[q]
         ranked = hybrid_rerank(dense, lexical[q][0], engaged, searches[q], cfg.k, params, intent, category_of)
         vecs, known = loaded.vectors([r[0] for r in ranked])
         similarity = dict(zip(known, text_similarity(vecs, text[q], spec))) if known else {}
@@ -274,3 +275,17 @@ def answer_queries(texts: list[str], index_path: str, stored: dict[str, list[str
         else:
             out[query] = dense[:k]
     return out
+
+
+def query_intents(texts: list[str], text: np.ndarray, engaged_by_query: dict, category_of: dict) -> list[dict]:
+    """Each query's category distribution: from its own engaged items when it has
+    some, else from its nearest such queries (ranks.intent, on the query text vectors)."""
+    own = [engagement_intent(engaged_by_query.get(q, {}), category_of) for q in texts]
+    known = [i for i, d in enumerate(own) if d]
+    if not known or len(known) == len(texts):
+        return own
+    categories = sorted({c for i in known for c in own[i]})
+    distribution = np.array([[own[i].get(c, 0.0) for c in categories] for i in known])
+    vectors = l2_normalize(np.asarray(text, dtype=np.float32))
+    intent = QueryIntent([texts[i] for i in known], categories, distribution, vectors[known])
+    return intent.predict(texts, vectors)
