@@ -24,7 +24,7 @@ PAIRS = [("crimson long dress", "Velora Flowy Red Maxi Dress. Women > Dresses > 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     out = tmp_path_factory.mktemp("tuned")
-    params = TuneParams(max_steps=3, batch_size=4, freeze_layers=4, lr=2e-4, seed=1)
+    params = TuneParams(epochs=2, max_steps=3, batch_size=4, freeze_layers=4, lr=2e-4, seed=1)
     a = tune_text_encoder(default_text_model_path(), out / "a", PAIRS, None, params)
     b = tune_text_encoder(default_text_model_path(), out / "b", PAIRS, None, params)
     return out, a, b
