@@ -137,6 +137,8 @@ QUERY_TOPK = T.StructType(
         T.StructField("clicks", T.IntegerType()),
         T.StructField("searches", T.IntegerType()),
         T.StructField("model_version", T.StringType()),
+        # The query's predicted top-level category (query.hybrid; null otherwise).
+        T.StructField("category", T.StringType()),
     ]
 )
 
@@ -190,7 +192,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("recs_item_similar", RECS_ITEM_SIMILAR, ("run_date",), True, True),
     Table("metrics", METRICS, ("run_date",), True, True),
     Table("published", PUBLISHED, ("run_date",), True, False),
-    Table("query_topk", QUERY_TOPK, ("run_date",), True, False),
+    # In the snapshot: search() and consumers read the published night's query_topk.
+    Table("query_topk", QUERY_TOPK, ("run_date",), True, True),
 )}
 OUTPUT_TABLES = tuple(TABLES)
 DATED_TABLES = tuple(name for name, t in TABLES.items() if t.dated and name != "published")
@@ -234,6 +237,14 @@ class Layout:
     def learned_projection(self, model_version: str) -> str:
         """The learned fusion matrix W of a model version (executors read it)."""
         return uris.join(self.root, "_fusion", f"{model_version}.npy")
+
+    def tuned_text_model(self, key: str) -> str:
+        """A domain-tuned text encoder (safetensors model folder) of tune_text_encoder."""
+        return uris.join(self.root, "_models", "text", key)
+
+    def tuned_text_pointer(self) -> str:
+        """The latest accepted tuned text encoder (JSON verdict; tuning.stage)."""
+        return uris.join(self.root, "_models", "text", "current.json")
 
     def report(self, run_date: dt.date | str) -> str:
         return uris.join(self.root, "reports", f"run_date={run_date}", "report.html")

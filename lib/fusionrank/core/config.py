@@ -186,6 +186,10 @@ class TextModelConfig(_Strict):
     # int8: dynamic int8 Linear layers on CPU (vectors.quantize); on a GPU it falls
     # back to the auto dtype with a log line. Part of model_version, like every dtype.
     dtype: Literal["auto", "float32", "float16", "bfloat16", "int8"] = "auto"
+    # true: encode with the text encoder tune_text_encoder accepted last (its verdict
+    # under storage.root/_models/text/current.json), when there is one; its folder
+    # digest changes model_version, so the next encode_items re-embeds the catalog.
+    use_tuned: bool = False
 
 
 class ImageModelConfig(_Strict):
@@ -389,6 +393,16 @@ class QueryConfig(_Strict):
         default_factory=lambda: {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0})
     # Engaged items per query considered besides the index candidates.
     max_engaged_items: int = Field(200, gt=0)
+    # Hybrid retrieval (ranks.hybrid): build_index also writes a BM25 index beside the
+    # FAISS index, and query_topk/search fuse its candidates with the dense ones by
+    # reciprocal rank fusion (rrf_k, lexical_weight against a dense weight of 1) before
+    # the CTR re-rank; intent_weight boosts items of the query's predicted category.
+    hybrid: bool = False
+    rrf_k: float = Field(60.0, gt=0)
+    lexical_weight: float = Field(1.0, ge=0)
+    intent_weight: float = Field(0.0, ge=0)
+    # search(query, user_id=...): score + user_weight * cosine(user profile, item).
+    user_weight: float = Field(0.2, ge=0)
 
     @field_validator("event_weights")
     @classmethod
@@ -402,11 +416,34 @@ class QueryConfig(_Strict):
         return value
 
 
+class TuningConfig(_Strict):
+    """tune_text_encoder (weekly): contrastive tuning of the text encoder (tuning.stage)."""
+
+    lookback_days: int = Field(28, gt=0)
+    val_days: int = Field(7, gt=0)
+    max_sessions: int = Field(20000, gt=0)
+    max_pairs: int = Field(8000, gt=0)
+    negative_pool: int = Field(5000, gt=0)
+    epochs: int = Field(1, gt=0)
+    batch_size: int = Field(32, gt=1)
+    lr: float = Field(1e-4, gt=0)
+    temperature: float = Field(0.05, gt=0)
+    max_steps: int | None = Field(300, gt=0)
+    time_budget_minutes: float = Field(9.0, gt=0)
+    lora_rank: int = Field(0, ge=0)
+    freeze_layers: int = Field(3, ge=0)
+    seed: int = 0
+
+
 class EvaluateConfig(_Strict):
     # The last `holdout_days` days up to the run date are held out from every stage
     # upstream of evaluate (backtest protocol).
     holdout_days: int = Field(14, gt=0)
     ks: list[int] = Field(default_factory=lambda: [10])
+    # Search metrics (metrics.search_eval) on the held-out search sessions: search_ndcg,
+    # search_recall, search_mrr at k=10, split `search`, beside the dense-only baseline.
+    search: bool = True
+    search_max_cases: int = Field(2000, gt=0)
 
     @field_validator("ks")
     @classmethod
@@ -479,6 +516,7 @@ class Settings(_Strict):
     profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
     query: QueryConfig = Field(default_factory=QueryConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

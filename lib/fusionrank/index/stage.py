@@ -13,6 +13,7 @@ from fusionrank.core.catalog import INDEX_VECTOR
 from fusionrank.core.context import RunContext
 from fusionrank.core.errors import StageError
 from fusionrank.index import build
+from fusionrank.index.lexical import LexicalIndex, lexical_dir
 from fusionrank.ranks.cold_start import top_category
 
 log = logging.getLogger("fusionrank.index")
@@ -43,8 +44,15 @@ def build_index(ctx: RunContext) -> dict:
     built = build.build_from_spark(vectors.select("item_id", INDEX_VECTOR), dim, count, cfg.index,
                                    ctx.layout.index(ctx.run_date), stats["mv"], str(ctx.run_date),
                                    attributes=attributes, model_spec=model_spec)
+    lexical = {}
+    if cfg.query.hybrid and ctx.store.exists("catalog_clean"):
+        # The BM25 index beside FAISS (index.lexical); the catalog's text comes to the driver.
+        docs = (ctx.for_date("catalog_clean").select("item_id", "title", "brand", "category", "description")
+                .join(vectors.select("item_id"), "item_id", "left_semi").orderBy("item_id").toPandas())
+        LexicalIndex.from_frame(docs).save(lexical_dir(built.path))
+        lexical = {"lexical_items": int(len(docs))}
     m = built.manifest
-    return {"path": str(built.path), **{k: m[k] for k in ("count", "dim", "type", "shards")},
+    return {"path": str(built.path), **lexical, **{k: m[k] for k in ("count", "dim", "type", "shards")},
             **{k: m[k] for k in ("nlist", "nprobe", "pq_m", "ef_search") if k in m},
             "self_check_recall_at_10": m["self_check"]["recall_at_10"],
             f"self_check_recall_at_{m['self_check']['k']}": m["self_check"]["recall_at_k"],

@@ -19,7 +19,7 @@ from fusionrank.interfaces import config_show, doctor, show
 from fusionrank.interfaces.progress import StageProgress
 from fusionrank.interfaces.report import build_report
 from fusionrank.interfaces.search import search
-from fusionrank.pipeline.registry import ORDER
+from fusionrank.pipeline.registry import ORDER, STAGES
 from fusionrank.pipeline.runner import run_all
 from fusionrank.publish import gate as publish
 from fusionrank.raw import adapters
@@ -190,7 +190,10 @@ def cmd_show(args) -> int:
 def cmd_search(args) -> int:
 
     settings = _load(args)
-    hits = search(args.query, k=args.k, settings=settings, run_date=args.date)
+    try:
+        hits = search(args.query, k=args.k, settings=settings, run_date=args.date, user_id=args.user)
+    except LookupError as exc:
+        raise SystemExit(f"error: search: {exc}") from None
     if args.json:
         print(json.dumps([h.__dict__ for h in hits], indent=2))
         return 0
@@ -226,7 +229,7 @@ def cmd_data_synth(args) -> int:
     images = "none" if args.no_images else args.images
     try:
         manifest = generate(args.out, items=args.items, users=args.users, days=args.days, seed=args.seed,
-                            end_date=args.end_date, images=images, dirty=args.dirty)
+                            end_date=args.end_date, images=images, dirty=args.dirty, query_noise=args.query_noise)
     except ValueError as exc:
         raise SystemExit(f"error: data synth: {exc}") from None
     by_type = ", ".join(f"{k} {v}" for k, v in manifest["events_by_type"].items())
@@ -277,13 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("query")
     query.add_argument("--conf", required=True)
     query.add_argument("--k", type=int, default=10)
-    query.add_argument("--date", type=_date, help="run date of the index (default: the latest)")
+    query.add_argument("--date", type=_date,
+                       help="run date of the index (default: the published snapshot, else the latest index)")
+    query.add_argument("--user", default=None,
+                       help="personalise: blend this user's profile in (query.user_weight; id as in user_profiles)")
     query.add_argument("--json", action="store_true", help="JSON instead of a table")
     query.set_defaults(func=cmd_search)
 
 
     stage = sub.add_parser("stage", help="run one stage for one date")
-    stage.add_argument("name", choices=ORDER)
+    stage.add_argument("name", choices=ORDER + [s for s in STAGES if s not in ORDER])
     stage.add_argument("--conf", required=True)
     stage.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
     stage.add_argument("--date", required=True, type=_date)
@@ -332,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--no-images", action="store_true", help="same as --images none")
     synth.add_argument("--dirty", action="store_true",
                        help="inject bad rows and a bot user; expected quarantine counts in dirty_expected.json")
+    synth.add_argument("--query-noise", type=float, default=0.0,
+                       help="share of search queries written the way shoppers type: synonyms, typos, word order, "
+                            "attribute-only (raw.query_noise; kinds in query_kinds.json; default 0)")
     synth.add_argument("--out", required=True)
     synth.set_defaults(func=cmd_data_synth)
     return parser

@@ -312,7 +312,7 @@ class _Report:
             value, base = float(r["value"]), float(r["baseline"])
             if pd.isna(base):  # no baseline for this metric (the index's recall)
                 rows.append((name, value, "–", "–"))
-            elif r["metric"] == "users_evaluated":
+            elif r["metric"] in ("users_evaluated", "search_cases"):
                 rows.append((name, int(value), int(base), "–"))
             else:
                 rows.append((name, value, base, value - base))

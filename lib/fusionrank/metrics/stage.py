@@ -9,6 +9,7 @@ from fusionrank.core.context import RunContext
 from fusionrank.core.errors import StageError
 from fusionrank.index.build import read_manifest
 from fusionrank.metrics import measures
+from fusionrank.metrics.search_stage import SEARCH_SPLIT, search_metric_rows
 
 METRICS_DDL = "run_date date, metric string, k int, value double, baseline double, split string, baseline_name string"
 
@@ -49,9 +50,13 @@ def evaluate(ctx: RunContext) -> dict:
     # the ranking metrics so the report and the publish gate can see it.
     check = read_manifest(ctx.index_path())["self_check"]
     rows.append(("index_recall", 10, float(check["recall_at_10"]), None))
-    frame = ctx.spark.createDataFrame(
-        [(ctx.run_date, m, k, float(v), None if b is None else float(b), split, "popularity") for m, k, v, b in rows],
-        METRICS_DDL,
-    )
+    records = [(ctx.run_date, m, k, float(v), None if b is None else float(b), split, "popularity")
+               for m, k, v, b in rows]
+    if cfg.evaluate.search:
+        search_rows, search_summary = search_metric_rows(ctx)
+        records += [(ctx.run_date, m, k, float(v), None if b is None else float(b), SEARCH_SPLIT, "dense_zero_shot")
+                    for m, k, v, b in search_rows]
+        summary.update(search_summary)
+    frame = ctx.spark.createDataFrame(records, METRICS_DDL)
     ctx.write("metrics", frame, "evaluate")
     return {"split": split, "metrics": summary, "index_recall_at_10": float(check["recall_at_10"])}

@@ -15,6 +15,7 @@ from fusionrank.metrics.stage import evaluate
 from fusionrank.profiles.stage import build_profiles
 from fusionrank.publish.stage import publish
 from fusionrank.ranks.stage import rank
+from fusionrank.tuning.stage import tune_text_encoder
 from fusionrank.vectors.stage import encode_items
 
 
@@ -38,4 +39,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     # The night becomes the consumers' current snapshot only if its metrics pass the gate.
     Stage("publish", publish, ("metrics", "published"), ("published",)),
 )}
+# Weekly stages: runnable by name (runner, CLI `stage`), not part of the nightly ORDER.
+WEEKLY: dict[str, Stage] = {s.name: s for s in (
+    Stage("tune_text_encoder", tune_text_encoder, ("events_clean", "catalog_clean"), ("tuned_text_model",)),
+)}
 ORDER = list(STAGES)
+STAGES.update(WEEKLY)

@@ -33,6 +33,9 @@ from pyspark.sql import functions as F
 from fusionrank.core.errors import IndexError_
 from fusionrank.core.spark import utc_literal
 from fusionrank.index.build import load_index
+from fusionrank.index.lexical import LexicalIndex, has_lexical, lexical_dir
+from fusionrank.ranks.hybrid import engagement_intent, hybrid_rerank, item_categories, params_from
+from fusionrank.ranks.intent import QueryIntent
 from fusionrank.vectors.encoders import get_text_encoder
 from fusionrank.vectors.fusion import l2_normalize
 from fusionrank.vectors.spec import ModelSpec
@@ -165,9 +168,10 @@ def top_k_for_queries(
     cfg,
 ) -> pd.DataFrame:
     """queries: (query, searches); engagement: (query, item_id, engagement, clicks).
-    Returns (query, rank, item_id, score, similarity, ctr, clicks, searches).
+    Returns (query, rank, item_id, score, similarity, ctr, clicks, searches, category); with
+    `query.hybrid` the rows come from hybrid_top_k and category is the predicted one.
     `cfg` is the `query` settings; the space comes from the index's manifest."""
-    columns = ["query", "rank", "item_id", "score", "similarity", "ctr", "clicks", "searches"]
+    columns = ["query", "rank", "item_id", "score", "similarity", "ctr", "clicks", "searches", "category"]
     if queries.empty:
         return pd.DataFrame(columns=columns)
     loaded = load_index(index_path)
@@ -180,6 +184,9 @@ def top_k_for_queries(
     for row in engagement.itertuples(index=False):
         engaged_by_query.setdefault(row.query, {})[row.item_id] = (float(row.engagement), int(row.clicks))
     rows = []
+    if getattr(cfg, "hybrid", False):
+        return hybrid_top_k(texts, queries["searches"].astype(int).tolist(), text, positions, engaged_by_query,
+                            loaded, spec, index_path, cfg)
     for q, (query, searches) in enumerate(zip(texts, queries["searches"].astype(int))):
         found = [loaded.ids[p] for p in positions[q] if p >= 0]
         engaged = engaged_by_query.get(query, {})
@@ -187,7 +194,34 @@ def top_k_for_queries(
         sims = text_similarity(vecs, text[q], spec)
         for rank, (item, score, similarity, ctr, clicks) in enumerate(
                 rerank(ids, sims, engaged, searches, cfg.k, cfg.ctr_weight, cfg.ctr_prior), start=1):
-            rows.append((query, rank, item, score, similarity, ctr, clicks, int(searches)))
+            rows.append((query, rank, item, score, similarity, ctr, clicks, int(searches), None))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def hybrid_top_k(texts, searches, text, positions, engaged_by_query, loaded, spec, index_path, cfg) -> pd.DataFrame:
+    """query_topk rows by ranks.hybrid: the dense candidates (cosine order) fused with the
+    BM25 candidates of the index artifact's lexical index, re-ranked with CTR and the
+    query's intent (from its engaged items); `category` is the predicted top-level one."""
+    columns = ["query", "rank", "item_id", "score", "similarity", "ctr", "clicks", "searches", "category"]
+    lexical = LexicalIndex.load(lexical_dir(index_path)).search(texts, cfg.candidates)
+    category_of = item_categories(index_path)
+    params = params_from(cfg)
+    intents = query_intents(texts, text, engaged_by_query, category_of)
+    rows = []
+    for q, query in enumerate(texts):
+        found = [loaded.ids[p] for p in positions[q] if p >= 0]
+        vecs, ids = loaded.vectors(found)
+        sims = text_similarity(vecs, text[q], spec)
+        dense = [ids[j] for j in sorted(range(len(ids)), key=lambda j: (-sims[j], ids[j]))]
+        engaged = engaged_by_query.get(query, {})
+        intent = intents[q]
+        ranked = hybrid_rerank(dense, lexical[q][0], engaged, searches[q], cfg.k, params, intent, category_of)
+        vecs, known = loaded.vectors([r[0] for r in ranked])
+        similarity = dict(zip(known, text_similarity(vecs, text[q], spec))) if known else {}
+        top, _ = QueryIntent.top(intent)
+        for rank, (item, score, _, ctr, clicks) in enumerate(ranked, start=1):
+            rows.append((query, rank, item, score, float(similarity.get(item, 0.0)), ctr, clicks, int(searches[q]),
+                         top))
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -209,3 +243,49 @@ def compute_query_topk(events, index_path: str, cfg, since: dt.datetime, until: 
     }
 
 
+
+
+def answer_queries(texts: list[str], index_path: str, stored: dict[str, list[str]], cfg, k: int,
+                   dense_only: bool = False) -> dict[str, list[str]]:
+    """The top `k` item ids for each query the way `fusionrank.search` answers it: the
+    night's query_topk rows (`stored`: {query: item ids by rank}) when it has `k` of
+    them, else the index (fused with the lexical index under `query.hybrid`).
+    `dense_only`: zero-shot dense retrieval for every query (the baseline)."""
+    out: dict[str, list[str]] = {}
+    todo = list(dict.fromkeys(texts)) if dense_only else [q for q in dict.fromkeys(texts)
+                                                           if len(stored.get(q, ())) < k]
+    if not dense_only:
+        out.update({q: list(stored[q][:k]) for q in dict.fromkeys(texts) if q not in set(todo)})
+    if not todo:
+        return out
+    loaded = load_index(index_path)
+    spec = index_spec(loaded, index_path)
+    text, vectors = encode_queries(todo, spec)
+    check_dim(vectors, loaded, index_path)
+    _, positions = loaded.index.search(vectors, min(int(loaded.index.ntotal), max(k, cfg.candidates)))
+    hybrid = getattr(cfg, "hybrid", False) and not dense_only and has_lexical(index_path)
+    lexical = LexicalIndex.load(lexical_dir(index_path)).search(todo, cfg.candidates) if hybrid else None
+    params = params_from(cfg).with_(ctr_weight=0.0, intent_weight=0.0) if hybrid else None
+    for q, query in enumerate(todo):
+        vecs, ids = loaded.vectors([loaded.ids[p] for p in positions[q] if p >= 0])
+        sims = text_similarity(vecs, text[q], spec)
+        dense = [ids[j] for j in sorted(range(len(ids)), key=lambda j: (-sims[j], ids[j]))]
+        if hybrid:
+            out[query] = [r[0] for r in hybrid_rerank(dense, lexical[q][0], {}, 0, k, params)]
+        else:
+            out[query] = dense[:k]
+    return out
+
+
+def query_intents(texts: list[str], text: np.ndarray, engaged_by_query: dict, category_of: dict) -> list[dict]:
+    """Each query's category distribution: from its own engaged items when it has
+    some, else from its nearest such queries (ranks.intent, on the query text vectors)."""
+    own = [engagement_intent(engaged_by_query.get(q, {}), category_of) for q in texts]
+    known = [i for i, d in enumerate(own) if d]
+    if not known or len(known) == len(texts):
+        return own
+    categories = sorted({c for i in known for c in own[i]})
+    distribution = np.array([[own[i].get(c, 0.0) for c in categories] for i in known])
+    vectors = l2_normalize(np.asarray(text, dtype=np.float32))
+    intent = QueryIntent([texts[i] for i in known], categories, distribution, vectors[known])
+    return intent.predict(texts, vectors)

@@ -28,6 +28,12 @@
     the logs carry query click-through. Timestamps are epoch seconds within the
     `days` days ending on `end_date` (UTC); a user's events never overlap in
     time, so the clean log has no accidental duplicates.
+``query_kinds.json`` (with ``query_noise`` > 0)
+    ``{query: kind}``: the share ``query_noise`` of search queries is rewritten
+    the way shoppers type (synonyms no title contains, misspellings, brand typos,
+    word-order changes, attribute-only queries; vocabulary and rules in
+    raw.query_noise), and each query's kind (``clean`` or the noise kind) is
+    recorded here so search evaluation can split clean from noisy queries.
 ``synth.json``
     What was generated (parameters and counts); deterministic like the rest.
 ``dirty_expected.json`` (with ``dirty=True``)
@@ -56,10 +62,13 @@ from typing import Iterator
 import numpy as np
 
 from fusionrank.raw.adapters import CATALOG_FILE, EVENTS_FILE, _AtomicOutputs, _catalog_row, _dumps, _event_row
+from fusionrank.raw.query_noise import CLEAN, noisy_query
 
 DEFAULT_END_DATE = dt.date(2026, 11, 22)
 MANIFEST_FILE = "synth.json"
 DIRTY_FILE = "dirty_expected.json"
+# With query_noise > 0: {query: kind} for every query written (raw.query_noise).
+QUERY_KINDS_FILE = "query_kinds.json"
 IMAGE_DIR = "images"
 IMAGE_SIZE = 96
 IMAGE_MODES = ("item", "variant", "none")
@@ -431,8 +440,11 @@ def _funnel(rng, catalog: Catalog, taste: Taste, items: list[int], ts: int, user
     return events, ts
 
 
-def search_query(rng, catalog: Catalog, taste: Taste, leaf: int) -> tuple[str, tuple]:
-    """A query for something the user wants in `leaf`, and the pool it matches."""
+def search_query(rng, catalog: Catalog, taste: Taste, leaf: int, noise_rng=None,
+                 noise_rate: float = 0.0) -> tuple[str, tuple, str]:
+    """A query for something the user wants in `leaf`, the pool it matches, and its
+    kind (`clean`, or a raw.query_noise kind for the `noise_rate` share of queries,
+    drawn from `noise_rng`)."""
     noun = TAXONOMY[leaf].noun
     members = catalog.by_leaf[leaf]
     wanted = members[int(rng.integers(0, len(members)))]
@@ -442,18 +454,27 @@ def search_query(rng, catalog: Catalog, taste: Taste, leaf: int) -> tuple[str, t
     brand = next((b for b in taste.brands if len(catalog.pool(leaf, brand=b)[0])), int(catalog.brand[wanted]))
     form = rng.random()
     if form < 0.5:
-        return f"{COLOUR_NAMES[colour]} {noun}", catalog.pool(leaf, colour=colour)
-    if form < 0.7:
-        return noun, catalog.pool(leaf)
-    if form < 0.9 or len(catalog.pool(leaf, colour=colour, brand=brand)[0]) == 0:
-        return f"{BRAND_NAMES[brand].lower()} {noun}", catalog.pool(leaf, brand=brand)
-    return f"{COLOUR_NAMES[colour]} {BRAND_NAMES[brand].lower()} {noun}", catalog.pool(leaf, colour=colour, brand=brand)
+        parts, pool = (COLOUR_NAMES[colour], None), catalog.pool(leaf, colour=colour)
+    elif form < 0.7:
+        parts, pool = (None, None), catalog.pool(leaf)
+    elif form < 0.9 or len(catalog.pool(leaf, colour=colour, brand=brand)[0]) == 0:
+        parts, pool = (None, BRAND_NAMES[brand].lower()), catalog.pool(leaf, brand=brand)
+    else:
+        parts, pool = (COLOUR_NAMES[colour], BRAND_NAMES[brand].lower()), catalog.pool(leaf, colour=colour, brand=brand)
+    clean = " ".join(p for p in (*parts, noun) if p)
+    if noise_rng is None or noise_rate <= 0 or noise_rng.random() >= noise_rate:
+        return clean, pool, CLEAN
+    material = MATERIALS[TAXONOMY[leaf].department][int(catalog.material[wanted])]
+    query, kind = noisy_query(noise_rng, parts[0], parts[1], noun, material)
+    return query, pool, kind
 
 
 def user_events(u: int, seed: int, catalog: Catalog, leaf_sizes: np.ndarray, start_ts: int, end_ts: int,
-                days: int) -> Iterator[dict]:
-    """Every event of user `u`, in time order."""
+                days: int, query_noise: float = 0.0, kinds: dict | None = None) -> Iterator[dict]:
+    """Every event of user `u`, in time order. With `query_noise` > 0, each query's
+    kind goes into `kinds` ({query: kind}; a query also written clean stays `clean`)."""
     rng = np.random.default_rng([seed, 1, u])
+    noise_rng = np.random.default_rng([seed, 2, u]) if query_noise > 0 else None
     taste = make_taste(rng, catalog, leaf_sizes)
     user = user_id(u)
     n_sessions = max(1, int(rng.poisson(days * 0.15 * taste.activity)))
@@ -474,7 +495,9 @@ def user_events(u: int, seed: int, catalog: Catalog, leaf_sizes: np.ndarray, sta
             leaf = int(rng.choice(populated))
         n_views = min(MAX_VIEWS_PER_SESSION, 1 + int(rng.poisson(2.0)))
         if rng.random() < taste.search_rate:
-            query, pool = search_query(rng, catalog, taste, leaf)
+            query, pool, kind = search_query(rng, catalog, taste, leaf, noise_rng, query_noise)
+            if kinds is not None and kinds.get(query) != CLEAN:
+                kinds[query] = kind
             yield _event_row(user_id=user, event_type="search", event_ts=ts, query=query, session_id=session)
             items, click_rate = _choose(rng, catalog, pool, taste, n_views), 0.55
         else:
@@ -567,10 +590,14 @@ def generate(
     end_date: dt.date = DEFAULT_END_DATE,
     images: str = "item",
     dirty: bool = False,
+    query_noise: float = 0.0,
 ) -> dict:
-    """Write the synthetic shop into `out` and return its manifest (also in synth.json)."""
+    """Write the synthetic shop into `out` and return its manifest (also in synth.json).
+    `query_noise` is the share of search queries rewritten by raw.query_noise."""
     if items < 1 or users < 1 or days < 1:
         raise ValueError(f"items, users and days must be positive, got {items}, {users}, {days}")
+    if not 0.0 <= query_noise <= 1.0:
+        raise ValueError(f"query_noise must be between 0 and 1, got {query_noise}")
     if images not in IMAGE_MODES:
         raise ValueError(f"images must be one of {IMAGE_MODES}, got {images!r}")
     out = Path(out).resolve()
@@ -626,11 +653,12 @@ def generate(
         # Events, user by user.
         events_file = outputs.open(EVENTS_FILE)
         queries: set[str] = set()
+        kinds: dict[str, str] | None = {} if query_noise > 0 else None
         duplicates: list[dict] = []
         sessions = 0
         for u in range(users):
             last_session = None
-            for event in user_events(u, seed, catalog, leaf_sizes, start_ts, end_ts, days):
+            for event in user_events(u, seed, catalog, leaf_sizes, start_ts, end_ts, days, query_noise, kinds):
                 event_counts[event["event_type"]] += 1
                 if event["session_id"] != last_session:
                     sessions += 1
@@ -665,10 +693,14 @@ def generate(
         events_file.write("".join(buffer))
         buffer.clear()
 
+        params = {"items": items, "users": users, "days": days, "seed": seed, "end_date": end_date.isoformat(),
+                  "images": images, "dirty": dirty}
+        if kinds is not None:
+            params["query_noise"] = query_noise
+            outputs.open(QUERY_KINDS_FILE).write(json.dumps(kinds, indent=0, sort_keys=True) + "\n")
         manifest = {
             "generator": "fusionrank.raw.synth",
-            "params": {"items": items, "users": users, "days": days, "seed": seed, "end_date": end_date.isoformat(),
-                       "images": images, "dirty": dirty},
+            "params": params,
             "first_event_day": iso(start_ts)[:10],
             "items": items,
             "users": users,
@@ -677,6 +709,8 @@ def generate(
             "events_by_type": event_counts,
             "distinct_queries": len(queries),
             **counts,
+            **({"queries_by_kind": {k: sum(1 for v in kinds.values() if v == k) for k in sorted(set(kinds.values()))}}
+               if kinds is not None else {}),
             "dirty_rows": ({"catalog": expected["catalog"]["quarantined_rows"],
                             "events": expected["events"]["quarantined_rows"]} if dirty else None),
         }

@@ -67,7 +67,31 @@ def worker_text_model(path: str, package: bool = False) -> Path:
     return default_text_model_path() if package else local_model(path)
 
 
-def text_model_path(settings: Settings) -> Path:
+def tuned_text_model(settings: Settings) -> Path | None:
+    """The accepted tuned text encoder's folder (tuning.stage's verdict) on this machine
+    (a URI is copied to a local cache), or None."""
+    pointer = uris.join(settings.storage.root, "_models", "text", "current.json")  # core.catalog Layout
+    if not fs.exists(pointer):
+        return None
+    verdict = json.loads(fs.read_text(pointer))
+    if not verdict.get("accepted"):
+        return None
+    stored = str(verdict["path"])
+    path = local_model(stored) if fs.is_dir(stored) else None
+    if path is None or folder_digest(path) != verdict.get("digest"):
+        raise ModelError(f"the tuned text encoder in {pointer} ({stored}) is missing or changed since it was "
+                         f"accepted: rerun tune_text_encoder or set models.text.use_tuned: false")
+    return path
+
+
+def text_model_path(settings: Settings, tuned: bool = True) -> Path:
+    """The text model folder: the accepted tuned one with models.text.use_tuned (and
+    `tuned`), else models.text.path (a URI is copied to a local cache), else the
+    packaged MiniLM."""
+    if tuned and settings.models.text.use_tuned:
+        found = tuned_text_model(settings)
+        if found is not None:
+            return found
     configured = settings.models.text.path
     path = local_model(configured) if configured else default_text_model_path()
     if not Path(path).is_dir():

@@ -1,0 +1,57 @@
+"""Search metrics for `evaluate`: the held-out search sessions (events of the
+evaluate holdout, which no upstream stage saw) scored against what the night
+serves (query_topk rows, else the index, hybrid under `query.hybrid`), beside
+zero-shot dense retrieval of the same index (metrics.search_eval definitions)."""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.sql import functions as F
+
+from fusionrank.index.build import read_manifest
+
+from fusionrank.metrics.search_eval import GRADES, case_grades, evaluate_rankings, search_cases
+from fusionrank.ranks.query_topk import answer_queries
+
+log = logging.getLogger("fusionrank.metrics")
+
+SEARCH_K = 10
+SEARCH_SPLIT = "search"
+
+
+def search_metric_rows(ctx) -> tuple[list[tuple], dict]:
+    """[(metric, k, value, baseline)] for search_ndcg, search_recall, search_mrr and
+    search_cases (empty when the holdout has no search with engagement)."""
+    cfg = ctx.settings
+    holdout = ctx.holdout_events().where(F.col("session_id").isNotNull())
+    searches = (holdout.where(F.col("event_type") == "search").select("user_id", "session_id").distinct()
+                .orderBy("user_id", "session_id").limit(cfg.evaluate.search_max_cases))
+    events = (holdout.where(F.col("event_type").isin("search", *GRADES))
+              .join(searches, ["user_id", "session_id"], "left_semi")
+              .select("user_id", "session_id", "event_type", F.col("event_ts").cast("long").alias("event_ts"),
+                      "item_id", "query").toPandas())  # bounded by search_max_cases sessions
+    if events.empty:
+        return [], {"search_cases": 0}
+    grades = case_grades(search_cases(events))
+    if not grades:
+        return [], {"search_cases": 0}
+    queries = [q for q, _ in grades]
+    stored: dict[str, list[str]] = {}
+    if ctx.store.exists("query_topk"):
+        rows = (ctx.for_date("query_topk").where(F.col("query").isin(sorted(set(queries))))
+                .select("query", "rank", "item_id").orderBy("query", "rank").collect())
+        for r in rows:
+            stored.setdefault(r["query"], []).append(r["item_id"])
+    index_path = ctx.index_path()
+    if not read_manifest(index_path).get("model_spec"):
+        log.warning("evaluate: the index of %s records no model_spec (foreign embeddings): no search metrics",
+                    ctx.run_date)
+        return [], {"search_cases": 0}
+    ours = evaluate_rankings(grades, answer_queries(queries, index_path, stored, cfg.query, SEARCH_K), SEARCH_K)["all"]
+    base = evaluate_rankings(grades, answer_queries(queries, index_path, stored, cfg.query, SEARCH_K,
+                                                    dense_only=True), SEARCH_K)["all"]
+    rows = [(f"search_{m}", SEARCH_K, ours[m], base[m]) for m in ("ndcg", "recall", "mrr")]
+    rows.append(("search_cases", None, float(ours["cases"]), float(base["cases"])))
+    return rows, {f"search_{m}@{SEARCH_K}": (ours[m], base[m]) for m in ("ndcg", "recall", "mrr")} | \
+        {"search_cases": ours["cases"]}

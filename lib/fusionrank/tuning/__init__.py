@@ -1,0 +1,1 @@
+"""Weekly model tuning stages (not part of the nightly ORDER)."""
