@@ -84,6 +84,7 @@ class ItemStats:
     query_ctr: np.ndarray    # float32 engagements in search sessions / (search-session views + 5)
     cooc_items: np.ndarray   # (n, M) int64 most co-occurring items, -1 pad
     cooc_counts: np.ndarray  # (n, M) float32 their co-occurrence counts (users in common)
+    cooc_cosine: np.ndarray  # (n, M) float32 count / sqrt(users of each item)
     trending: np.ndarray     # (n_categories, T) int64 top 7-day items of each category, -1 pad
     n_categories: int = 0
     n_brands: int = 0
@@ -145,14 +146,16 @@ def cooccurrence(user: np.ndarray, item: np.ndarray, n_items: int, top: int, max
     users, codes = np.unique(user[sel], return_inverse=True)
     x = sp.csr_matrix((np.ones(len(sel), dtype=np.float32), (codes, item[sel])), shape=(len(users), n_items))
     co = (x.T @ x).tocsr()
+    users_of = np.asarray(co.diagonal(), np.float64)
     co.setdiag(0)
     co.eliminate_zeros()
     ids = np.full((n_items, top), -1, dtype=np.int64)
     counts = np.zeros((n_items, top), dtype=np.float32)
+    cosine = np.zeros((n_items, top), dtype=np.float32)
     indptr, indices, data = co.indptr, co.indices, co.data
     lengths = np.diff(indptr)
     if len(data) == 0:
-        return ids, counts
+        return ids, counts, cosine
     rows = np.repeat(np.arange(n_items), lengths)
     # sort each row by (-count, item) and keep the first `top`
     order = np.lexsort((indices, -data, rows))
@@ -161,7 +164,8 @@ def cooccurrence(user: np.ndarray, item: np.ndarray, n_items: int, top: int, max
     r, j = rows[order][keep], nth[keep]
     ids[r, j] = indices[order][keep]
     counts[r, j] = data[order][keep]
-    return ids, counts
+    cosine[r, j] = counts[r, j] / np.sqrt(np.maximum(users_of[r] * users_of[ids[r, j]], 1.0))
+    return ids, counts, cosine
 
 
 def item_stats(events: Events, n_items: int, cutoff: float, category: np.ndarray | None = None,
@@ -205,13 +209,13 @@ def item_stats(events: Events, n_items: int, cutoff: float, category: np.ndarray
         nth = np.arange(len(cats)) - starts[cats]
         keep = nth < trending_top
         trending[cats[keep], nth[keep]] = known[order][keep]
-    cooc_items, cooc_counts = cooccurrence(ev.user[has_item], item, n_items, cooc_top)
+    cooc_items, cooc_counts, cooc_cosine = cooccurrence(ev.user[has_item], item, n_items, cooc_top)
     return ItemStats(
         category=category, brand=brand, log_price=log_price, age_days=age,
         pop_pct=_percentile(total), trend=np.log((c7 + 1.0) / (c30 / 30.0 * 7.0 + 1.0)).astype(np.float32),
         purchase_rate=(buys / (views + 5.0)).astype(np.float32),
         query_ctr=(s_engaged / (s_views + 5.0)).astype(np.float32),
-        cooc_items=cooc_items, cooc_counts=cooc_counts, trending=trending,
+        cooc_items=cooc_items, cooc_counts=cooc_counts, cooc_cosine=cooc_cosine, trending=trending,
         n_categories=n_cat, n_brands=int(brand.max(initial=-1)) + 1, cutoff=float(cutoff),
     )
 
@@ -305,13 +309,17 @@ def candidates(ann: np.ndarray, users: UserBatch, stats: ItemStats, n_cooc: int 
     return cand, flag
 
 
-def _cooc_scores(recent: np.ndarray, stats: ItemStats):
-    """Sparse (row, item, summed co-occurrence count with the recent items)."""
+def _cooc_scores(recent: np.ndarray, stats: ItemStats, weights: np.ndarray | None = None, table=None):
+    """Sparse (row, item, summed co-occurrence count with the items of `recent`),
+    each source item weighted by `weights` (same shape) if given; `table` the
+    per-neighbour values (default the counts)."""
     r, c = np.nonzero(recent >= 0)
     if len(r) == 0:
         return None
     neigh = stats.cooc_items[recent[r, c]]          # (P, M)
-    cnt = stats.cooc_counts[recent[r, c]]
+    cnt = (stats.cooc_counts if table is None else table)[recent[r, c]]
+    if weights is not None:
+        cnt = cnt * weights[r, c][:, None]
     rows = np.repeat(r, neigh.shape[1])
     items = neigh.ravel()
     vals = cnt.ravel()
@@ -324,6 +332,20 @@ def _cooc_scores(recent: np.ndarray, stats: ItemStats):
     uniq, inverse = np.unique(key, return_inverse=True)
     summed = np.bincount(inverse, weights=vals)
     return uniq // n, uniq % n, summed
+
+
+def _lookup(sparse, cand: np.ndarray, n: int) -> np.ndarray:
+    """(U, W) values of a sparse (row, item, value) triple at the candidates (0 absent)."""
+    out = np.zeros(cand.shape, np.float32)
+    if sparse is None:
+        return out
+    rows, items, vals = sparse
+    key = rows.astype(np.int64) * n + items  # sorted (from np.unique)
+    ckey = np.arange(cand.shape[0], dtype=np.int64)[:, None] * n + np.maximum(cand, 0)
+    at = np.searchsorted(key, ckey)
+    hit = (at < len(key)) & (key[np.minimum(at, len(key) - 1)] == ckey) & (cand >= 0)
+    out[hit] = vals[at[hit]]
+    return out
 
 
 def _shares(users: UserBatch, codes: np.ndarray, n_codes: int) -> np.ndarray:
@@ -361,7 +383,7 @@ def feature_names(behaviour_dim: int, has_text: bool, has_image: bool) -> list[s
     if has_image:
         names.append("image_similarity")
     names += ["attention_similarity", "max_history_similarity", "last_item_similarity", "recent_similarity",
-              "cooc_recent", "cooc_last_item", "popularity", "trend_7d_30d", "age_days", "category_share",
+              "cooc_recent", "cooc_last_item", "cooc_history_cosine", "popularity", "trend_7d_30d", "age_days", "category_share",
               "brand_share", "same_category_as_last", "price_vs_user", "abs_price_vs_user", "purchase_rate",
               "query_ctr", "user_purchase_share", "user_click_share", "user_history_len", "from_ann",
               "from_cooc", "from_trending"]
@@ -442,7 +464,9 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
         better = c > cooc_best
         cooc_best = np.where(better, c, cooc_best)
         cooc_reason = np.where(better, rec[:, None], cooc_reason)
-    cols += [np.log1p(cooc_sum), np.log1p(cooc_last)]
+    wsum_h = np.maximum(np.where(users.hist >= 0, users.hist_w, 0).sum(axis=1), 1e-12)
+    knn = _lookup(_cooc_scores(users.hist, stats, users.hist_w / wsum_h[:, None], stats.cooc_cosine), cand, stats.n)
+    cols += [np.log1p(cooc_sum), np.log1p(cooc_last), knn]
 
     cols += [stats.pop_pct[pos], stats.trend[pos], np.nan_to_num(np.log1p(np.maximum(stats.age_days[pos], 0)), nan=-1)]
     cat_share = _shares(users, stats.category, stats.n_categories)
