@@ -228,6 +228,11 @@ class Layout:
         """The learned fusion matrix W of a model version (executors read it)."""
         return self.root / "_fusion" / f"{model_version}.npy"
 
+    def reranker(self, run_date: dt.date | str) -> Path:
+        """The re-ranker trained by a run date's rank stage (model, feature list, item
+        stats), beside the index artifact."""
+        return self.root / self.index_dir / "_reranker" / f"run_date={run_date}"
+
     def report(self, run_date: dt.date | str) -> Path:
         return self.root / "reports" / f"run_date={run_date}" / "report.html"
 

@@ -1,0 +1,108 @@
+"""The re-ranker inside the rank pass (executors): one batch of users' ANN results ->
+the same matrices re-ordered by the model. Pure numpy/Arrow, no Spark.
+
+The artifact (`ranker.MODEL_FILE`, `META_FILE`, `STATS_FILE`) is loaded once per
+Python worker. Item stats are aligned to the index positions of the night's index
+(the trainer built them from that index's ids)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fusionrank.index.build import arrow_vectors
+from fusionrank.ranks.rerank import features as fx
+from fusionrank.ranks.rerank import ranker as rk
+
+_LOCK = threading.Lock()
+_LOADED: dict = {}
+
+
+@dataclass
+class LoadedReranker:
+    model: rk.TrainedRanker
+    stats: fx.ItemStats
+    meta: dict
+
+    @property
+    def candidates(self) -> int:
+        return int(self.meta["candidates"])
+
+
+def load_reranker(folder: str | Path) -> LoadedReranker:
+    folder = Path(folder)
+    meta_path = folder / rk.META_FILE
+    if not meta_path.exists():
+        raise FileNotFoundError(f"no re-ranker at {folder} (missing {rk.META_FILE})")
+    key = (str(folder), meta_path.stat().st_mtime_ns)
+    with _LOCK:
+        loaded = _LOADED.get(key)
+        if loaded is None:
+            meta = json.loads(meta_path.read_text())
+            with np.load(folder / rk.STATS_FILE) as arrays:
+                stats = fx.ItemStats.from_arrays(dict(arrays))
+            model = rk.load_ranker(folder)
+            model.params["num_threads"] = 1  # inside a Spark task: one core
+            loaded = LoadedReranker(model, stats, meta)
+            _LOADED.clear()
+            _LOADED[key] = loaded
+    return loaded
+
+
+def _lists(column: pa.Array, limit: int):
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    return rows, values, lambda v, fill=-1: fx.pad_lists(rows, v, len(lengths), limit, fill)
+
+
+def user_batch(index, chunk: pa.RecordBatch, history: int, recent: int) -> fx.UserBatch:
+    """A UserBatch from the rank pass's columns: profile_vec, history_item_ids,
+    history_weights, seen, recent_item_ids, type_mix."""
+    n = chunk.num_rows
+    profile = arrow_vectors(chunk, "profile_vec", index.index.d)
+    rows, ids, pad = _lists(chunk.column("history_item_ids"), history)
+    _, weights, _ = _lists(chunk.column("history_weights"), history)
+    hist = pad(index.position_of(ids) if len(ids) else np.zeros(0, np.int64))
+    hist_w = pad(np.asarray(weights, np.float32), 0.0)
+    hist_w = np.where(hist >= 0, hist_w, 0.0).astype(np.float32)
+    names = chunk.schema.names
+    if "recent_item_ids" in names:
+        _, rids, rpad = _lists(chunk.column("recent_item_ids"), recent)
+        rec = rpad(index.position_of(rids) if len(rids) else np.zeros(0, np.int64))
+    else:
+        rec = np.full((n, 1), -1, np.int64)
+    mix = np.zeros((n, len(fx.EVENT_TYPES)), np.float32)
+    if "type_mix" in names:
+        _, mvals, mpad = _lists(chunk.column("type_mix"), len(fx.EVENT_TYPES))
+        mix = mpad(np.asarray(mvals, np.float32), 0.0)
+    srows, sids, _ = _lists(chunk.column("seen"), None)
+    spos = index.position_of(sids) if len(sids) else np.zeros(0, np.int64)
+    return fx.UserBatch(profile=profile, hist=hist, hist_w=hist_w, recent=rec, type_mix=mix,
+                        seen_rows=srows[spos >= 0], seen_items=spos[spos >= 0])
+
+
+def featurize(index, rr_meta: dict, stats: fx.ItemStats, ann: np.ndarray, users: fx.UserBatch):
+    cand, flags = fx.candidates(ann, users, stats, int(rr_meta["cooc_candidates"]),
+                                int(rr_meta["trending_candidates"]))
+    feats = fx.compute_features(cand, flags, users, stats, index.reconstruct, int(rr_meta["behaviour_dim"]))
+    return cand, flags, feats
+
+
+def rerank_chunk(index, rr: LoadedReranker, chunk: pa.RecordBatch, positions: np.ndarray, history: int = 50,
+                 recent: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, positions), each (n, W), best first by the model (-1 pad): the ANN
+    results `positions` of the users in `chunk` re-ranked with the extra candidates."""
+    users = user_batch(index, chunk, int(rr.meta.get("history", history)), int(rr.meta.get("recent", recent)))
+    ann = np.where(positions >= 0, positions, -1).astype(np.int64)
+    cand, _, feats = featurize(index, rr.meta, rr.stats, ann, users)
+    if feats.names != rr.model.names:
+        raise ValueError(f"re-ranker expects features {rr.model.names}, the rank pass computes {feats.names}")
+    top, scores, _ = rk.rerank_order(rr.model.score(feats.values), cand, cand.shape[1])
+    return scores.astype(np.float32), top
