@@ -206,8 +206,9 @@ def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reaso
     if reranker is not None:  # the second stage: its candidates, re-ordered by the model
         fetch = min(total, reranker.candidates + longest_seen)
     scores, positions = loaded.search(arrow_vectors(chunk, "profile_vec", loaded.index.d), fetch)
+    sources = None
     if reranker is not None:
-        scores, positions = rerank.rerank_chunk(loaded, reranker, chunk, positions)
+        scores, positions, sources = rerank.rerank_chunk(loaded, reranker, chunk, positions)
     seen_pos = loaded.position_of(seen_ids.to_numpy(zero_copy_only=False))
     rows, cols, ranks = _drop_and_cut(positions, seen_rows[seen_pos >= 0], seen_pos[seen_pos >= 0], k,
                                       loaded.category_codes, max_per_category if diverse else 0)
@@ -216,10 +217,14 @@ def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reaso
     item_positions = positions[rows, cols]
     reasons = _reasons_batched(loaded, rows, ranks, item_positions, n, k, chunk, reason_history)
     reason_ids = _take_ids(loaded, reasons)
+    text = reason_text(loaded, reasons, reason_ids)
+    if sources is not None:  # re-ranked: candidates from co-occurrence or trending say so
+        text, reason_ids = rerank.source_reasons(loaded, text, reason_ids, sources[0][rows, cols],
+                                                 sources[1][rows, cols])
     return pa.RecordBatch.from_arrays(
         [chunk.column("user_id").take(pa.array(rows)).cast(pa.string()), pa.array(ranks, pa.int32()),
          _take_ids(loaded, item_positions), pa.array(scores[rows, cols], pa.float32()),
-         reason_text(loaded, reasons, reason_ids), reason_ids,
+         text, reason_ids,
          pa.repeat(pa.scalar(version or loaded.manifest.get("model_version"), pa.string()), len(rows))],
         names=RANKED_SCHEMA.fieldNames(),
     )

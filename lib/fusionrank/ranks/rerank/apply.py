@@ -96,13 +96,43 @@ def featurize(index, rr_meta: dict, stats: fx.ItemStats, ann: np.ndarray, users:
 
 
 def rerank_chunk(index, rr: LoadedReranker, chunk: pa.RecordBatch, positions: np.ndarray, history: int = 50,
-                 recent: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, positions), each (n, W), best first by the model (-1 pad): the ANN
-    results `positions` of the users in `chunk` re-ranked with the extra candidates."""
-    users = user_batch(index, chunk, int(rr.meta.get("history", history)), int(rr.meta.get("recent", recent)))
-    ann = np.where(positions >= 0, positions, -1).astype(np.int64)
-    cand, _, feats = featurize(index, rr.meta, rr.stats, ann, users)
-    if feats.names != rr.model.names:
-        raise ValueError(f"re-ranker expects features {rr.model.names}, the rank pass computes {feats.names}")
-    top, scores, _ = rk.rerank_order(rr.model.score(feats.values), cand, cand.shape[1])
-    return scores.astype(np.float32), top
+                 recent: int = 5, rows_per_pass: int = 128) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(scores, positions, (sources, co-occurring recent item)), each (n, W), best
+    first by the model (-1 pad): the ANN results `positions` of the users in `chunk`
+    re-ranked with the extra candidates. `rows_per_pass` users at a time bound the
+    (users x candidates x dim) working set."""
+    parts = []
+    for start in range(0, chunk.num_rows, rows_per_pass):
+        part = chunk.slice(start, rows_per_pass)
+        users = user_batch(index, part, int(rr.meta.get("history", history)), int(rr.meta.get("recent", recent)))
+        ann = np.where(positions[start:start + rows_per_pass] >= 0, positions[start:start + rows_per_pass], -1)
+        cand, flags, feats = featurize(index, rr.meta, rr.stats, ann.astype(np.int64), users)
+        if feats.names != rr.model.names:
+            raise ValueError(f"re-ranker expects features {rr.model.names}, the rank pass computes {feats.names}")
+        top, scores, order = rk.rerank_order(rr.model.score(feats.values), cand, cand.shape[1])
+        parts.append((scores.astype(np.float32), top, np.take_along_axis(flags, order, 1),
+                      np.take_along_axis(feats.cooc_reason, order, 1)))
+    width = max(p[1].shape[1] for p in parts)
+
+    def cat(i, fill):
+        return np.concatenate([np.pad(p[i], ((0, 0), (0, width - p[i].shape[1])), constant_values=fill)
+                               for p in parts])
+
+    return cat(0, 0.0), cat(1, -1), (cat(2, 0), cat(3, -1))
+
+
+def source_reasons(index, text: pa.Array, reason_ids: pa.Array, flags: np.ndarray, cooc_item: np.ndarray):
+    """Reasons of candidates the index did not retrieve: 'bought together with <recent
+    item>' (co-occurrence) or 'trending in your categories' (no reason item)."""
+    cooc = ((flags & fx.FROM_ANN) == 0) & ((flags & fx.FROM_COOC) > 0) & (cooc_item >= 0)
+    trend = ((flags & fx.FROM_ANN) == 0) & ~cooc & ((flags & fx.FROM_TREND) > 0)
+    if not (cooc.any() or trend.any()):
+        return text, reason_ids
+    safe = pa.array(np.maximum(cooc_item, 0))
+    ids = index.ids_arrow.take(safe).cast(pa.string())
+    titles = index.titles.take(safe) if index.titles is not None else pa.nulls(len(cooc_item), pa.string())
+    together = pc.binary_join_element_wise("bought together with ", pc.coalesce(titles, ids), "")
+    text = pc.if_else(pa.array(cooc), together, pc.if_else(pa.array(trend), "trending in your categories", text))
+    reason_ids = pc.if_else(pa.array(cooc), ids, pc.if_else(pa.array(trend), pa.scalar(None, pa.string()),
+                                                             reason_ids.cast(pa.string())))
+    return text, reason_ids

@@ -124,7 +124,7 @@ def _percentile(values: np.ndarray) -> np.ndarray:
     return pct
 
 
-def cooccurrence(user: np.ndarray, item: np.ndarray, n_items: int, top: int, max_per_user: int = 50):
+def cooccurrence(user: np.ndarray, item: np.ndarray, n_items: int, top: int, max_per_user: int = 100):
     """(n, top) items sharing the most users with each item, and the counts. Users'
     item sets are cut to their `max_per_user` most recent distinct items (the caller
     orders rows by time) so the pair count stays bounded."""
@@ -170,7 +170,7 @@ def cooccurrence(user: np.ndarray, item: np.ndarray, n_items: int, top: int, max
 
 def item_stats(events: Events, n_items: int, cutoff: float, category: np.ndarray | None = None,
                brand: np.ndarray | None = None, price: np.ndarray | None = None,
-               updated_ts: np.ndarray | None = None, cooc_top: int = 50, trending_top: int = 50) -> ItemStats:
+               updated_ts: np.ndarray | None = None, cooc_top: int = 100, trending_top: int = 50) -> ItemStats:
     """ItemStats from the events strictly before `cutoff` (epoch seconds)."""
     ev = events.take(events.ts < cutoff)
     order = np.argsort(ev.ts, kind="stable")
@@ -271,14 +271,20 @@ def candidates(ann: np.ndarray, users: UserBatch, stats: ItemStats, n_cooc: int 
         parts_order.append(base + c)
 
     add(ann, FROM_ANN, 0)
-    if n_cooc > 0 and users.recent.size:
-        scores = _cooc_scores(users.recent, stats)
-        if scores is not None:
+    if n_cooc > 0:
+        # co-occurrence with the recent items (counts), and with the whole history
+        # (cosine-normalised, weighted like the profile: an item-kNN score)
+        wsum = np.maximum(np.where(users.hist >= 0, users.hist_w, 0).sum(axis=1), 1e-12)
+        sources = [(_cooc_scores(users.recent, stats), 1_000_000, max(n_cooc // 2, 1)),
+                   (_cooc_scores(users.hist, stats, users.hist_w / wsum[:, None], stats.cooc_cosine), 1_500_000,
+                    n_cooc)]
+        for scores, base, count in sources:
+            if scores is None:
+                continue
             rows, items, vals = scores
             order = np.lexsort((items, -vals, rows))
-            rows, items = rows[order], items[order]
-            top = pad_lists(rows, items, n_users, n_cooc)
-            add(top, FROM_COOC, 1_000_000)
+            top = pad_lists(rows[order], items[order], n_users, count)
+            add(top, FROM_COOC, base)
     if n_trend > 0 and stats.n_categories:
         cats = _top_categories(users, stats, 2)
         for j in range(cats.shape[1]):

@@ -128,7 +128,7 @@ def _ann(index, ub: fx.UserBatch, candidates: int) -> np.ndarray:
 
 
 def _batches(ev: fx.Events, users: np.ndarray, index, stats: fx.ItemStats, cfg, behaviour_dim: int, weights,
-             size: int = 512):
+             size: int = 128):
     for start in range(0, len(users), size):
         u = users[start:start + size]
         ub = fx.user_batch_from_events(ev, u, np.zeros((len(u), 1), np.float32), weights, cfg.history, cfg.recent)

@@ -22,6 +22,7 @@ import numpy as np
 
 from fusionrank.ranks.rerank.features import GRADE, TYPE_CODE, Events
 
+LABEL_GAIN = (0.0, 1.0, 1.5, 2.0, 3.0, 3.5)  # by grade 0..5
 MODEL_FILE = "reranker.txt"
 META_FILE = "reranker.json"
 STATS_FILE = "reranker_stats.npz"
@@ -101,8 +102,8 @@ class RankerConfig:
     num_leaves: int = 31
     learning_rate: float = 0.05
     num_rounds: int = 500
-    early_stopping: int = 30
-    min_data_in_leaf: int = 50
+    early_stopping: int = 50
+    min_data_in_leaf: int = 100
     feature_fraction: float = 0.9
     lambdarank_truncation: int = 20
     seed: int = 42
@@ -213,6 +214,8 @@ def train_ranker(values: np.ndarray, labels: np.ndarray, cand: np.ndarray, names
               "num_leaves": cfg.num_leaves, "learning_rate": cfg.learning_rate,
               "min_data_in_leaf": cfg.min_data_in_leaf, "feature_fraction": cfg.feature_fraction,
               "lambdarank_truncation_level": cfg.lambdarank_truncation, "seed": cfg.seed,
+              # graded but gently (a view is already a hit): purchase 3 > cart 2 > click 1.5 > view 1
+              "label_gain": list(LABEL_GAIN),
               "deterministic": True, "force_row_wise": True, "num_threads": cfg.num_threads, "verbose": -1}
     dtrain = lgb.Dataset(xt, yt, group=gt, feature_name=names, free_raw_data=False)
     dvalid = lgb.Dataset(xv, yv, group=gv, reference=dtrain, free_raw_data=False)
