@@ -6,8 +6,8 @@ Datasets and splits (every row of the table measured in this one run):
   shop        the synthetic shop (`fusionrank.raw.synth.generate`, 20k items x 20k users,
               60 days, seeds 1 and 2), the last 14 days held out; relevant = items a user
               interacted with in the hold-out and not in training; purchase-only nDCG@10
-              counts only the purchased ones. Scored on a seeded sample of 4,000 of the
-              users (validation and test alike), the ranker trained on 4,000: the 2-core
+              counts only the purchased ones. Scored on a seeded sample of 3,000 of the
+              users (validation and test alike), the ranker trained on 3,000: the 2-core
               budget; every model sees all events and all items.
 
 Hyperparameters, all of them, are chosen on a validation split carved from the
@@ -180,8 +180,15 @@ class Ease:
         self.xs = xs
 
     def recs(self, lam: float, users: np.ndarray) -> dict[int, np.ndarray]:
-        g = self.gram + lam * np.eye(len(self.items))
-        inv = np.linalg.inv(g)
+        import scipy.linalg.lapack as lapack
+
+        # (XᵀX + λI)⁻¹ through its Cholesky factor (a third of a general inverse's work)
+        g = (self.gram + lam * np.eye(len(self.items))).astype(np.float32)
+        factor, info = lapack.spotrf(g, lower=0)
+        inv, info2 = lapack.spotri(factor, lower=0)
+        if info or info2:
+            raise RuntimeError(f"EASE: Cholesky failed ({info}, {info2})")
+        inv = np.triu(inv) + np.triu(inv, 1).T
         b = -inv / np.diag(inv)
         np.fill_diagonal(b, 0.0)
         out = {}
@@ -405,9 +412,9 @@ def main(argv=None) -> int:
     results: dict[str, list] = {}
     ml_grid = dict(ranks=[64, 128, 256], l2s=[100.0, 300.0, 1000.0], half_lives=[None, 30.0],
                    lams=[100.0, 300.0, 500.0, 1000.0], leaves_grid=[(15, 0.05), (63, 0.05)], max_train_users=5000)
-    shop_grid = dict(ranks=[128, 256], l2s=[30.0, 100.0, 300.0], half_lives=[None, 30.0],
-                     lams=[100.0, 500.0, 2000.0], leaves_grid=[(15, 0.05), (63, 0.05)], max_train_users=4000,
-                     max_eval_users=4000)
+    shop_grid = dict(ranks=[256], l2s=[30.0, 100.0, 300.0], half_lives=[None, 30.0],
+                     lams=[100.0, 500.0, 2000.0], leaves_grid=[(15, 0.05), (63, 0.05)], max_train_users=3000,
+                     max_eval_users=3000)
     if args.quick:
         ml_grid.update(ranks=[64, 256], l2s=[300.0], half_lives=[None], lams=[500.0], leaves_grid=[(31, 0.05)])
         shop_grid.update(ranks=[128], l2s=[100.0], half_lives=[30.0], lams=[500.0], leaves_grid=[(31, 0.05)],

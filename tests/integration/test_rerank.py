@@ -82,3 +82,26 @@ def test_too_few_labels_falls_back_to_the_last_good_model(night):
     folder, counts = nightly.train_nightly(ctx_later, index, ctx.spec.behaviour_dim)
     assert counts["rerank"] == "fallback" and "too few labels" in counts["rerank_reason"]
     assert folder == str(layout(settings).reranker(END))
+
+
+def test_report_has_a_ranker_section(night, tmp_path):
+    from fusionrank.interfaces.report import build_report
+
+    out = build_report(night["settings"], END, spark=night["spark"], out_path=tmp_path / "report.html")
+    section = out.read_text(encoding="utf-8").split('<section id="ranker">')[1].split("</section>")[0]
+    assert "trained" in section and "retrieval order" in section and "Top features by gain" in section
+
+
+def test_show_user_lists_each_recommendations_top_features(night):
+    from fusionrank.core.context import make_context
+    from fusionrank.interfaces.show import render_user, show_user
+
+    ctx = make_context(night["settings"], END, night["spark"])
+    recs = night["recs"]
+    user = recs[~recs["reason"].str.startswith("popular")]["user_id"].iloc[0]
+    shown = show_user(ctx, user)
+    features = [r.get("features") for r in shown["recommendations"]]
+    assert all(f and len(f) == 3 for f in features)
+    names = set(json.loads((layout(night["settings"]).reranker(END) / rk.META_FILE).read_text())["features"])
+    assert {f["feature"] for fs in features for f in fs} <= names
+    assert "top features" in render_user(shown)

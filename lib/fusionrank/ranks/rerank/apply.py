@@ -136,3 +136,20 @@ def source_reasons(index, text: pa.Array, reason_ids: pa.Array, flags: np.ndarra
     reason_ids = pc.if_else(pa.array(cooc), ids, pc.if_else(pa.array(trend), pa.scalar(None, pa.string()),
                                                              reason_ids.cast(pa.string())))
     return text, reason_ids
+
+
+def explain(index, rr: LoadedReranker, chunk: pa.RecordBatch, item_ids: list[str], top: int = 3) -> dict:
+    """{item_id: [(feature, contribution)]}: the `top` features that moved each of one
+    user's (`chunk`, one row) items most, by LightGBM's per-feature contributions."""
+    users = user_batch(index, chunk.slice(0, 1), int(rr.meta.get("history", 50)), int(rr.meta.get("recent", 5)))
+    cand = index.position_of(np.asarray(item_ids, dtype=object)).reshape(1, -1)
+    flags = np.full(cand.shape, fx.FROM_ANN, np.int64)
+    feats = fx.compute_features(cand, flags, users, rr.stats, index.reconstruct, int(rr.meta["behaviour_dim"]))
+    contrib = rr.model.booster.predict(feats.values[0], pred_contrib=True)[:, :-1]  # last column: bias
+    out = {}
+    for j, item in enumerate(item_ids):
+        if cand[0, j] < 0:
+            continue
+        order = np.argsort(-np.abs(contrib[j]), kind="stable")[:top]
+        out[item] = [(feats.names[f], float(contrib[j, f])) for f in order]
+    return out
