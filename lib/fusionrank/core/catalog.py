@@ -246,6 +246,11 @@ class Layout:
         """The latest accepted tuned text encoder (JSON verdict; tuning.stage)."""
         return uris.join(self.root, "_models", "text", "current.json")
 
+    def reranker(self, run_date: dt.date | str) -> str:
+        """The re-ranker trained by a run date's rank stage (model, feature list, item
+        stats), beside the index artifact."""
+        return uris.join(self.root, self.index_dir, "_reranker", f"run_date={run_date}")
+
     def report(self, run_date: dt.date | str) -> str:
         return uris.join(self.root, "reports", f"run_date={run_date}", "report.html")
 

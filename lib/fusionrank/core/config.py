@@ -372,6 +372,35 @@ class RankConfig(_Strict):
     write_similar: bool = True
 
 
+class RerankConfig(_Strict):
+    """The learned second stage (ranks/rerank): LightGBM LambdaRank over features of
+    each user's candidates, trained every night in the rank stage on the driver and
+    applied on the executors inside the rank pass. Off: retrieval order."""
+
+    enabled: bool = False
+    # ANN candidates per user (before seen items are removed), plus these many from
+    # co-occurrence with the user's recent items and from trending in their top categories.
+    candidates: int = Field(200, gt=0, le=5000)
+    cooc_candidates: int = Field(50, ge=0)
+    trending_candidates: int = Field(20, ge=0)
+    history: int = Field(50, gt=0)        # history items the attention feature looks at
+    recent: int = Field(5, gt=0)          # most recent items for co-occurrence
+    # Labels: the last label_days days of training (days), each user's last
+    # label_fraction of events (user_last) or a per-user random fraction (random).
+    label_split: Literal["days", "user_last", "random"] = "days"
+    label_days: int = Field(7, gt=0)
+    label_fraction: float = Field(0.2, gt=0, lt=1)
+    max_train_users: int = Field(20_000, gt=0)   # bounded, seeded sample of labelled users
+    max_events: int = Field(5_000_000, gt=0)     # training events brought to the driver (a user sample above)
+    min_labels: int = Field(200, gt=0)           # fewer labelled candidates: fall back (last good model, else off)
+    num_leaves: int = Field(31, gt=1)
+    learning_rate: float = Field(0.05, gt=0)
+    num_rounds: int = Field(500, gt=0)
+    early_stopping: int = Field(30, gt=0)
+    seed: int = 42
+    num_threads: int = Field(2, gt=0)    # fixed: with deterministic=True, reruns give the same model
+
+
 class QueryConfig(_Strict):
     """query_topk: the most searched queries, matched against the index and re-ranked
     with the click-through the logs show for them."""
@@ -517,6 +546,7 @@ class Settings(_Strict):
     rank: RankConfig = Field(default_factory=RankConfig)
     query: QueryConfig = Field(default_factory=QueryConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

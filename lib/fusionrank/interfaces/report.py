@@ -238,6 +238,30 @@ class _Report:
                         f"rank: {rank_counts['users_ranked']:,} of {users:,} profiled users got recommendations"))
         return out
 
+    def ranker(self) -> str:
+        """The learned second stage: what it trained on, validation nDCG against
+        retrieval order, the features with the most gain (ranks/rerank)."""
+        counts = (self.records.get("rank") or {}).get("counts") or {}
+        if not self.settings.rerank.enabled and "rerank" not in counts:
+            raise _NotAvailable("the re-ranker is off (rerank.enabled: false): recommendations are in retrieval order")
+        meta_path = uris.join(layout(self.settings).reranker(self.day), "reranker.json")
+        state = counts.get("rerank", "unknown")
+        head = f"<p>This night: <b>{e(state)}</b>"
+        if counts.get("rerank_reason"):
+            head += f" ({e(counts['rerank_reason'])})"
+        head += "</p>"
+        if not fs.exists(meta_path):
+            return head + _na(f"no re-ranker trained for this date ({meta_path} missing)")
+        meta = json.loads(fs.read_text(meta_path))
+        rows = [("version", meta.get("version")), ("users trained on", meta.get("n_users")),
+                ("labelled candidates", meta.get("n_labels")), ("boosting rounds", meta.get("best_iteration")),
+                ("validation nDCG@10, re-ranked", meta.get("valid_ndcg")),
+                ("validation nDCG@10, retrieval order", meta.get("valid_ndcg_retrieval")),
+                ("labels", f"{meta.get('label_split')} ({meta.get('label_days')} days)")]
+        gains = sorted((meta.get("top_gain") or {}).items(), key=lambda t: -t[1])
+        return (head + _table(["", "value"], rows) + "<h3>Top features by gain</h3>"
+                + _table(["feature", "gain"], gains, numeric=[1]))
+
     def stages(self) -> str:
 
         if not self.records:
@@ -545,6 +569,7 @@ class _Report:
             self.section("stages", "Stages", self.stages),
             self.section("evaluation", "Evaluation", self.evaluation),
             self.section("index", "Index", self.index),
+            self.section("ranker", "Ranker", self.ranker),
             self.section("recommendations", "Recommendations", self.recommendations),
             self.section("search", "Search", self.search),
         ]

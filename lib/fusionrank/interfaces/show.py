@@ -14,13 +14,18 @@ from __future__ import annotations
 import io
 from typing import Any, Iterable
 
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from fusionrank.core.catalog import OUTPUT_TABLES
+from fusionrank.core import uri as uris
+from fusionrank.core.catalog import OUTPUT_TABLES, layout
+from fusionrank.index.build import load_index
+from fusionrank.ranks.rerank import apply as rerank_apply, nightly as rerank_nightly
 from fusionrank.core.privacy import pseudonymise_id, user_salt
 from fusionrank.core.spark import utc_literal
+from fusionrank.storage import fs
 
 # ISO-8601 with the session time zone's offset (fusionrank sessions run in UTC).
 _ISO = "yyyy-MM-dd'T'HH:mm:ssxxx"
@@ -134,6 +139,7 @@ def show_user(ctx, user_id: str, history_limit: int = 10) -> dict:
         }
         for r in rec_rows
     ]
+    _add_features(ctx, output_id, user_id, recommendations)
     return {
         "user_id": user_id,
         "run_date": str(date),
@@ -142,6 +148,27 @@ def show_user(ctx, user_id: str, history_limit: int = 10) -> dict:
         "profile": profile,
         "recommendations": recommendations,
     }
+
+
+def _add_features(ctx, output_id: str, user_id: str, recommendations: list[dict]) -> None:
+    """With a re-ranker for the date: each recommendation's top contributing features."""
+    folder = layout(ctx.settings).reranker(ctx.run_date)
+    if not recommendations or not fs.exists(uris.join(folder, "reranker.json")) or not ctx.has_date("user_profiles"):
+        return
+    profile = (ctx.for_date("user_profiles").where(F.col("user_id") == output_id)
+               .select("profile_vec", "history_item_ids", "history_weights"))
+    mine = ctx.training_events().where(F.col("user_id") == user_id)
+    seen = mine.where(F.col("item_id").isNotNull()).agg(F.collect_set("item_id").alias("seen"))
+    extra = rerank_nightly.user_columns(mine, ctx.settings.rerank.recent).drop("user_id")
+    rows = pa.Table.from_pandas(profile.crossJoin(seen).crossJoin(extra).toPandas(), preserve_index=False)
+    if rows.num_rows == 0:
+        return
+    index = load_index(ctx.index_path())
+    explained = rerank_apply.explain(index, rerank_apply.load_reranker(folder), rows.combine_chunks().to_batches()[0],
+                                     [r["item_id"] for r in recommendations])
+    for r in recommendations:
+        if r["item_id"] in explained:
+            r["features"] = [{"feature": n, "contribution": round(v, 4)} for n, v in explained[r["item_id"]]]
 
 
 # -- show_item -------------------------------------------------------------------------
@@ -320,9 +347,15 @@ def render_user(d: dict) -> str:
     recs.add_column("title", overflow="ellipsis", no_wrap=True)
     recs.add_column("score", justify="right")
     recs.add_column("reason", overflow="ellipsis", no_wrap=True)
+    with_features = any(r.get("features") for r in d["recommendations"])
+    if with_features:
+        recs.add_column("top features (re-ranker)", overflow="ellipsis", no_wrap=True)
     for r in d["recommendations"]:
-        recs.add_row(str(r["rank"]), r["item_id"], _truncate(r.get("title"), 40), _num(r.get("score")),
-                     _truncate(r.get("reason"), 44))
+        cells = [str(r["rank"]), r["item_id"], _truncate(r.get("title"), 40), _num(r.get("score")),
+                 _truncate(r.get("reason"), 44)]
+        if with_features:
+            cells.append(", ".join(f"{f['feature']} {f['contribution']:+.2f}" for f in r.get("features") or []))
+        recs.add_row(*cells)
     return _render(head, history, recs)
 
 

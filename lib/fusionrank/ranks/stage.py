@@ -14,8 +14,9 @@ from pyspark.sql import functions as F
 
 from fusionrank.core.catalog import INDEX_VECTOR, RECS_ITEM_SIMILAR, RECS_USER_TOPK
 from fusionrank.core.context import RunContext
-from fusionrank.index.build import read_manifest
+from fusionrank.index.build import load_index, read_manifest
 from fusionrank.ranks import cold_start, users as ranking
+from fusionrank.ranks.rerank import nightly as rerank
 from fusionrank.ranks.query_topk import compute_query_topk
 
 
@@ -30,6 +31,14 @@ def rank(ctx: RunContext) -> dict:
     users = profiles_df.join(seen, "user_id", "left").select(
         "user_id", "profile_vec", "history_item_ids", "history_weights", "seen"
     )
+    rerank_dir, rerank_counts, version = None, {}, manifest["model_version"]
+    if cfg.rerank.enabled:  # the second stage: trained here (driver), applied in the rank pass
+        ctx.describe("rank")
+        rerank_dir, rerank_counts = rerank.train_nightly(ctx, load_index(index_path), ctx.spec.behaviour_dim)
+        if rerank_dir is not None:
+            extra = ctx.pseudonymised(rerank.user_columns(ctx.training_events(), cfg.rerank.recent))
+            users = users.join(extra, "user_id", "left")
+            version = rerank.model_version(version, rerank_dir)
     popular = None
     if cfg.rank.cold_start:
         # Users with events but no profile get popular lists: the lists are small (driver),
@@ -46,7 +55,8 @@ def rank(ctx: RunContext) -> dict:
         users = users.withColumn("popular_list", F.lit(None).cast("string")).unionByName(
             cold, allowMissingColumns=True)
     ranked = ranking.rank_batches(users, index_path, cfg.rank, cfg.rank.user_partitions,
-                                  use_gpu=cfg.index.use_gpu, popular=popular)
+                                  use_gpu=cfg.index.use_gpu, popular=popular, rerank_dir=rerank_dir,
+                                  version=version)
     ctx.describe("rank")
     ctx.write("recs_user_topk", None, "rank", batches=ranked, schema=RECS_USER_TOPK)
     users_ranked = ctx.store.last_write["distinct"]  # counted by the writing tasks: no re-read
@@ -61,7 +71,7 @@ def rank(ctx: RunContext) -> dict:
     return {"users_ranked": int(users_ranked),
             "recs_rows": ctx.store.count_rows("recs_user_topk", where={"run_date": ctx.run_date}),
             "similar_rows": similar_rows, "index_type": manifest["type"],
-            "index_recall_at_10": manifest["self_check"]["recall_at_10"],
+            "index_recall_at_10": manifest["self_check"]["recall_at_10"], **rerank_counts,
             **write_query_topk(ctx, index_path, manifest["model_version"])}
 
 

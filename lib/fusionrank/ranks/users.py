@@ -26,6 +26,7 @@ from pyspark.sql import types as T
 from fusionrank.core.spark import task_cpus
 from fusionrank.index.build import arrow_vectors, load_index
 from fusionrank.core.catalog import INDEX_VECTOR, RECS_ITEM_SIMILAR, RECS_USER_TOPK
+from fusionrank.ranks.rerank import apply as rerank
 from fusionrank.storage.store import ExecutorBatches
 
 
@@ -188,7 +189,7 @@ def reason_text(loaded, reasons: np.ndarray, reason_ids: pa.Array | None = None)
 
 
 def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reason_history: int,
-               max_per_category: int = 0) -> pa.RecordBatch | None:
+               max_per_category: int = 0, reranker=None, version: str | None = None) -> pa.RecordBatch | None:
     """Top-k unseen items (with reasons) of one batch of users: one FAISS search, the rest
     vectorised. A re-ranker plugs in between the search and `_drop_and_cut`: rescore
     `scores` (same shape as `positions`) and re-sort each row."""
@@ -202,7 +203,12 @@ def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reaso
     diverse = max_per_category > 0 and loaded.category_codes is not None
     # With a per-category cap, fetch deeper so that k remain after capping.
     fetch = min(total, max_candidates, (3 * k if diverse else k) + longest_seen)
+    if reranker is not None:  # the second stage: its candidates, re-ordered by the model
+        fetch = min(total, reranker.candidates + longest_seen)
     scores, positions = loaded.search(arrow_vectors(chunk, "profile_vec", loaded.index.d), fetch)
+    sources = None
+    if reranker is not None:
+        scores, positions, sources = rerank.rerank_chunk(loaded, reranker, chunk, positions)
     seen_pos = loaded.position_of(seen_ids.to_numpy(zero_copy_only=False))
     rows, cols, ranks = _drop_and_cut(positions, seen_rows[seen_pos >= 0], seen_pos[seen_pos >= 0], k,
                                       loaded.category_codes, max_per_category if diverse else 0)
@@ -211,11 +217,15 @@ def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reaso
     item_positions = positions[rows, cols]
     reasons = _reasons_batched(loaded, rows, ranks, item_positions, n, k, chunk, reason_history)
     reason_ids = _take_ids(loaded, reasons)
+    text = reason_text(loaded, reasons, reason_ids)
+    if sources is not None:  # re-ranked: candidates from co-occurrence or trending say so
+        text, reason_ids = rerank.source_reasons(loaded, text, reason_ids, sources[0][rows, cols],
+                                                 sources[1][rows, cols])
     return pa.RecordBatch.from_arrays(
         [chunk.column("user_id").take(pa.array(rows)).cast(pa.string()), pa.array(ranks, pa.int32()),
          _take_ids(loaded, item_positions), pa.array(scores[rows, cols], pa.float32()),
-         reason_text(loaded, reasons, reason_ids), reason_ids,
-         pa.repeat(pa.scalar(loaded.manifest.get("model_version"), pa.string()), len(rows))],
+         text, reason_ids,
+         pa.repeat(pa.scalar(version or loaded.manifest.get("model_version"), pa.string()), len(rows))],
         names=RANKED_SCHEMA.fieldNames(),
     )
 
@@ -269,6 +279,8 @@ def rank_partition(
     use_gpu: bool = False,
     max_per_category: int = 0,
     popular: dict | None = None,
+    rerank_dir: str | None = None,
+    version: str | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: top-k unseen items per user, with reasons, `search_batch` users per
     search; users without a profile get their popular list (cold start), if any."""
@@ -278,10 +290,12 @@ def rank_partition(
     faiss.omp_set_num_threads(task_cpus())
     loaded = load_index(index_path, use_gpu=use_gpu)  # once per Python worker
     lists = PopularLists(popular) if popular else None
+    reranker = rerank.load_reranker(rerank_dir) if rerank_dir else None
     for batch in batches:
         for start in range(0, batch.num_rows, search_batch):
             chunk = batch.slice(start, search_batch)
-            for out in (rank_chunk(loaded, chunk, k, max_candidates, reason_history, max_per_category),
+            for out in (rank_chunk(loaded, chunk, k, max_candidates, reason_history, max_per_category, reranker,
+                                   version),
                         popular_rows(chunk, lists, loaded.manifest.get("model_version"))):
                 if out is not None:
                     yield out
@@ -315,7 +329,8 @@ def similar_partition(batches: Iterator[pa.RecordBatch], index_path: str, k: int
 
 
 def rank_batches(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0,
-                 use_gpu: bool = False, popular: dict | None = None) -> ExecutorBatches:
+                 use_gpu: bool = False, popular: dict | None = None, rerank_dir: str | None = None,
+                 version: str | None = None) -> ExecutorBatches:
     """users: (user_id, profile_vec, history_item_ids, history_weights, seen[, popular_list])
     -> the recs_user_topk rows (but run_date) as Arrow batches made on the executors."""
     body = partial(
@@ -328,6 +343,8 @@ def rank_batches(users: DataFrame, index_path: str, rank_cfg, partitions: int = 
         use_gpu=use_gpu,
         max_per_category=rank_cfg.max_per_category,
         popular=popular,
+        rerank_dir=rerank_dir,
+        version=version,
     )
     return ExecutorBatches(_stable_batches(users, "user_id", partitions), body, RANKED_SCHEMA, distinct="user_id",
                            dictionary_columns=("reason", "model_version"))

@@ -1,0 +1,1 @@
+"""The learned second stage (issue 15): candidates, features and a LambdaRank model."""

@@ -1,0 +1,560 @@
+"""The second stage's inputs: candidates per user and their features, in numpy.
+
+Everything is indexed by item *position* (the item's row in the index artifact, or
+any dense code 0..n-1) and works on batches of users at once (no per-user Python),
+so the rank pass can call it on each search batch on the executors and the bench
+can call it in-process on the same arrays.
+
+Inputs
+- `ItemStats` (built once per night by `item_stats` from the training events before a
+  cutoff and the catalog attributes): category and brand codes, log price,
+  freshness, popularity percentile, 7-day vs 30-day trend, purchase rate, query
+  click-through, the top co-occurring items of every item and the trending items of
+  every category.
+- `UserBatch`: per user the profile vector, the history (positions, weights; the
+  profile's, heaviest first), the most recent items (positions, newest first), the
+  event-type mix, and the seen items.
+- `vectors(positions) -> (.., d)`: the ranking-space vectors; the first
+  `behaviour_dim` components are the behaviour part, the rest the content part;
+  optional per-modality content vectors (`text`, `image`) for their own similarity.
+
+No feature reads anything at or after the cutoff the stats were built with: the
+caller builds them from training events only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+# Event-type codes of `Events.kind` and their label grades (purchase > add_to_cart >
+# click > view; a rating is graded by its value).
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "search")
+TYPE_CODE = {name: i for i, name in enumerate(EVENT_TYPES)}
+GRADE = np.array([1, 2, 3, 4, 0, 0], dtype=np.int32)  # rating: by value, search: none
+
+# Candidate sources (bit flags).
+FROM_ANN, FROM_COOC, FROM_TREND = 1, 2, 4
+
+DAY = 86_400.0
+
+
+@dataclass
+class Events:
+    """Integer-coded events (one row per event)."""
+
+    user: np.ndarray      # int64 user code
+    item: np.ndarray      # int64 item position, -1 none (search)
+    ts: np.ndarray        # int64 epoch seconds
+    kind: np.ndarray      # int8 code in EVENT_TYPES
+    value: np.ndarray | None = None    # float (rating value, quantity), nan none
+    session: np.ndarray | None = None  # int64 session code, -1 none
+
+    def __post_init__(self) -> None:
+        n = len(self.user)
+        for name in ("item", "ts", "kind"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Events.{name} has {len(getattr(self, name))} rows, user has {n}")
+        if self.value is None:
+            self.value = np.full(n, np.nan)
+        if self.session is None:
+            self.session = np.full(n, -1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def take(self, mask: np.ndarray) -> "Events":
+        return Events(self.user[mask], self.item[mask], self.ts[mask], self.kind[mask], self.value[mask],
+                      self.session[mask])
+
+
+@dataclass
+class ItemStats:
+    """Per-item arrays (length n) and two small tables, built before a cutoff."""
+
+    category: np.ndarray     # int64 code, -1 none
+    brand: np.ndarray        # int64 code, -1 none
+    log_price: np.ndarray    # float32, nan unknown
+    age_days: np.ndarray     # float32 days since updated_at at the cutoff, nan unknown
+    pop_pct: np.ndarray      # float32 popularity percentile in [0, 1] (events, whole window)
+    trend: np.ndarray        # float32 log((7-day + 1) / (30-day / 30 * 7 + 1))
+    purchase_rate: np.ndarray  # float32 (purchases + carts) / (views + clicks + 5)
+    query_ctr: np.ndarray    # float32 engagements in search sessions / (search-session views + 5)
+    cooc_items: np.ndarray   # (n, M) int64 most co-occurring items, -1 pad
+    cooc_counts: np.ndarray  # (n, M) float32 their co-occurrence counts (users in common)
+    cooc_cosine: np.ndarray  # (n, M) float32 count / sqrt(users of each item)
+    trending: np.ndarray     # (n_categories, T) int64 top 7-day items of each category, -1 pad
+    n_categories: int = 0
+    n_brands: int = 0
+    cutoff: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return len(self.category)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__
+               if isinstance(getattr(self, name), np.ndarray)}
+        out["_meta"] = np.array([self.n_categories, self.n_brands, self.cutoff], dtype=np.float64)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "ItemStats":
+        meta = np.asarray(arrays["_meta"])
+        names = [n for n in cls.__dataclass_fields__ if n not in ("n_categories", "n_brands", "cutoff")]
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise ValueError(f"re-ranker item stats: missing arrays {missing}")
+        return cls(**{n: np.asarray(arrays[n]) for n in names}, n_categories=int(meta[0]), n_brands=int(meta[1]),
+                   cutoff=float(meta[2]))
+
+
+def _percentile(values: np.ndarray) -> np.ndarray:
+    if len(values) == 0:
+        return values.astype(np.float32)
+    order = np.argsort(values, kind="stable")
+    pct = np.empty(len(values), dtype=np.float32)
+    pct[order] = np.arange(len(values)) / max(len(values) - 1, 1)
+    # Ties share their lowest percentile (an item with no events is 0 however many there are).
+    sorted_vals = values[order]
+    first = np.searchsorted(sorted_vals, sorted_vals, side="left")
+    pct[order] = first / max(len(values) - 1, 1)
+    return pct
+
+
+def cooccurrence(user: np.ndarray, item: np.ndarray, n_items: int, top: int, max_per_user: int = 100):
+    """(n, top) items sharing the most users with each item, and the counts. Users'
+    item sets are cut to their `max_per_user` most recent distinct items (the caller
+    orders rows by time) so the pair count stays bounded."""
+    import scipy.sparse as sp
+
+    keep = item >= 0
+    user, item = user[keep], item[keep]
+    # distinct (user, item), keeping the last occurrence order: rows are in time order.
+    key = user.astype(np.int64) * n_items + item
+    _, last = np.unique(key[::-1], return_index=True)
+    last = np.sort(len(key) - 1 - last)
+    user, item = user[last], item[last]
+    # newest max_per_user per user
+    order = np.lexsort((-np.arange(len(user)), user))
+    u_sorted = user[order]
+    starts = np.r_[0, np.flatnonzero(u_sorted[1:] != u_sorted[:-1]) + 1] if len(u_sorted) else np.zeros(0, int)
+    nth = np.arange(len(u_sorted)) - np.repeat(starts, np.diff(np.r_[starts, len(u_sorted)]))
+    sel = order[nth < max_per_user]
+    users, codes = np.unique(user[sel], return_inverse=True)
+    x = sp.csr_matrix((np.ones(len(sel), dtype=np.float32), (codes, item[sel])), shape=(len(users), n_items))
+    co = (x.T @ x).tocsr()
+    users_of = np.asarray(co.diagonal(), np.float64)
+    co.setdiag(0)
+    co.eliminate_zeros()
+    ids = np.full((n_items, top), -1, dtype=np.int64)
+    counts = np.zeros((n_items, top), dtype=np.float32)
+    cosine = np.zeros((n_items, top), dtype=np.float32)
+    indptr, indices, data = co.indptr, co.indices, co.data
+    lengths = np.diff(indptr)
+    if len(data) == 0:
+        return ids, counts, cosine
+    rows = np.repeat(np.arange(n_items), lengths)
+    # sort each row by (-count, item) and keep the first `top`
+    order = np.lexsort((indices, -data, rows))
+    nth = np.arange(len(order)) - np.repeat(indptr[:-1], lengths)
+    keep = nth < top
+    r, j = rows[order][keep], nth[keep]
+    ids[r, j] = indices[order][keep]
+    counts[r, j] = data[order][keep]
+    cosine[r, j] = counts[r, j] / np.sqrt(np.maximum(users_of[r] * users_of[ids[r, j]], 1.0))
+    return ids, counts, cosine
+
+
+def item_stats(events: Events, n_items: int, cutoff: float, category: np.ndarray | None = None,
+               brand: np.ndarray | None = None, price: np.ndarray | None = None,
+               updated_ts: np.ndarray | None = None, cooc_top: int = 100, trending_top: int = 50) -> ItemStats:
+    """ItemStats from the events strictly before `cutoff` (epoch seconds)."""
+    ev = events.take(events.ts < cutoff)
+    order = np.argsort(ev.ts, kind="stable")
+    ev = ev.take(order)
+    has_item = ev.item >= 0
+    item = ev.item[has_item]
+    kind = ev.kind[has_item]
+    ts = ev.ts[has_item]
+
+    def count(mask):
+        return np.bincount(item[mask], minlength=n_items).astype(np.float64)
+
+    total = count(np.ones(len(item), bool))
+    c7 = count(ts >= cutoff - 7 * DAY)
+    c30 = count(ts >= cutoff - 30 * DAY)
+    views = count((kind == TYPE_CODE["view"]) | (kind == TYPE_CODE["click"]))
+    buys = count((kind == TYPE_CODE["purchase"]) | (kind == TYPE_CODE["add_to_cart"]))
+    # Query click-through: engagement in sessions that had a search event.
+    searched = np.unique(ev.session[(ev.kind == TYPE_CODE["search"]) & (ev.session >= 0)])
+    in_search = np.isin(ev.session[has_item], searched) & (ev.session[has_item] >= 0)
+    s_views = count(in_search & (kind == TYPE_CODE["view"]))
+    s_engaged = count(in_search & np.isin(kind, [TYPE_CODE["click"], TYPE_CODE["add_to_cart"], TYPE_CODE["purchase"]]))
+    category = np.full(n_items, -1, np.int64) if category is None else np.asarray(category, np.int64)
+    brand = np.full(n_items, -1, np.int64) if brand is None else np.asarray(brand, np.int64)
+    log_price = (np.full(n_items, np.nan, np.float32) if price is None
+                 else np.log1p(np.where(np.asarray(price, float) > 0, price, np.nan)).astype(np.float32))
+    age = (np.full(n_items, np.nan, np.float32) if updated_ts is None
+           else ((cutoff - np.asarray(updated_ts, float)) / DAY).astype(np.float32))
+    n_cat = int(category.max(initial=-1)) + 1
+    trending = np.full((max(n_cat, 1), trending_top), -1, dtype=np.int64)
+    if n_cat:
+        known = np.flatnonzero((category >= 0) & (c7 > 0))
+        order = np.lexsort((known, -c7[known], category[known]))
+        cats = category[known][order]
+        starts = np.searchsorted(cats, np.arange(n_cat))
+        nth = np.arange(len(cats)) - starts[cats]
+        keep = nth < trending_top
+        trending[cats[keep], nth[keep]] = known[order][keep]
+    cooc_items, cooc_counts, cooc_cosine = cooccurrence(ev.user[has_item], item, n_items, cooc_top)
+    return ItemStats(
+        category=category, brand=brand, log_price=log_price, age_days=age,
+        pop_pct=_percentile(total), trend=np.log((c7 + 1.0) / (c30 / 30.0 * 7.0 + 1.0)).astype(np.float32),
+        purchase_rate=(buys / (views + 5.0)).astype(np.float32),
+        query_ctr=(s_engaged / (s_views + 5.0)).astype(np.float32),
+        cooc_items=cooc_items, cooc_counts=cooc_counts, cooc_cosine=cooc_cosine, trending=trending,
+        n_categories=n_cat, n_brands=int(brand.max(initial=-1)) + 1, cutoff=float(cutoff),
+    )
+
+
+@dataclass
+class UserBatch:
+    """A batch of U users, padded arrays (-1: no item)."""
+
+    profile: np.ndarray        # (U, d) ranking-space profile
+    hist: np.ndarray           # (U, H) history positions, heaviest first
+    hist_w: np.ndarray         # (U, H) their weights (0 pad)
+    recent: np.ndarray         # (U, L) most recent distinct items, newest first
+    type_mix: np.ndarray       # (U, len(EVENT_TYPES)) share of each event type
+    seen_rows: np.ndarray      # seen pairs: row in the batch
+    seen_items: np.ndarray     # and item position
+    text_profile: np.ndarray | None = None   # (U, dt) mean text vector of the history
+    image_profile: np.ndarray | None = None  # (U, di)
+
+    @property
+    def n(self) -> int:
+        return len(self.profile)
+
+
+def pad_lists(rows: np.ndarray, values: np.ndarray, n_rows: int, width: int | None = None, fill=-1) -> np.ndarray:
+    """Ragged (row, value) pairs, in order within each row, as an (n_rows, width) matrix."""
+    counts = np.bincount(rows, minlength=n_rows) if len(rows) else np.zeros(n_rows, np.int64)
+    w = int(counts.max(initial=0)) if width is None else width
+    out = np.full((n_rows, max(w, 1)), fill, dtype=np.asarray(values).dtype if len(values) else np.int64)
+    if len(rows) == 0:
+        return out
+    order = np.argsort(rows, kind="stable")
+    r = rows[order]
+    slot = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = slot < out.shape[1]
+    out[r[keep], slot[keep]] = np.asarray(values)[order][keep]
+    return out
+
+
+def candidates(ann: np.ndarray, users: UserBatch, stats: ItemStats, n_cooc: int = 50, n_trend: int = 20,
+               width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(U, W) candidate positions (-1 pad) and their source flags: the ANN results
+    `ann` (U, A), the items co-occurring most with the user's recent items and the
+    trending items of the user's top two categories (by history weight), unioned,
+    seen items removed. ANN candidates keep their order first."""
+    n_users = users.n
+    parts_rows, parts_items, parts_flag, parts_order = [], [], [], []
+
+    def add(matrix: np.ndarray, flag: int, base: int):
+        r, c = np.nonzero(matrix >= 0)
+        parts_rows.append(r)
+        parts_items.append(matrix[r, c])
+        parts_flag.append(np.full(len(r), flag, np.int64))
+        parts_order.append(base + c)
+
+    add(ann, FROM_ANN, 0)
+    if n_cooc > 0:
+        # co-occurrence with the recent items (counts), and with the whole history
+        # (cosine-normalised, weighted like the profile: an item-kNN score)
+        wsum = np.maximum(np.where(users.hist >= 0, users.hist_w, 0).sum(axis=1), 1e-12)
+        sources = [(_cooc_scores(users.recent, stats), 1_000_000, max(n_cooc // 2, 1)),
+                   (_cooc_scores(users.hist, stats, users.hist_w / wsum[:, None], stats.cooc_cosine), 1_500_000,
+                    n_cooc)]
+        for scores, base, count in sources:
+            if scores is None:
+                continue
+            rows, items, vals = scores
+            order = np.lexsort((items, -vals, rows))
+            top = pad_lists(rows[order], items[order], n_users, count)
+            add(top, FROM_COOC, base)
+    if n_trend > 0 and stats.n_categories:
+        cats = _top_categories(users, stats, 2)
+        for j in range(cats.shape[1]):
+            trend = np.where(cats[:, j:j + 1] >= 0, stats.trending[np.maximum(cats[:, j], 0), :n_trend], -1)
+            add(trend, FROM_TREND, 2_000_000 + j * 1000)
+    rows = np.concatenate(parts_rows)
+    items = np.concatenate(parts_items)
+    flags = np.concatenate(parts_flag)
+    order_key = np.concatenate(parts_order)
+    n = max(stats.n, int(items.max(initial=0)) + 1)
+    key = rows.astype(np.int64) * n + items
+    # drop seen
+    if len(users.seen_rows):
+        seen_key = users.seen_rows.astype(np.int64) * n + users.seen_items
+        keep = ~np.isin(key, seen_key)
+        rows, items, flags, order_key, key = rows[keep], items[keep], flags[keep], order_key[keep], key[keep]
+    # union: one row per (user, item), flags OR-ed, first occurrence's order
+    uniq, inverse = np.unique(key, return_inverse=True)
+    merged = np.zeros(len(uniq), np.int64)
+    np.bitwise_or.at(merged, inverse, flags)
+    first = np.full(len(uniq), np.iinfo(np.int64).max)
+    np.minimum.at(first, inverse, order_key)
+    u_rows = (uniq // n).astype(np.int64)
+    u_items = uniq % n
+    order = np.lexsort((first, u_rows))
+    cand = pad_lists(u_rows[order], u_items[order], n_users, width)
+    flag = pad_lists(u_rows[order], merged[order], n_users, cand.shape[1], fill=0)
+    return cand, flag
+
+
+def _cooc_scores(recent: np.ndarray, stats: ItemStats, weights: np.ndarray | None = None, table=None):
+    """Sparse (row, item, summed co-occurrence count with the items of `recent`),
+    each source item weighted by `weights` (same shape) if given; `table` the
+    per-neighbour values (default the counts)."""
+    r, c = np.nonzero(recent >= 0)
+    if len(r) == 0:
+        return None
+    neigh = stats.cooc_items[recent[r, c]]          # (P, M)
+    cnt = (stats.cooc_counts if table is None else table)[recent[r, c]]
+    if weights is not None:
+        cnt = cnt * weights[r, c][:, None]
+    rows = np.repeat(r, neigh.shape[1])
+    items = neigh.ravel()
+    vals = cnt.ravel()
+    ok = items >= 0
+    rows, items, vals = rows[ok], items[ok], vals[ok]
+    if len(rows) == 0:
+        return None
+    n = stats.n
+    key = rows.astype(np.int64) * n + items
+    uniq, inverse = np.unique(key, return_inverse=True)
+    summed = np.bincount(inverse, weights=vals)
+    return uniq // n, uniq % n, summed
+
+
+def _lookup(sparse, cand: np.ndarray, n: int) -> np.ndarray:
+    """(U, W) values of a sparse (row, item, value) triple at the candidates (0 absent)."""
+    out = np.zeros(cand.shape, np.float32)
+    if sparse is None:
+        return out
+    rows, items, vals = sparse
+    key = rows.astype(np.int64) * n + items  # sorted (from np.unique)
+    ckey = np.arange(cand.shape[0], dtype=np.int64)[:, None] * n + np.maximum(cand, 0)
+    at = np.searchsorted(key, ckey)
+    hit = (at < len(key)) & (key[np.minimum(at, len(key) - 1)] == ckey) & (cand >= 0)
+    out[hit] = vals[at[hit]]
+    return out
+
+
+def _shares(users: UserBatch, codes: np.ndarray, n_codes: int) -> np.ndarray:
+    """(U, n_codes) share of history weight per code (category, brand)."""
+    out = np.zeros((users.n, max(n_codes, 1)), np.float32)
+    valid = users.hist >= 0
+    code = np.where(valid, codes[np.maximum(users.hist, 0)], -1)
+    r, c = np.nonzero(code >= 0)
+    np.add.at(out, (r, code[r, c]), users.hist_w[r, c])
+    total = out.sum(axis=1, keepdims=True)
+    return out / np.maximum(total, 1e-12)
+
+
+def _top_categories(users: UserBatch, stats: ItemStats, top: int) -> np.ndarray:
+    shares = _shares(users, stats.category, stats.n_categories)
+    order = np.argsort(-shares, axis=1, kind="stable")[:, :top]
+    return np.where(np.take_along_axis(shares, order, 1) > 0, order, -1)
+
+
+@dataclass
+class Features:
+    values: np.ndarray         # (U, W, F) float32
+    names: list[str]
+    reason: np.ndarray         # (U, W) history position with the largest attention weight, -1 none
+    cooc_reason: np.ndarray    # (U, W) recent item co-occurring most with the candidate, -1 none
+    extra: dict = field(default_factory=dict)
+
+
+def feature_names(behaviour_dim: int, has_text: bool, has_image: bool) -> list[str]:
+    names = ["retrieval_score", "retrieval_rank"]
+    if behaviour_dim:
+        names += ["behaviour_score", "content_score"]
+    if has_text:
+        names.append("text_similarity")
+    if has_image:
+        names.append("image_similarity")
+    names += ["attention_similarity", "max_history_similarity", "last_item_similarity", "recent_similarity",
+              "cooc_recent", "cooc_last_item", "cooc_history_cosine", "popularity", "trend_7d_30d", "age_days", "category_share",
+              "brand_share", "same_category_as_last", "price_vs_user", "abs_price_vs_user", "purchase_rate",
+              "query_ctr", "user_purchase_share", "user_click_share", "user_history_len", "from_ann",
+              "from_cooc", "from_trending"]
+    return names
+
+
+def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stats: ItemStats,
+                     vectors: Callable[[np.ndarray], np.ndarray], behaviour_dim: int = 0,
+                     text: Callable[[np.ndarray], np.ndarray] | None = None,
+                     image: Callable[[np.ndarray], np.ndarray] | None = None,
+                     temperature: float = 0.1) -> Features:
+    """Features of every (user, candidate) of `cand` (U, W)."""
+    n_users, width = cand.shape
+    valid = cand >= 0
+    pos = np.maximum(cand, 0)
+    cvec = vectors(pos.ravel()).reshape(n_users, width, -1).astype(np.float32)
+    profile = users.profile.astype(np.float32)
+    cols: list[np.ndarray] = []
+    score = np.einsum("uwd,ud->uw", cvec, profile)
+    score = np.where(valid, score, -np.inf)
+    rank = np.empty_like(score)
+    order = np.argsort(-score, axis=1, kind="stable")
+    np.put_along_axis(rank, order, np.arange(width, dtype=np.float32)[None, :].repeat(n_users, 0), 1)
+    cols += [np.where(valid, score, 0), rank]
+    if behaviour_dim:
+        cols.append(np.einsum("uwd,ud->uw", cvec[..., :behaviour_dim], profile[:, :behaviour_dim]))
+        cols.append(np.einsum("uwd,ud->uw", cvec[..., behaviour_dim:], profile[:, behaviour_dim:]))
+    for fn, prof in ((text, users.text_profile), (image, users.image_profile)):
+        if fn is not None:
+            m = fn(pos.ravel()).reshape(n_users, width, -1).astype(np.float32)
+            cols.append(np.einsum("uwd,ud->uw", m, prof.astype(np.float32)))
+
+    # Target attention: cosine of the candidate to each history item, softmax-weighted
+    # by the history weights (the DIN idea without training).
+    unit = cvec / np.maximum(np.linalg.norm(cvec, axis=2, keepdims=True), 1e-12)
+
+    def unit_vectors(matrix):
+        v = vectors(np.maximum(matrix, 0).ravel()).reshape(matrix.shape[0], matrix.shape[1], -1).astype(np.float32)
+        v /= np.maximum(np.linalg.norm(v, axis=2, keepdims=True), 1e-12)
+        return np.where((matrix >= 0)[..., None], v, 0)
+
+    hvec = unit_vectors(users.hist)
+    sim = np.matmul(unit, hvec.transpose(0, 2, 1))                        # (U, W, H)
+    hvalid = (users.hist >= 0)[:, None, :]
+    logw = np.log(np.maximum(users.hist_w, 1e-12))[:, None, :]
+    logits = np.where(hvalid, sim / temperature + logw, -np.inf)
+    top = logits.max(axis=2, keepdims=True)
+    att = np.exp(logits - np.where(np.isfinite(top), top, 0))
+    att_sum = att.sum(axis=2, keepdims=True)
+    att = att / np.maximum(att_sum, 1e-12)
+    any_hist = hvalid.any(axis=2)
+    cols.append(np.where(any_hist, (att * np.where(hvalid, sim, 0)).sum(axis=2), 0))
+    cols.append(np.where(any_hist, np.where(hvalid, sim, -1).max(axis=2), 0))
+    reason = np.where(any_hist & valid, np.take_along_axis(users.hist, logits.argmax(axis=2), 1), -1)
+
+    rvec = unit_vectors(users.recent)
+    rsim = np.matmul(unit, rvec.transpose(0, 2, 1))                       # (U, W, L)
+    rvalid = (users.recent >= 0)[:, None, :]
+    cols.append(np.where(rvalid[:, :, 0], rsim[:, :, 0], 0))
+    cols.append(np.where(rvalid, rsim, 0).sum(axis=2) / np.maximum(rvalid.sum(axis=2), 1))
+
+    # Co-occurrence of the candidate with the recent items (from the top-M lists).
+    cooc_sum = np.zeros((n_users, width), np.float32)
+    cooc_last = np.zeros((n_users, width), np.float32)
+    cooc_best = np.zeros((n_users, width), np.float32)
+    cooc_reason = np.full((n_users, width), -1, np.int64)
+    for j in range(users.recent.shape[1]):
+        rec = users.recent[:, j]
+        if not (rec >= 0).any():
+            continue
+        neigh = stats.cooc_items[np.maximum(rec, 0)]                       # (U, M)
+        cnt = np.where((rec >= 0)[:, None], stats.cooc_counts[np.maximum(rec, 0)], 0)
+        match = (cand[:, :, None] == neigh[:, None, :]) & valid[:, :, None] & (neigh[:, None, :] >= 0)
+        c = (match * cnt[:, None, :]).sum(axis=2)
+        cooc_sum += c
+        if j == 0:
+            cooc_last = c
+        better = c > cooc_best
+        cooc_best = np.where(better, c, cooc_best)
+        cooc_reason = np.where(better, rec[:, None], cooc_reason)
+    wsum_h = np.maximum(np.where(users.hist >= 0, users.hist_w, 0).sum(axis=1), 1e-12)
+    knn = _lookup(_cooc_scores(users.hist, stats, users.hist_w / wsum_h[:, None], stats.cooc_cosine), cand, stats.n)
+    cols += [np.log1p(cooc_sum), np.log1p(cooc_last), knn]
+
+    cols += [stats.pop_pct[pos], stats.trend[pos], np.nan_to_num(np.log1p(np.maximum(stats.age_days[pos], 0)), nan=-1)]
+    cat_share = _shares(users, stats.category, stats.n_categories)
+    cat = stats.category[pos]
+    cols.append(np.where(cat >= 0, np.take_along_axis(cat_share, np.maximum(cat, 0), 1), 0))
+    brand_share = _shares(users, stats.brand, stats.n_brands)
+    brand = stats.brand[pos]
+    cols.append(np.where(brand >= 0, np.take_along_axis(brand_share, np.maximum(brand, 0), 1), 0))
+    last_cat = np.where(users.recent[:, 0] >= 0, stats.category[np.maximum(users.recent[:, 0], 0)], -1)
+    cols.append(((cat == last_cat[:, None]) & (cat >= 0)).astype(np.float32))
+
+    # Price against the user's band (weighted mean and spread of the history's log prices).
+    hp = np.where(users.hist >= 0, stats.log_price[np.maximum(users.hist, 0)], np.nan)
+    w = np.where(np.isnan(hp), 0, users.hist_w)
+    wsum = w.sum(axis=1)
+    mean = np.where(wsum > 0, np.nansum(np.nan_to_num(hp) * w, axis=1) / np.maximum(wsum, 1e-12), np.nan)
+    var = np.where(wsum > 0, np.nansum(np.nan_to_num(hp - mean[:, None]) ** 2 * w, axis=1) / np.maximum(wsum, 1e-12), np.nan)
+    z = (stats.log_price[pos] - mean[:, None]) / (np.sqrt(var)[:, None] + 0.1)
+    z = np.nan_to_num(z, nan=0.0)
+    cols += [z, np.abs(z), stats.purchase_rate[pos], stats.query_ctr[pos]]
+    mix = users.type_mix
+    cols += [np.repeat(mix[:, [TYPE_CODE["purchase"]]] + mix[:, [TYPE_CODE["add_to_cart"]]], width, 1),
+             np.repeat(mix[:, [TYPE_CODE["click"]]], width, 1),
+             np.repeat(np.log1p((users.hist >= 0).sum(axis=1, keepdims=True)).astype(np.float32), width, 1)]
+    cols += [(flags & FROM_ANN > 0), (flags & FROM_COOC > 0), (flags & FROM_TREND > 0)]
+    values = np.stack([np.asarray(c, np.float32) for c in cols], axis=2)
+    values[~valid] = 0
+    names = feature_names(behaviour_dim, text is not None, image is not None)
+    if values.shape[2] != len(names):
+        raise AssertionError(f"{values.shape[2]} feature columns for {len(names)} names")
+    return Features(values, names, reason, np.where(valid, cooc_reason, -1))
+
+
+def _rows_of(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Row of each value in `keys` (-1 where absent)."""
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    at = np.searchsorted(sk, values)
+    hit = (at < len(sk)) & (sk[np.minimum(at, len(sk) - 1)] == values)
+    return np.where(hit, order[np.minimum(at, len(sk) - 1)], -1).astype(np.int64)
+
+
+def user_batch_from_events(events: Events, users: np.ndarray, profile: np.ndarray, weights_fn,
+                           max_history: int = 50, recent: int = 5,
+                           text_vectors: np.ndarray | None = None) -> UserBatch:
+    """A UserBatch for `users` (codes) from their events (the bench and tests; the
+    rank pass builds the same arrays from user_profiles columns). `weights_fn(events)
+    -> per-event weight` as the profile uses."""
+    all_rows = _rows_of(events.user, np.asarray(users, np.int64))
+    row = all_rows
+    ev = events.take((row >= 0) & (events.item >= 0))
+    row = row[(row >= 0) & (events.item >= 0)]
+    n = len(users)
+    w = weights_fn(ev)
+    # history: (user, item) summed weights, heaviest first, ties by item
+    key = row * (int(ev.item.max(initial=0)) + 1) + ev.item
+    uniq, inv = np.unique(key, return_inverse=True)
+    summed = np.bincount(inv, weights=w)
+    h_rows = uniq // (int(ev.item.max(initial=0)) + 1)
+    h_items = uniq % (int(ev.item.max(initial=0)) + 1)
+    keep = summed > 0
+    h_rows, h_items, summed = h_rows[keep], h_items[keep], summed[keep]
+    order = np.lexsort((h_items, -summed, h_rows))
+    hist = pad_lists(h_rows[order], h_items[order], n, max_history)
+    hist_w = pad_lists(h_rows[order], summed[order].astype(np.float32), n, max_history, fill=0.0)
+    # recent distinct items, newest first
+    order = np.lexsort((-ev.item, -ev.ts, row))
+    r_rows, r_items = row[order], ev.item[order]
+    k2 = r_rows * (int(ev.item.max(initial=0)) + 1) + r_items
+    _, first = np.unique(k2, return_index=True)
+    first = np.sort(first)
+    rec = pad_lists(r_rows[first], r_items[first], n, recent)
+    ok = all_rows >= 0
+    mix = np.zeros((n, len(EVENT_TYPES)), np.float32)
+    np.add.at(mix, (all_rows[ok], events.kind[ok].astype(np.int64)), 1.0)
+    mix /= np.maximum(mix.sum(axis=1, keepdims=True), 1)
+    text_profile = None
+    if text_vectors is not None:
+        tv = text_vectors[np.maximum(hist, 0)] * (hist >= 0)[..., None] * hist_w[..., None]
+        text_profile = tv.sum(axis=1)
+        text_profile /= np.maximum(np.linalg.norm(text_profile, axis=1, keepdims=True), 1e-12)
+    seen_key = np.unique(row * (int(ev.item.max(initial=0)) + 1) + ev.item)
+    m = int(ev.item.max(initial=0)) + 1
+    return UserBatch(profile=profile, hist=hist, hist_w=hist_w, recent=rec, type_mix=mix,
+                     seen_rows=seen_key // m, seen_items=seen_key % m, text_profile=text_profile)

@@ -1,0 +1,107 @@
+"""The re-ranker in the pipeline, on a small synthetic shop: the rank stage trains it
+on the driver (labels from the last days of training), it beats retrieval order on
+its validation slice, the rank pass applies it on the executors (model_version names
+it), and a night without enough labels falls back to the last good model."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from deltalake import DeltaTable
+
+from fusionrank.core.catalog import layout
+from fusionrank.raw.synth import generate
+from fusionrank.ranks.rerank import ranker as rk
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.integration
+
+END = dt.date(2026, 11, 22)
+STAGES = ["clean_catalog", "clean_events", "encode_items", "build_index", "build_profiles", "rank"]
+
+
+@pytest.fixture(scope="module")
+def night(spark, tmp_path_factory):
+    from fusionrank.pipeline import run_all
+
+    tmp = tmp_path_factory.mktemp("rerank")
+    data = tmp / "shop"
+    generate(data, items=600, users=800, days=40, seed=5, end_date=END, images="none")
+    settings = make_settings(tmp, data / "catalog.jsonl", data / "events.jsonl",
+                             evaluate={"holdout_days": 7}, rank={"write_similar": False},
+                             rerank={"enabled": True, "label_days": 7, "candidates": 100, "num_threads": 1,
+                                     "min_labels": 50})
+    results = run_all(settings, END, spark, stages=STAGES)
+    recs = DeltaTable(settings.storage.table_path("recs_user_topk")).to_pandas()
+    return {"settings": settings, "counts": results[-1].counts, "recs": recs, "spark": spark}
+
+
+def test_rank_stage_trains_a_reranker_that_beats_retrieval_order(night):
+    counts = night["counts"]
+    assert counts["rerank"] == "trained", counts
+    assert counts["rerank_users"] >= 100
+    assert counts["rerank_valid_ndcg"] > counts["rerank_valid_ndcg_retrieval"] * 1.05, counts
+    folder = layout(night["settings"]).reranker(END)
+    meta = json.loads((folder / rk.META_FILE).read_text())
+    assert meta["version"] == counts["rerank_version"] and len(meta["features"]) > 20
+    assert (folder / rk.MODEL_FILE).exists() and (folder / rk.STATS_FILE).exists()
+
+
+def test_rank_pass_applies_it(night):
+    recs, counts, k = night["recs"], night["counts"], night["settings"].rank.k
+    ranked = recs[~recs["reason"].str.startswith("popular")]  # cold-start lists are not re-ranked
+    assert ranked["model_version"].str.endswith("+" + counts["rerank_version"]).all()
+    sizes = ranked.groupby("user_id").size()
+    assert (sizes == k).mean() > 0.95
+    for _, group in ranked.groupby("user_id"):
+        assert list(group.sort_values("rank")["score"]) == sorted(group["score"], reverse=True)
+        assert group["item_id"].is_unique
+    reasons = ranked["reason"]
+    assert reasons.str.startswith(("similar to", "bought together with", "trending in", "close to")).all()
+    assert reasons.str.startswith("similar to").mean() > 0.3
+
+
+def test_too_few_labels_falls_back_to_the_last_good_model(night):
+    from fusionrank.core.context import make_context
+    from fusionrank.ranks.rerank import nightly
+    from fusionrank.index.build import load_index
+
+    settings = night["settings"]
+    strict = settings.model_copy(update={"rerank": settings.rerank.model_copy(update={"min_labels": 10 ** 9})})
+    later = END + dt.timedelta(days=1)
+    (layout(settings).index(later)).parent.mkdir(parents=True, exist_ok=True)
+    ctx = make_context(strict, END, night["spark"])
+    index = load_index(ctx.index_path())
+    ctx_later = make_context(strict, later, night["spark"])
+    ctx_later.index_path = ctx.index_path  # the same index: its model version matches
+    # the later night's own data is the first night's: only the label floor differs
+    ctx_later.training_events = ctx.training_events
+    ctx_later.for_date = ctx.for_date
+    folder, counts = nightly.train_nightly(ctx_later, index, ctx.spec.behaviour_dim)
+    assert counts["rerank"] == "fallback" and "too few labels" in counts["rerank_reason"]
+    assert folder == str(layout(settings).reranker(END))
+
+
+def test_report_has_a_ranker_section(night, tmp_path):
+    from fusionrank.interfaces.report import build_report
+
+    out = build_report(night["settings"], END, spark=night["spark"], out_path=tmp_path / "report.html")
+    section = out.read_text(encoding="utf-8").split('<section id="ranker">')[1].split("</section>")[0]
+    assert "trained" in section and "retrieval order" in section and "Top features by gain" in section
+
+
+def test_show_user_lists_each_recommendations_top_features(night):
+    from fusionrank.core.context import make_context
+    from fusionrank.interfaces.show import render_user, show_user
+
+    ctx = make_context(night["settings"], END, night["spark"])
+    recs = night["recs"]
+    user = recs[~recs["reason"].str.startswith("popular")]["user_id"].iloc[0]
+    shown = show_user(ctx, user)
+    features = [r.get("features") for r in shown["recommendations"]]
+    assert all(f and len(f) == 3 for f in features)
+    names = set(json.loads((layout(night["settings"]).reranker(END) / rk.META_FILE).read_text())["features"])
+    assert {f["feature"] for fs in features for f in fs} <= names
+    assert "top features" in render_user(shown)

@@ -1,0 +1,157 @@
+"""The re-ranker's pure parts (ranks/rerank): stats, candidates, features, labels, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusionrank.ranks.rerank import features as fx
+from fusionrank.ranks.rerank import ranker as rk
+
+DAY = 86_400
+
+
+def _events(rows):
+    """rows: (user, item, day, type[, value[, session]])"""
+    return fx.Events(
+        user=np.array([r[0] for r in rows], np.int64), item=np.array([r[1] for r in rows], np.int64),
+        ts=np.array([int(r[2] * DAY) for r in rows], np.int64),
+        kind=np.array([fx.TYPE_CODE[r[3]] for r in rows], np.int8),
+        value=np.array([r[4] if len(r) > 4 and r[4] is not None else np.nan for r in rows]),
+        session=np.array([r[5] if len(r) > 5 else -1 for r in rows], np.int64))
+
+
+def test_item_stats_counts_only_before_the_cutoff():
+    ev = _events([(0, 0, 1, "view"), (1, 0, 2, "view"), (0, 1, 25, "purchase"), (1, 1, 29, "view"),
+                  (2, 2, 40, "view")])  # day 40 is after the cutoff
+    stats = fx.item_stats(ev, 3, cutoff=30 * DAY, category=np.array([0, 0, 1]))
+    assert stats.pop_pct[2] == 0.0  # its only event is after the cutoff
+    assert stats.trend[1] > stats.trend[0]  # item 1's events are in the last 7 days
+    assert stats.purchase_rate[1] > stats.purchase_rate[0]
+    # users 0 and 1 both had items 0 and 1: each is the other's top co-occurrence
+    assert stats.cooc_items[0, 0] == 1 and stats.cooc_counts[0, 0] == 2
+    assert stats.cooc_items[1, 0] == 0
+    assert stats.trending[0, 0] == 1  # category 0's 7-day top item
+    assert stats.trending[1, 0] == -1  # nothing of category 1 before the cutoff
+
+
+def test_query_ctr_counts_engagement_in_search_sessions():
+    ev = _events([(0, -1, 1, "search", None, 7), (0, 0, 1, "view", None, 7), (0, 0, 1, "click", None, 7),
+                  (0, 1, 1, "view", None, 8), (0, 1, 1, "click", None, 8)])
+    stats = fx.item_stats(ev, 2, cutoff=10 * DAY)
+    assert stats.query_ctr[0] > 0 and stats.query_ctr[1] == 0
+
+
+def test_item_stats_round_trip():
+    ev = _events([(0, 0, 1, "view"), (0, 1, 2, "click")])
+    stats = fx.item_stats(ev, 2, cutoff=5 * DAY, brand=np.array([3, -1]), price=np.array([10.0, np.nan]))
+    back = fx.ItemStats.from_arrays(stats.to_arrays())
+    assert back.n_brands == 4 and back.cutoff == stats.cutoff
+    np.testing.assert_array_equal(back.cooc_items, stats.cooc_items)
+    with pytest.raises(ValueError, match="missing arrays"):
+        fx.ItemStats.from_arrays({"_meta": np.zeros(3)})
+
+
+def _batch(n_items=6):
+    # user 0 saw items 0, 1 (1 most recent); user 1 saw item 3
+    ev = _events([(0, 0, 1, "view"), (0, 1, 2, "purchase"), (1, 3, 2, "view"),
+                  (2, 1, 1, "view"), (2, 2, 1, "view"), (3, 1, 1, "view"), (3, 2, 1, "click"), (3, 4, 1, "view")])
+    stats = fx.item_stats(ev, n_items, cutoff=3 * DAY, category=np.array([0, 0, 0, 1, 1, 1]),
+                          price=np.array([10, 12, 11, 100, 90, 95.0]))
+    vecs = np.eye(n_items, dtype=np.float32)
+    vecs[2] = [0.9, 0.1, 0, 0, 0, 0]  # item 2 looks like item 0
+    users = np.array([0, 1])
+    weights = lambda e: np.ones(len(e))  # noqa: E731
+    prof = np.stack([vecs[0] + vecs[1], vecs[3]])
+    ub = fx.user_batch_from_events(ev, users, prof, weights, max_history=4, recent=2)
+    return ev, stats, vecs, ub
+
+
+def test_user_batch_and_candidates_union_without_seen_items():
+    ev, stats, vecs, ub = _batch()
+    assert ub.recent[0].tolist() == [1, 0]  # newest first
+    ann = np.array([[0, 2, 5], [3, 4, -1]])  # item 0 was seen by user 0, item 3 by user 1
+    cand, flags = fx.candidates(ann, ub, stats, n_cooc=5, n_trend=5)
+    row0 = [c for c in cand[0].tolist() if c >= 0]
+    assert 0 not in row0 and 1 not in row0  # seen
+    assert row0[:2] == [2, 5]  # ANN order first
+    assert 4 in row0  # co-occurs with item 1 (user 3)
+    f = dict(zip(cand[0].tolist(), flags[0].tolist()))
+    assert f[2] & fx.FROM_ANN and f[2] & fx.FROM_COOC  # both sources
+    assert 3 not in cand[1].tolist()
+
+
+def test_features_attention_reason_and_affinities():
+    ev, stats, vecs, ub = _batch()
+    cand = np.array([[2, 5, -1], [4, 2, -1]])
+    flags = np.full(cand.shape, fx.FROM_ANN)
+    out = fx.compute_features(cand, flags, ub, stats, lambda p: vecs[p])
+    col = {n: i for i, n in enumerate(out.names)}
+    v = out.values
+    assert v.shape == (2, 3, len(out.names))
+    assert out.reason[0, 0] == 0  # item 2 is most like history item 0
+    assert out.reason[0, 2] == -1  # padding
+    assert v[0, 0, col["max_history_similarity"]] > 0.9
+    assert v[0, 0, col["category_share"]] == pytest.approx(1.0)
+    assert v[0, 1, col["category_share"]] == 0.0
+    # price: item 5 (95) is far above user 0's band (10-12), item 2 (11) inside it
+    assert v[0, 1, col["abs_price_vs_user"]] > 5 * v[0, 0, col["abs_price_vs_user"]]
+    assert v[0, 0, col["retrieval_rank"]] == 0.0
+    assert np.all(v[:, 2] == 0)
+
+
+def test_grades_and_label_matrix():
+    ev = _events([(0, 1, 1, "view"), (0, 1, 1, "purchase"), (0, 2, 1, "click"), (1, 2, 1, "rating", 4.0),
+                  (1, 3, 1, "search")])
+    u, i, g = rk.grades(ev)
+    assert dict(zip(zip(u.tolist(), i.tolist()), g.tolist())) == {(0, 1): 4, (0, 2): 2, (1, 2): 4}
+    labels = rk.label_matrix(np.array([[1, 2, 5], [2, -1, 3]]), np.array([0, 1]), u, i, g)
+    assert labels.tolist() == [[4, 2, 0], [4, 0, 0]]
+
+
+def test_label_split_modes():
+    ev = _events([(0, j, j, "view") for j in range(10)] + [(1, j, j, "view") for j in range(5)])
+    last = rk.label_split(ev, "user_last", fraction=0.2)
+    assert ev.item[last & (ev.user == 0)].tolist() == [8, 9] and ev.item[last & (ev.user == 1)].tolist() == [4]
+    days = rk.label_split(ev, "days", label_days=2)
+    assert sorted(ev.item[days].tolist()) == [8, 9]
+    rnd = rk.label_split(ev, "random", fraction=0.2, seed=3)
+    assert rnd.sum() == 3 and np.array_equal(rnd, rk.label_split(ev, "random", fraction=0.2, seed=3))
+    with pytest.raises(ValueError, match="label_split"):
+        rk.label_split(ev, "weekly")
+
+
+def _synthetic_ranking(n_users=300, width=40, seed=0):
+    """Features where the label follows feature 1, while 'retrieval_score' (feature 0)
+    is only loosely related: a model must learn to beat retrieval order."""
+    rng = np.random.RandomState(seed)
+    values = rng.standard_normal((n_users, width, 3)).astype(np.float32)
+    truth = values[..., 1] + 0.3 * values[..., 0]
+    labels = np.zeros((n_users, width), np.int32)
+    best = np.argsort(-truth, axis=1)[:, :3]
+    np.put_along_axis(labels, best, 2, 1)
+    cand = np.tile(np.arange(width), (n_users, 1))
+    return values, labels, cand, ["retrieval_score", "signal", "noise"]
+
+
+def test_train_ranker_beats_retrieval_order_and_is_deterministic(tmp_path):
+    values, labels, cand, names = _synthetic_ranking()
+    cfg = rk.RankerConfig(num_rounds=60, min_data_in_leaf=20, num_threads=1)
+    model = rk.train_ranker(values, labels, cand, names, cfg)
+    assert model.valid_ndcg > model.valid_ndcg_retrieval + 0.2
+    assert next(iter(model.gains())) == "signal"
+    again = rk.train_ranker(values, labels, cand, names, cfg)
+    np.testing.assert_array_equal(model.score(values[:5]), again.score(values[:5]))
+    model.save(tmp_path / "m")
+    loaded = rk.load_ranker(tmp_path / "m")
+    np.testing.assert_allclose(loaded.score(values[:5]), model.score(values[:5]), rtol=1e-6)
+    top, scores, _ = rk.rerank_order(loaded.score(values[:2]), cand[:2], 5)
+    assert top.shape == (2, 5) and np.all(np.diff(scores, axis=1) <= 0)
+
+
+def test_too_few_labels_is_a_clear_error(tmp_path):
+    values, labels, cand, names = _synthetic_ranking(n_users=5)
+    with pytest.raises(ValueError, match="too few labels"):
+        rk.train_ranker(values, labels, cand, names, rk.RankerConfig())
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        rk.load_ranker(tmp_path)
