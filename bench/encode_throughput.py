@@ -3,7 +3,9 @@
     python bench/encode_throughput.py --items 600 --images 60 --cores 2
 
 Prints, all measured in one run:
-  * text / text+image, fp32 and int8 side by side: items/s of the encoder called
+  * text / text+image, fp32 and int8 side by side (text also bf16, and torch's own
+    `quantize_dynamic` int8 in one process for comparison: int8 itself runs in ONNX
+    Runtime, vectors.ort_int8): items/s of the encoder called
     directly, in the best layout this machine allows for one job, which is the better of
     one process with `cores` torch threads and `cores` processes with one thread each
     (the Spark layout), on the same items; and through `encoding.encode` on Spark
