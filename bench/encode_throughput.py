@@ -3,7 +3,9 @@
     python bench/encode_throughput.py --items 600 --images 60 --cores 2
 
 Prints, all measured in one run:
-  * text / text+image, fp32 and int8 side by side: items/s of the encoder called
+  * text / text+image, fp32 and int8 side by side (text also bf16, and torch's own
+    `quantize_dynamic` int8 in one process for comparison: int8 itself runs in ONNX
+    Runtime, vectors.ort_int8): items/s of the encoder called
     directly, in the best layout this machine allows for one job, which is the better of
     one process with `cores` torch threads and `cores` processes with one thread each
     (the Spark layout), on the same items; and through `encoding.encode` on Spark
@@ -170,6 +172,23 @@ def raw_encode(rows: list[dict], settings, cores: int) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu
 
 
+def raw_torch_int8(rows: list[dict], settings, cores: int) -> tuple[float, float]:
+    """(wall, CPU seconds) of torch's own int8 (`quantize_dynamic`, per-channel) in one
+    process with `cores` threads: the implementation int8 does not use, for comparison."""
+    from fusionrank.vectors import encoders as models
+    from fusionrank.vectors.quantize import quantize_linear_int8
+
+    models.set_torch_threads(cores)
+    opts = encode_options(settings)
+    encoder = models.TextEncoder(Path(opts["text_path"]), "cpu", "float32")
+    encoder.model = quantize_linear_int8(encoder.model)
+    opts = dict(opts, image=None)
+    _warm(rows, opts, encoder, None)
+    started, cpu = time.perf_counter(), time.process_time()
+    _encode_rows(rows, opts, encoder, None)
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
 def _shard_worker(rows: list[dict], opts: dict, barrier, results) -> None:
     """One of `cores` processes: one torch thread, loads and warms up, then encodes its shard."""
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -333,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         spark_rate: dict[tuple[str, str], float] = {}
         per_cpu: dict[tuple[str, str], float] = {}
 
-        def measure(label: str, subset: list[dict], backend: str) -> None:
-            for dtype in ("float32", "int8"):
+        def measure(label: str, subset: list[dict], backend: str, dtypes=("float32", "int8")) -> None:
+            for dtype in dtypes:
                 settings = settings_for(tmp, args.cores, backend, dtype)
                 one, cpu = raw_encode(subset, settings, args.cores)
                 many = raw_encode_processes(subset, settings, args.cores)
@@ -350,7 +369,12 @@ def main(argv: list[str] | None = None) -> int:
             return best[label, "int8"] / best[label, "float32"]
 
         if "text" in parts:
-            measure("text (MiniLM-L6)", rows, "none")
+            measure("text (MiniLM-L6)", rows, "none", ("float32", "bfloat16", "int8"))
+            one, cpu = raw_torch_int8(rows, settings_for(tmp, args.cores), args.cores)
+            n = len(rows)
+            per_cpu["text (MiniLM-L6)", "torch-int8"] = n / cpu
+            print(f"{'text (MiniLM-L6)':<27} {'t-int8':<7} {n:>6} {n / one:>8.1f} {'-':>8} {'-':>11} {'-':>10} "
+                  f"{'-':>10} {n / cpu:>12.1f}   (torch quantize_dynamic, not used: for comparison)", flush=True)
         if args.images and "image" in parts:
             measure("text+image (EffNet-Lite0)", rows[:args.images], "efficientnet_lite0")
         if best:
@@ -359,6 +383,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label:<27} {speedup(label):>8.2f}x "
                       f"{spark_rate[label, 'int8'] / spark_rate[label, 'float32']:>6.2f}x "
                       f"{per_cpu[label, 'int8'] / per_cpu[label, 'float32']:>9.2f}x")
+            for other, name in (("bfloat16", "bf16 / fp32"), ("torch-int8", "torch int8 / fp32")):
+                if ("text (MiniLM-L6)", other) in per_cpu:
+                    key = "text (MiniLM-L6)", other
+                    raw = f"{best[key] / best['text (MiniLM-L6)', 'float32']:>8.2f}x" if key in best else f"{'-':>9}"
+                    sp = (f"{spark_rate[key] / spark_rate['text (MiniLM-L6)', 'float32']:>6.2f}x"
+                          if key in spark_rate else f"{'-':>7}")
+                    print(f"{name + ' (text)':<27} {raw} {sp} "
+                          f"{per_cpu[key] / per_cpu['text (MiniLM-L6)', 'float32']:>9.2f}x")
 
         if "quality" in parts:
             print("\nint8 quality against fp32 (text vectors of the same items; recall@10 against the fp32 top 10)")

@@ -119,6 +119,55 @@ def write_tables(spark, store, users: np.ndarray, items: np.ndarray, work: Path,
          "events_clean", schemas.EVENTS_CLEAN)
 
 
+class Spans:
+    """Wall time of named driver-side calls during one stage run (wrapped in place)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._undo: list = []
+
+    def wrap(self, owner, attr: str, label: str) -> None:
+        original = getattr(owner, attr)
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started
+
+        setattr(owner, attr, timed)
+        self._undo.append((owner, attr, original))
+
+    def restore(self) -> None:
+        for owner, attr, original in reversed(self._undo):
+            setattr(owner, attr, original)
+
+    def rows(self, total: float) -> list[tuple[str, float]]:
+        out = [("rank stage (run_stage, total)", total)]
+        out += [(name, seconds) for name, seconds in self.seconds.items()]
+        return out
+
+
+def profile_rank_stage() -> Spans:
+    """Time the rank stage's parts: the cold-start lists job, the executor job (search,
+    seen join, reasons, Parquet), the commit, the Delta-log counts and query_topk."""
+    from fusionrank.ranks import cold_start, stage
+    from fusionrank.index import build as index_build
+    from fusionrank.storage import store
+    from fusionrank.pipeline import runner
+
+    spans = Spans()
+    spans.wrap(cold_start, "popular_lists", "cold_start.popular_lists (Spark job, collect)")
+    spans.wrap(store.TableStore, "write", "TableStore.write recs_user_topk (job + commit)")
+    spans.wrap(store.TableStore, "_write_batches", "  of which the executor job (seen join, search, reasons, Parquet)")
+    spans.wrap(store.TableStore, "count_rows", "TableStore.count_rows (Delta log)")
+    spans.wrap(stage, "write_query_topk", "write_query_topk (events scans, driver search, write_rows)")
+    spans.wrap(stage, "read_manifest", "read_manifest")
+    del index_build, runner
+    return spans
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=50_000)
@@ -198,7 +247,10 @@ def main(argv=None) -> int:
         ivf_recall = recall_at(np.where(got >= 0, item_numbers[np.maximum(got, 0)], -1), truth)
         rows.append((f"(c) FAISS {manifest['type']} (the built index), one process", ivf_s, ivf_recall))
 
+        spans = profile_rank_stage() if args.breakdown else None
         ranked = run_stage("rank", settings, RUN_DATE, ctx=ctx)
+        if spans is not None:
+            spans.restore()
         if args.breakdown:
             # The search alone: profiles -> hash-partitioned mapInArrow -> a no-op sink (no
             # seen join, no reason titles, no Delta write, no counts; index already loaded).
@@ -227,6 +279,11 @@ def main(argv=None) -> int:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
 
+    if spans is not None:
+        print(f"\nrank stage breakdown (wall seconds of the driver's calls, nested ones listed under their caller; "
+              f"load average {os.getloadavg()[0]:.1f})")
+        for name, seconds in spans.rows(ranked.seconds):
+            print(f"  {name:<62}{seconds:>8.2f}")
     base = als
     print()
     print(f"{'method':<58}{'seconds':>9}{'users/s':>11}{'vs ALS':>9}{'recall@100':>12}")

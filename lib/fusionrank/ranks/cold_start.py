@@ -29,25 +29,31 @@ def popular_lists(events: DataFrame, catalog: DataFrame, k: int, since: dt.datet
     """{top-level category: [(item_id, score, reason)] * <= k, "": the overall list}: each
     category's most popular items of the window, filled up with the overall ones; score
     is the item's share of the window's events. Only (categories + 1) x k rows reach
-    the driver."""
+    the driver.
+
+    One Spark job (one aggregation, one window): the overall top k are found on the
+    driver among the collected per-group top k (an item among the k most popular overall
+    is among the k most popular of its own group, under the same order), and the
+    window's event total is the sum of the groups' totals. Groups: each top-level
+    category, catalog items without one (overall list only), and items not in the
+    catalog (counted in the total only)."""
     recent = events.where((F.col("event_ts") >= utc_literal(since)) & F.col("item_id").isNotNull())
-    cats = catalog.select("item_id", top_category(F.col("category")).alias("category"))
-    counts = (recent.groupBy("item_id").agg(F.count("*").alias("n"))
-              .crossJoin(recent.agg(F.count("*").alias("_total")))  # one row: broadcast
-              .join(cats, "item_id"))
-    overall = (counts.orderBy(F.desc("n"), "item_id").limit(k)  # a top-k, not a one-partition window
-               .withColumn("rank", F.lit(0)).withColumn("category", F.lit(None).cast("string")))
-    per_category = (counts.where(F.col("category").isNotNull())
-                    .withColumn("rank", F.row_number().over(Window.partitionBy("category").orderBy(F.desc("n"), "item_id")))
-                    .where(F.col("rank") <= k))
-    columns = ["category", "rank", "item_id", (F.col("n") / F.col("_total")).alias("score")]
-    rows = overall.select(*columns).unionByName(per_category.select(*columns)).collect()
-    overall_rows = sorted((r for r in rows if r["category"] is None), key=lambda r: (-r["score"], r["item_id"]))
-    top = [(r["item_id"], r["score"], "popular") for r in overall_rows]
-    ordered = sorted((r for r in rows if r["category"] is not None), key=lambda r: (r["category"], r["rank"]))
+    cats = catalog.select("item_id", top_category(F.col("category")).alias("category"), F.lit(True).alias("_known"))
+    counts = (recent.groupBy("item_id").agg(F.count("*").alias("n")).join(cats, "item_id", "left")
+              .withColumn("_known", F.coalesce(F.col("_known"), F.lit(False))))
+    group = Window.partitionBy("_known", "category")
+    ranked = (counts.withColumn("rank", F.row_number().over(group.orderBy(F.desc("n"), "item_id")))
+              .withColumn("_group_total", F.sum("n").over(group)))
+    rows = (ranked.where((F.col("rank") <= F.when(F.col("_known"), F.lit(k)).otherwise(F.lit(1))))
+            .select("_known", "category", "rank", "item_id", "n", "_group_total").collect())
+    total = sum(r["_group_total"] for r in rows if r["rank"] == 1)
+    known = [r for r in rows if r["_known"]]
+    overall_rows = sorted(known, key=lambda r: (-r["n"], r["item_id"]))[:k]
+    top = [(r["item_id"], r["n"] / total, "popular") for r in overall_rows]
+    ordered = sorted((r for r in known if r["category"] is not None), key=lambda r: (r["category"], r["rank"]))
     lists = {"": top}
     for r in ordered:
-        lists.setdefault(r["category"], []).append((r["item_id"], r["score"], f"popular in {r['category']}"))
+        lists.setdefault(r["category"], []).append((r["item_id"], r["n"] / total, f"popular in {r['category']}"))
     for category, items in lists.items():
         if category:
             have = {item for item, _, _ in items}

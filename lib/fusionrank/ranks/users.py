@@ -144,26 +144,26 @@ def _reasons_batched(loaded, rows: np.ndarray, ranks: np.ndarray, item_positions
     counts = np.bincount(hist_rows, minlength=n_users)
     slot = np.arange(len(hist_rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     width, dim = int(counts.max()), loaded.index.d
-    # Scatters go through flat row indexes: numpy's two-array fancy assignment is many
-    # times slower, and this is the hot loop of the stage.
-    hist_flat = hist_rows.astype(np.int64) * width + slot
-    hist_vecs = np.zeros((n_users * width, dim), dtype=np.float32)
-    hist_vecs[hist_flat] = loaded.reconstruct(hist_pos)
+    # (user, slot) -> history entry, as one gather: a user's unused slots repeat their
+    # slot 0 (an equal value never wins argmax over the earlier real slot, so no -inf
+    # masking pass is needed); users without history get a zero row (masked below).
+    source = np.full(n_users * width, len(hist_rows), dtype=np.int64)
+    source[hist_rows.astype(np.int64) * width + slot] = np.arange(len(hist_rows))
+    first = np.repeat(np.cumsum(counts) - counts, width)
+    unused = (source == len(hist_rows)) & np.repeat(counts > 0, width)
+    source[unused] = first[unused]
+    hist_vecs = np.concatenate([loaded.reconstruct(hist_pos), np.zeros((1, dim), np.float32)])[source]
     hist_vecs = hist_vecs.reshape(n_users, width, dim)
-    weights = np.full(n_users * width, -np.inf, dtype=np.float32)
-    weights[hist_flat] = hist_w
-    weights = weights.reshape(n_users, width)
-    hist_at = np.full(n_users * width, -1, dtype=np.int64)
-    hist_at[hist_flat] = hist_pos
-    hist_at = hist_at.reshape(n_users, width)
+    weights = np.append(hist_w, np.float32(0))[source].reshape(n_users, width)
+    hist_at = np.append(hist_pos, -1)[source].reshape(n_users, width)
     if len(rows) == n_users * k:  # every user has k results: rows and ranks are already in place
         cand_vecs = loaded.reconstruct(item_positions).reshape(n_users, k, dim)
     else:
         cand_vecs = np.zeros((n_users * k, dim), dtype=np.float32)
         cand_vecs[rows.astype(np.int64) * k + (ranks - 1)] = loaded.reconstruct(item_positions)
         cand_vecs = cand_vecs.reshape(n_users, k, dim)
-    contribution = np.matmul(cand_vecs, hist_vecs.transpose(0, 2, 1)) * np.where(np.isinf(weights), 1, weights)[:, None, :]
-    contribution = np.where(np.isinf(weights)[:, None, :], -np.inf, contribution)
+    contribution = np.matmul(cand_vecs, hist_vecs.transpose(0, 2, 1))
+    contribution *= weights[:, None, :]
     best = contribution.argmax(axis=2)  # (users, k): slot of the best history item
     has_history = counts[rows] > 0
     reason[has_history] = hist_at[rows[has_history], best[rows[has_history], ranks[has_history] - 1]]
@@ -188,11 +188,34 @@ def reason_text(loaded, reasons: np.ndarray, reason_ids: pa.Array | None = None)
     return pc.fill_null(pc.binary_join_element_wise("similar to ", named, ""), "close to your profile")
 
 
+def _dictionary(indices: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), values)
+
+
+def reason_columns(loaded, reasons: np.ndarray) -> tuple[pa.Array, pa.Array]:
+    """(reason, reason_item_id) as dictionary arrays over the batch's distinct reason
+    items: the texts are built once per distinct item, not once per row (a batch of
+    512 users x k=100 rows names a few thousand history items), and the Parquet writer
+    stores the dictionaries as they are instead of hashing every row's string."""
+    distinct, inverse = np.unique(reasons, return_inverse=True)
+    ids = _take_ids(loaded, distinct)
+    texts = reason_text(loaded, distinct, ids)  # -1 (no reason item): "close to your profile"
+    if len(distinct) and distinct[0] < 0:  # the id column is null there, its dictionary has no null
+        ids_dict = ids.slice(1)
+        id_array = pa.DictionaryArray.from_arrays(pa.array(inverse - 1, pa.int32(), mask=inverse == 0), ids_dict)
+    else:
+        id_array = _dictionary(inverse, ids)
+    return _dictionary(inverse, texts), id_array
+
+
 def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reason_history: int,
-               max_per_category: int = 0, reranker=None, version: str | None = None) -> pa.RecordBatch | None:
+               max_per_category: int = 0, reranker=None, version: str | None = None,
+               dictionaries: bool = False) -> pa.RecordBatch | None:
     """Top-k unseen items (with reasons) of one batch of users: one FAISS search, the rest
     vectorised. A re-ranker plugs in between the search and `_drop_and_cut`: rescore
-    `scores` (same shape as `positions`) and re-sort each row."""
+    `scores` (same shape as `positions`) and re-sort each row. `dictionaries`: the
+    repeating string columns as dictionary arrays (the stage's Parquet writers), else
+    plain strings."""
 
     chunk = chunk.filter(pc.is_valid(chunk.column("profile_vec")))  # no profile, nothing to search with
     n, total = chunk.num_rows, int(loaded.index.ntotal)
@@ -216,18 +239,21 @@ def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reaso
         return None
     item_positions = positions[rows, cols]
     reasons = _reasons_batched(loaded, rows, ranks, item_positions, n, k, chunk, reason_history)
-    reason_ids = _take_ids(loaded, reasons)
-    text = reason_text(loaded, reasons, reason_ids)
-    if sources is not None:  # re-ranked: candidates from co-occurrence or trending say so
-        text, reason_ids = rerank.source_reasons(loaded, text, reason_ids, sources[0][rows, cols],
-                                                 sources[1][rows, cols])
-    return pa.RecordBatch.from_arrays(
-        [chunk.column("user_id").take(pa.array(rows)).cast(pa.string()), pa.array(ranks, pa.int32()),
-         _take_ids(loaded, item_positions), pa.array(scores[rows, cols], pa.float32()),
-         text, reason_ids,
-         pa.repeat(pa.scalar(version or loaded.manifest.get("model_version"), pa.string()), len(rows))],
-        names=RANKED_SCHEMA.fieldNames(),
-    )
+    if sources is None:
+        reason, reason_ids = reason_columns(loaded, reasons)
+    else:  # re-ranked: candidates from co-occurrence or trending say so
+        reason_ids = _take_ids(loaded, reasons)
+        reason, reason_ids = rerank.source_reasons(loaded, reason_text(loaded, reasons, reason_ids), reason_ids,
+                                                   sources[0][rows, cols], sources[1][rows, cols])
+    # user_id, reason, reason_item_id and model_version repeat within a batch: dictionary
+    # arrays (the files store them dictionary-encoded; Spark readers see plain strings).
+    model_version = version or loaded.manifest.get("model_version")
+    columns = [_dictionary(rows, chunk.column("user_id").cast(pa.string())), pa.array(ranks, pa.int32()),
+               _take_ids(loaded, item_positions), pa.array(scores[rows, cols], pa.float32()), reason, reason_ids,
+               _dictionary(np.zeros(len(rows), np.int32), pa.array([model_version], pa.string()))]
+    if not dictionaries:
+        columns = [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in columns]
+    return pa.RecordBatch.from_arrays(columns, names=RANKED_SCHEMA.fieldNames())
 
 
 class PopularLists:
@@ -295,7 +321,7 @@ def rank_partition(
         for start in range(0, batch.num_rows, search_batch):
             chunk = batch.slice(start, search_batch)
             for out in (rank_chunk(loaded, chunk, k, max_candidates, reason_history, max_per_category, reranker,
-                                   version),
+                                   version, dictionaries=True),
                         popular_rows(chunk, lists, loaded.manifest.get("model_version"))):
                 if out is not None:
                     yield out
@@ -347,7 +373,7 @@ def rank_batches(users: DataFrame, index_path: str, rank_cfg, partitions: int = 
         version=version,
     )
     return ExecutorBatches(_stable_batches(users, "user_id", partitions), body, RANKED_SCHEMA, distinct="user_id",
-                           dictionary_columns=("reason", "model_version"))
+                           dictionary_columns=("user_id", "reason", "reason_item_id", "model_version"))
 
 
 def rank_users(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0, use_gpu: bool = False) -> DataFrame:

@@ -42,6 +42,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator
 from urllib.parse import quote, unquote, urlparse
 
@@ -94,7 +95,45 @@ class ExecutorBatches:
     dictionary_columns: tuple[str, ...] | None = None
 
     def to_dataframe(self) -> DataFrame:
-        return self.frame.mapInArrow(self.produce, self.schema)
+        return self.frame.mapInArrow(partial(plain_batches, produce=self.produce), self.schema)
+
+
+def plain_batches(batches: Iterator[pa.RecordBatch], produce) -> Iterator[pa.RecordBatch]:
+    """`produce` with dictionary columns decoded (Spark rows want the plain types)."""
+    for batch in produce(batches):
+        yield pa.RecordBatch.from_arrays(
+            [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in batch.columns],
+            names=batch.schema.names)
+
+
+def _count_distinct(column: pa.Array) -> int:
+    if pa.types.is_dictionary(column.type):  # the distinct values its rows use
+        column = column.dictionary.take(pc.drop_null(pc.unique(column.indices)))
+    return pc.count_distinct(column).as_py()
+
+
+def _file_table(pending: list[pa.RecordBatch], schema: pa.Schema, dictionary_columns) -> pa.Table:
+    """The batches as one table of `schema`, where `dictionary_columns` stay (or become)
+    dictionary arrays with one dictionary per column: the Parquet writer then writes
+    that dictionary as it is instead of hashing every value."""
+    if not dictionary_columns:
+        return pa.Table.from_batches(pending).cast(schema)
+    target = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type), f.nullable)
+                        if f.name in dictionary_columns else f for f in schema])
+    converted = []
+    for batch in pending:
+        columns = []
+        for field, column in zip(target, batch.select(target.names).columns):
+            if pa.types.is_dictionary(field.type):
+                if not pa.types.is_dictionary(column.type):
+                    column = pc.dictionary_encode(column.cast(field.type.value_type))
+                column = pa.DictionaryArray.from_arrays(column.indices.cast(pa.int32()),
+                                                        column.dictionary.cast(field.type.value_type))
+            else:
+                column = column.cast(field.type)
+            columns.append(column)
+        converted.append(pa.RecordBatch.from_arrays(columns, schema=target))
+    return pa.Table.from_batches(converted, schema=target).unify_dictionaries().combine_chunks()
 
 
 FILE_REPORT_DDL = "path string, rows long, bytes long, distinct long"
@@ -117,12 +156,15 @@ def write_batches_partition(batches: Iterator[pa.RecordBatch], produce, folder: 
 
     def flush():
         nonlocal writer
+        table = _file_table(pending, schema, dictionary_columns)
         if writer is None:
             fs.makedirs(folder)
             filesystem, inner = fs.filesystem(path)
-            writer = pq.ParquetWriter(inner, schema, filesystem=filesystem,
-                                      use_dictionary=True if dictionary_columns is None else list(dictionary_columns))
-        writer.write_table(pa.Table.from_batches(pending).cast(schema), row_group_size=ROW_GROUP_ROWS)
+            # No stored Arrow schema: readers see the table's plain types, not dictionaries.
+            writer = pq.ParquetWriter(inner, table.schema, filesystem=filesystem,
+                                      use_dictionary=True if dictionary_columns is None else list(dictionary_columns),
+                                      store_schema=not dictionary_columns)
+        writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         pending.clear()
 
     try:
@@ -131,7 +173,7 @@ def write_batches_partition(batches: Iterator[pa.RecordBatch], produce, folder: 
                 pending.append(batch)
                 rows += batch.num_rows
                 if distinct:
-                    keys += pc.count_distinct(batch.column(distinct)).as_py()
+                    keys += _count_distinct(batch.column(distinct))
                 if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
                     flush()
         if pending:

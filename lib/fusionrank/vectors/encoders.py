@@ -28,6 +28,7 @@ from fusionrank.core import uri as uris
 from fusionrank.core.config import Settings
 from fusionrank.core.errors import ModelError
 from fusionrank.storage import fs
+from fusionrank.vectors import ort_int8
 from fusionrank.vectors.quantize import quantize_linear_int8, resolve_int8
 
 _LOCK = threading.Lock()
@@ -271,19 +272,24 @@ def torch_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
-def _place(model, dtype: str, device: str):
+def _place(model, dtype: str, device: str, quantize_torch: bool = True):
     """(model on `device` in eval mode, its input dtype, int8?): `int8` quantises the
-    Linear layers on CPU (`vectors.quantize`) and falls back to the GPU dtype on CUDA."""
+    Linear layers on CPU (`vectors.quantize`; text encoders use ONNX Runtime instead,
+    `quantize_torch=False`) and falls back to the GPU dtype on CUDA."""
     name, quantize = resolve_int8(dtype, device)
     compute = torch_dtype(name, device)
     model = model.to(device=device, dtype=compute).eval()
-    if quantize:
+    if quantize and quantize_torch:
         model = quantize_linear_int8(model)
     return model, compute, quantize
 
 
 class TextEncoder:
-    """A BERT-family encoder: mean pooling over real tokens, L2 normalised."""
+    """A BERT-family encoder: mean pooling over real tokens, L2 normalised.
+
+    `int8` on CPU runs the model in ONNX Runtime (`vectors.ort_int8`: exported and
+    quantised once per machine, one session per process); every other dtype in torch.
+    """
 
     def __init__(self, path: Path, device: str = "cpu", dtype: str = "auto"):
         from transformers import AutoModel, AutoTokenizer
@@ -300,9 +306,16 @@ class TextEncoder:
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # BERT's CLS head: a Linear per batch whose output mean pooling ignores
         self.device = device
-        self.model, self.dtype, self.quantized = _place(self.model, dtype, device)
+        self.model, self.dtype, self.quantized = _place(self.model, dtype, device, quantize_torch=False)
         self.dim = int(self.model.config.hidden_size)
         self.pad_id = self.tokenizer.pad_token_id or 0
+        self.session = None
+        if self.quantized:
+            import torch
+
+            self.session = ort_int8.OrtSession(ort_int8.ensure_model(Path(path), folder_digest(Path(path))),
+                                               threads=torch.get_num_threads())
+            self.model = None  # the float weights are not needed any more
 
     def encode(self, texts: list[str], batch_size: int = 64, max_length: int = 128) -> np.ndarray:
         """float32 (len(texts), dim), rows L2 normalised.
@@ -329,6 +342,9 @@ class TextEncoder:
                 for row, i in enumerate(idx):
                     input_ids[row, :lengths[i]] = ids[i]
                     mask[row, :lengths[i]] = 1
+                if self.session is not None:  # int8: the ONNX graph pools and normalises itself
+                    out[idx] = self.session.run(input_ids, mask)
+                    continue
                 batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
                 if type_ids is not None:  # BERT wants them; single-segment text is all zeros
                     batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])

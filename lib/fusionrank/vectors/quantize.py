@@ -1,7 +1,7 @@
-"""Dynamic int8 quantisation of an encoder's Linear layers (CPU only).
+"""Dynamic int8 quantisation of an encoder's Linear layers in torch (CPU only).
 
-`models.text.dtype: int8` (and `models.image.dtype: int8` for Hugging Face vision
-models) turn every `torch.nn.Linear` into a dynamically quantised one: weights int8
+`models.image.dtype: int8` (Hugging Face vision models) turns every `torch.nn.Linear`
+into a dynamically quantised one: weights int8
 per output channel (symmetric), activations quantised per batch on the fly, int32
 accumulation, float32 in and out. Everything else (embeddings, LayerNorm, softmax,
 pooling) stays float32.
@@ -17,12 +17,11 @@ torch 2.13 marks `torch.ao.quantization` deprecated (it still works); its
 deprecation warnings are silenced here only. The x86, fbgemm and onednn engines ran
 within 10% of each other end to end; x86 (torch's default) is kept.
 
-ONNX Runtime 1.32's dynamic int8 (per-channel, exported with torch.onnx) was measured
-too, on the same texts and cosine (0.994): about 2.5x this path's items per CPU
-second. It is not used: it needs an ONNX export per model folder (cached per machine),
-onnx + onnxruntime as dependencies, and in torch 2.13 the legacy export also changed
-the exported module's later outputs in the same process. That is the follow-up if
-int8 has to go faster.
+Text encoders do not use this path: their int8 runs in ONNX Runtime
+(`vectors.ort_int8`), which measured 1.37x this path's items per CPU second on the
+same texts at the same cosine (bench/encode_throughput.py). This module still
+quantises Hugging Face vision models (`models.image.dtype: int8`) and serves as the
+comparison in the benchmarks.
 """
 
 from __future__ import annotations

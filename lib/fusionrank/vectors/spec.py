@@ -20,7 +20,7 @@ import numpy as np
 from fusionrank.core import uri as uris
 from fusionrank.core.catalog import layout
 from fusionrank.core.errors import ModelError
-from fusionrank.vectors import encoders
+from fusionrank.vectors import encoders, ort_int8
 from fusionrank.vectors.fusion import FusionDims, fuse, projection_matrix
 
 
@@ -145,6 +145,8 @@ def resolve(settings) -> ModelSpec:
         "behaviour": settings.behaviour.model_dump(mode="json"),
         "content_weight": settings.rank.content_weight,
     }
+    if text_cfg.dtype == "int8":  # which int8: runtime and quantisation recipe (vectors.ort_int8)
+        identity["text_backend"] = ort_int8.backend_id()
     version = _version(identity)
     d_in = dims.total
     if fusion.projection == "identity":
