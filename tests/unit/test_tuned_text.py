@@ -4,6 +4,7 @@ and models.text.use_tuned resolving to the accepted one (changing model_version)
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def test_use_tuned_follows_the_accepted_verdict(tuned, tmp_path):
     settings = make_settings(tmp_path, models={"text": {"use_tuned": True}})
     base = default_text_model_path()
     assert text_model_path(settings) == base  # nothing tuned yet
-    pointer = layout(settings).tuned_text_pointer()
+    pointer = Path(layout(settings).tuned_text_pointer())  # a local URI here
     pointer.parent.mkdir(parents=True)
     verdict = {"path": str(out / "a"), "digest": folder_digest(out / "a"), "accepted": True}
     pointer.write_text(json.dumps(verdict))
