@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_the_weekly_stage_tunes_and_judges_on_validation(spark, tmp_path):
     verdict = run_stage("tune_text_encoder", settings, END).counts
     assert verdict["steps"] == 3 and verdict["pairs"] > 50 and verdict["val_cases"] > 10
     assert folder_digest(verdict["path"]) == verdict["digest"] != verdict["base_digest"]
-    saved = json.loads(layout(settings).tuned_text_pointer().read_text())
+    saved = json.loads(Path(layout(settings).tuned_text_pointer()).read_text())  # a local URI here
     assert saved["accepted"] == (verdict["val_ndcg_tuned"] > verdict["val_ndcg_base"])
     expected = verdict["path"] if saved["accepted"] else str(default_text_model_path())
     assert str(text_model_path(settings)) == expected
