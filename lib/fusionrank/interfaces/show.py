@@ -401,9 +401,13 @@ def render_tables(rows: list[dict]) -> str:
     from rich.table import Table
 
     paths = [str(r["path"]) for r in rows]
-    root = os.path.commonpath(paths) if len(paths) > 1 else None
+    if all(uris.is_local(p) for p in paths):
+        root = os.path.commonpath(paths) if len(paths) > 1 else None
+    else:  # URIs: os.path would fold `s3a://` into `s3a:/`
+        parents = {uris.parent(p) for p in paths}
+        root = parents.pop() if len(paths) > 1 and len(parents) == 1 else None
     # Paths are shown only where a table is not at <root>/<name> (the usual layout).
-    standard = root is not None and all(p == os.path.join(root, r["table"]) for p, r in zip(paths, rows))
+    standard = root is not None and all(p == uris.join(root, r["table"]) for p, r in zip(paths, rows))
     title = "fusionrank output tables" + (f" under {root}" if standard else "")
     table = Table(title=title, title_justify="left")
     table.add_column("table", no_wrap=True)
