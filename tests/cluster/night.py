@@ -34,7 +34,7 @@ TABLES = ["catalog_clean", "events_clean", "quarantine", "item_embeddings", "use
           "recs_user_topk", "recs_item_similar", "metrics", "query_topk"]
 VOLATILE = {"quarantined_at"}  # wall-clock columns that legitimately differ between runs
 ITEMS = 150  # the slice's most-touched items: text encoding dominates a night's time
-STAGE_TIMEOUT = 420
+STAGE_TIMEOUT = 900  # one stage; generous for a loaded 2-core machine (a quiet one: 40-110 s)
 
 
 def build_zip(out: Path) -> Path:
