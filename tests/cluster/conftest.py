@@ -189,6 +189,7 @@ class StoreServer:
         self.trip_on = None  # (method, path) -> bool
         self.tripped = threading.Event()
         self.down = False  # also refuse requests on connections opened before the outage
+        self.tripped_at = 0.0
 
     def start(self) -> None:
         import logging
@@ -218,7 +219,7 @@ class StoreServer:
             trip = self.trip_on
             if self.down or (trip is not None and trip(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))):
                 if not self.down:
-                    self.trip_on, self.down = None, True
+                    self.trip_on, self.down, self.tripped_at = None, True, time.time()
                     self.tripped.set()
                     threading.Thread(target=self.stop, daemon=True).start()
                 start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
