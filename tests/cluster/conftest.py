@@ -112,11 +112,17 @@ class Cluster:
         self.workers[number] = proc
         return number
 
-    def kill_worker(self, number: int) -> None:
-        """SIGKILL the worker's process group: the Worker JVM, its executors and their
-        Python workers, as when a host dies."""
+    def kill_worker(self, number: int, also: list[int] = ()) -> None:
+        """SIGKILL the worker's process group (the Worker JVM and its executors) and the
+        processes `also` (their Python workers: PySpark's daemon has its own group), as
+        when a host dies."""
         proc = self.workers.pop(number)
         os.killpg(proc.pid, signal.SIGKILL)
+        for pid in also:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
 
     def wait_worker(self, number: int, timeout: float = 90) -> None:
