@@ -239,7 +239,7 @@ def _worker_pythons(root: int) -> list[int]:
     pids = []
     for pid in _descendants(root):
         try:
-            if b"pyspark" in open(f"/proc/{pid}/cmdline", "rb").read():
+            if b"pyspark.daemon" in open(f"/proc/{pid}/cmdline", "rb").read():
                 pids.append(pid)
         except OSError:
             continue
