@@ -112,11 +112,17 @@ class Cluster:
         self.workers[number] = proc
         return number
 
-    def kill_worker(self, number: int) -> None:
-        """SIGKILL the worker's process group: the Worker JVM, its executors and their
-        Python workers, as when a host dies."""
+    def kill_worker(self, number: int, also: list[int] = ()) -> None:
+        """SIGKILL the worker's process group (the Worker JVM and its executors) and the
+        processes `also` (their Python workers: PySpark's daemon has its own group), as
+        when a host dies."""
         proc = self.workers.pop(number)
         os.killpg(proc.pid, signal.SIGKILL)
+        for pid in also:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
 
     def wait_worker(self, number: int, timeout: float = 90) -> None:
@@ -189,6 +195,7 @@ class StoreServer:
         self.trip_on = None  # (method, path) -> bool
         self.tripped = threading.Event()
         self.down = False  # also refuse requests on connections opened before the outage
+        self.tripped_at = 0.0
 
     def start(self) -> None:
         import logging
@@ -218,7 +225,7 @@ class StoreServer:
             trip = self.trip_on
             if self.down or (trip is not None and trip(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))):
                 if not self.down:
-                    self.trip_on, self.down = None, True
+                    self.trip_on, self.down, self.tripped_at = None, True, time.time()
                     self.tripped.set()
                     threading.Thread(target=self.stop, daemon=True).start()
                 start_response("503 Service Unavailable", [("Content-Type", "text/plain")])

@@ -34,7 +34,7 @@ TABLES = ["catalog_clean", "events_clean", "quarantine", "item_embeddings", "use
           "recs_user_topk", "recs_item_similar", "metrics", "query_topk"]
 VOLATILE = {"quarantined_at"}  # wall-clock columns that legitimately differ between runs
 ITEMS = 150  # the slice's most-touched items: text encoding dominates a night's time
-STAGE_TIMEOUT = 420
+STAGE_TIMEOUT = 900  # one stage; generous for a loaded 2-core machine (a quiet one: 40-110 s)
 
 
 def build_zip(out: Path) -> Path:
@@ -215,19 +215,33 @@ def upload_inputs(store: ObjectStore, inputs: dict) -> str:
 
 
 # -- losing a worker in the middle of a stage ---------------------------------------------
-def _group_pythons(pgid: int) -> list[int]:
-    """PySpark Python processes (daemon and workers) in a process group."""
-    pids = []
+def _descendants(root: int) -> list[int]:
+    """Every process under `root` (by parent pid: PySpark's daemon makes its own process group)."""
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = open(f"/proc/{entry}/stat").read()
-            if int(stat[stat.rindex(")") + 2:].split()[2]) != pgid:
-                continue
-            if b"pyspark" in open(f"/proc/{entry}/cmdline", "rb").read():
-                pids.append(int(entry))
+            children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry))
         except (OSError, ValueError):
+            continue
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _worker_pythons(root: int) -> list[int]:
+    """PySpark Python processes (daemon and workers) under a worker process."""
+    pids = []
+    for pid in _descendants(root):
+        try:
+            if b"pyspark.daemon" in open(f"/proc/{pid}/cmdline", "rb").read():
+                pids.append(pid)
+        except OSError:
             continue
     return pids
 
@@ -276,7 +290,7 @@ def run_with_worker_loss(dep: Deployment, stage: str, library: str, timeout: flo
     victim, ticks = None, {}
     while thread.is_alive() and victim is None and time.perf_counter() - started < timeout:
         for number, proc in list(dep.cluster.workers.items()):
-            for pid in _group_pythons(proc.pid):
+            for pid in _worker_pythons(proc.pid):
                 if not _has_loaded(pid, library):
                     continue
                 now, before = _cpu_ticks(pid), ticks.get(pid)
@@ -291,7 +305,7 @@ def run_with_worker_loss(dep: Deployment, stage: str, library: str, timeout: flo
     assert victim is not None, f"{stage}: no Python worker loaded {library} while the stage ran: " + (
         result["proc"].stderr[-3000:] if "proc" in result else "")
     after = time.perf_counter() - started
-    dep.cluster.kill_worker(victim)
+    dep.cluster.kill_worker(victim, also=_descendants(dep.cluster.workers[victim].pid))
     replacement = dep.cluster.start_worker()
     dep.cluster.wait_worker(replacement)
     thread.join(timeout)
