@@ -378,6 +378,8 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
             "train_users": model.n_users, "seconds": round(time.perf_counter() - started, 1),
             "top_gain": list(model.gains())[:6]}
     log(f"  {name}: {json.dumps(info)}", flush=True)
+    log(f"  {name} rows: {json.dumps({m: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for m, r in rows.items()})}",
+        flush=True)
     return rows, info
 
 
