@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export FUSIONRANK_JARS_DIR ?= $(abspath .jars)
 
-.PHONY: install jars demo data synth test test-unit dist clean
+.PHONY: install jars demo data synth test test-cluster test-unit dist clean
 
 install: $(STAMP)
 
@@ -59,6 +59,10 @@ demo: install data
 
 test: install jars
 	$(VENV)/bin/pytest -q --durations=20
+
+# The whole cluster nights not yet proven in CI (tests/cluster, marker cluster_full).
+test-cluster: install jars
+	$(VENV)/bin/pytest -q --durations=20 -m cluster_full tests/cluster
 
 test-unit: install
 	$(VENV)/bin/pytest -q tests/unit

@@ -6,6 +6,8 @@ Airflow DAG's night (test_dag_night.py). Tables are read back with `deltalake`, 
 
 from __future__ import annotations
 
+import pytest
+
 from deltalake import DeltaTable
 
 from fusionrank.pipeline.registry import ORDER
@@ -42,6 +44,7 @@ def test_a_delta_rs_night_on_the_cluster(rs_night, cluster):
     assert len(apps) >= len(ORDER) and all(a["state"] == "FINISHED" for a in apps)
 
 
+@pytest.mark.cluster_full
 def test_a_delta_spark_night_equals_the_delta_rs_night(rs_night, cluster, night_inputs, night_store):
     dep = deployment(cluster, night_inputs, "delta_spark", "delta-spark", night_store)
     project = project_files()

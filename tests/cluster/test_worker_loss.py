@@ -5,9 +5,12 @@ the night completes, and its tables equal a clean night's row for row."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.cluster.night import assert_same_tables, copy_tables, deployment, run_with_worker_loss
 
 
+@pytest.mark.cluster_full
 def test_a_night_survives_losing_a_worker_in_encode_items_and_in_rank(cluster, night_inputs, rs_night, night_store):
     dep = deployment(cluster, night_inputs, "worker_loss", "delta-rs", night_store)
     # The clean night's cleaned inputs (the cleaning stages are not under test here).
