@@ -14,6 +14,11 @@ from fusionrank.core.context import RunContext
 from fusionrank.core.errors import StageError
 from fusionrank.publish.gate import PUBLISHED, REJECTED, TABLE, Snapshot, current, gate_failures, metric_key
 
+# Snapshot tables a night may leave without rows for its date: rank writes query_topk
+# together with recs_user_topk (which must have rows), and a night with no searches
+# (MovieLens) has no queries to rank.
+MAY_BE_EMPTY = frozenset({"query_topk"})
+
 log = logging.getLogger("fusionrank.publish")
 
 
@@ -41,7 +46,8 @@ def publish(ctx: RunContext) -> dict:
     # Pin every snapshot table now: later writes (reruns, backfills) make new versions.
     versions = {}
     for table in SNAPSHOT_TABLES:
-        ctx.for_date(table)  # fails naming the stage to run when the date is missing
+        if not (table in MAY_BE_EMPTY and ctx.store.exists(table)):
+            ctx.for_date(table)  # fails naming the stage to run when the date is missing
         versions[table] = ctx.store.info(table).version
     previous = current(ctx.settings, ctx.spark, before=ctx.run_date)
     failures = gate_failures(metrics, cfg, previous.metrics if previous else None,
