@@ -77,10 +77,16 @@ def print_summary(settings, run_date: dt.date, results) -> None:
         metrics = evaluated.counts["metrics"]
         print(f"\nevaluation ({evaluated.counts['split']}, {metrics['users_evaluated'][0]} users):")
         print(f"  {'metric':<14} {'fusionrank':>10} {'popularity':>10}")
-        for name, (ours, base) in metrics.items():
+        searched = {n: v for n, v in metrics.items() if n.startswith("search_")}
+        for name, (ours, base) in ((n, v) for n, v in metrics.items() if n not in searched):
             if name == "users_evaluated":
                 continue
             print(f"  {name:<14} {ours:>10.4f} {base:>10.4f}")
+        if searched.get("search_cases"):  # evaluate.search, on nights with held-out search sessions
+            print(f"\nsearch ({searched['search_cases']} held-out search sessions):")
+            print(f"  {'metric':<14} {'fusionrank':>10} {'dense 0-shot':>12}")
+            for name, (ours, base) in ((n, v) for n, v in searched.items() if n != "search_cases"):
+                print(f"  {name[len('search_'):]:<14} {ours:>10.4f} {base:>12.4f}")
 
 
 def cmd_run(args) -> int:
