@@ -33,8 +33,10 @@ def write_night(ctx, day: dt.date, ndcg: float, recs_item: str = "i1") -> None:
     )
     recs = spark.createDataFrame([(day, "u1", 1, recs_item, 0.9)],
                                  "run_date date, user_id string, rank int, item_id string, score double")
+    queries = spark.createDataFrame([(day, "red dress", 1, recs_item, 0.9)],
+                                    "run_date date, query string, rank int, item_id string, score double")
     for table in SNAPSHOT_TABLES:
-        frame = metrics if table == "metrics" else recs
+        frame = metrics if table == "metrics" else queries if table == "query_topk" else recs
         store.write(frame, table, partition_by=["run_date"], replace={"run_date": day})
 
 
