@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
@@ -43,7 +44,7 @@ def test_rank_stage_trains_a_reranker_that_beats_retrieval_order(night):
     assert counts["rerank"] == "trained", counts
     assert counts["rerank_users"] >= 100
     assert counts["rerank_valid_ndcg"] > counts["rerank_valid_ndcg_retrieval"] * 1.05, counts
-    folder = layout(night["settings"]).reranker(END)
+    folder = Path(layout(night["settings"]).reranker(END))  # a local URI here
     meta = json.loads((folder / rk.META_FILE).read_text())
     assert meta["version"] == counts["rerank_version"] and len(meta["features"]) > 20
     assert (folder / rk.MODEL_FILE).exists() and (folder / rk.STATS_FILE).exists()
@@ -71,7 +72,7 @@ def test_too_few_labels_falls_back_to_the_last_good_model(night):
     settings = night["settings"]
     strict = settings.model_copy(update={"rerank": settings.rerank.model_copy(update={"min_labels": 10 ** 9})})
     later = END + dt.timedelta(days=1)
-    (layout(settings).index(later)).parent.mkdir(parents=True, exist_ok=True)
+    Path(layout(settings).index(later)).parent.mkdir(parents=True, exist_ok=True)
     ctx = make_context(strict, END, night["spark"])
     index = load_index(ctx.index_path())
     ctx_later = make_context(strict, later, night["spark"])
@@ -102,6 +103,6 @@ def test_show_user_lists_each_recommendations_top_features(night):
     shown = show_user(ctx, user)
     features = [r.get("features") for r in shown["recommendations"]]
     assert all(f and len(f) == 3 for f in features)
-    names = set(json.loads((layout(night["settings"]).reranker(END) / rk.META_FILE).read_text())["features"])
+    names = set(json.loads((Path(layout(night["settings"]).reranker(END)) / rk.META_FILE).read_text())["features"])
     assert {f["feature"] for fs in features for f in fs} <= names
     assert "top features" in render_user(shown)

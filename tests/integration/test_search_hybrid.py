@@ -6,6 +6,7 @@ pins query_topk and `fusionrank.search` reads it, also personalised."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
@@ -38,7 +39,7 @@ def test_lexical_index_beside_faiss_and_query_topk_carries_the_category(night):
     from fusionrank.index.lexical import lexical_dir
 
     assert night["counts"]["build_index"]["lexical_items"] == 300
-    assert (lexical_dir(layout(night["settings"]).index(END)) / "item_ids.json").exists()
+    assert (Path(lexical_dir(layout(night["settings"]).index(END))) / "item_ids.json").exists()
     topk = DeltaTable(night["settings"].storage.table_path("query_topk")).to_pandas()
     assert len(topk)
     # Queries with engagement get their own intent, the others their nearest such queries'.
