@@ -13,7 +13,7 @@ def by_name(checks):
     return {c.name: c for c in checks}
 
 
-def test_a_sound_deployment_passes(spark, tmp_path):
+def test_a_sound_deployment_passes(spark, movielens, tmp_path):  # movielens: the inputs doctor checks
     settings = make_settings(tmp_path, storage={"engine": "delta-rs"})
     checks = doctor.run_checks(settings, spark, timeout=120)
     assert [c.name for c in checks if not c.ok] == [], doctor.render(checks)
@@ -24,7 +24,7 @@ def test_a_sound_deployment_passes(spark, tmp_path):
     assert "checks passed" in doctor.render(checks) and "missing" not in doctor.render(checks)
 
 
-def test_what_is_missing_is_named(spark, tmp_path):
+def test_what_is_missing_is_named(spark, movielens, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     settings = make_settings(tmp_path, storage={"engine": "delta-rs", "root": str(blocker / "warehouse")},
