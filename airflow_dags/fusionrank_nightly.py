@@ -21,7 +21,13 @@ DAG params without the `fusionrank_` prefix) say where things are; see README,
                               (default for both: the input path in the config)
   read when the DAG file is parsed:
     fusionrank_spark_conn_id  Spark connection (default spark_default)
-    fusionrank_gpu_pool       pool that bounds concurrent encode_items runs (default fusionrank_gpu)
+    fusionrank_gpu_pool       pool that bounds concurrent runs of the GPU stages (default fusionrank_gpu)
+    fusionrank_stage_conf     JSON {stage: {spark property: value}}: each stage task's spark-submit
+                              --conf, as `fusionrank config stage-conf --conf <cluster config>` prints
+                              it (spark.conf + spark.stages.<stage>.conf); executor resources and
+                              driver memory must be known at submit time. A stage whose conf asks
+                              for GPUs (spark.executor/task.resource.gpu.amount > 0) runs in the GPU
+                              pool. Default {}: no per-stage conf, no stage in the pool.
     fusionrank_start_date     first run date, YYYY-MM-DD (default 2024-01-01)
     fusionrank_catchup        "true": the scheduler fills in missed dates (default false)
     fusionrank_retry_delay_seconds  first retry delay, doubled on each retry (default 300)
@@ -30,6 +36,7 @@ DAG params without the `fusionrank_` prefix) say where things are; see README,
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 from typing import Any
@@ -63,12 +70,37 @@ DEFAULT_RETRIES = 2
 SENSOR_TIMEOUT = dt.timedelta(hours=8)
 SENSOR_POKE_INTERVAL = dt.timedelta(minutes=5)
 _UNSET = object()
+# Stages the stage-conf Variable may name (the export also lists the weekly stage).
+CONF_STAGES = STAGES + ["tune_text_encoder"]
+GPU_AMOUNT_KEYS = ("spark.executor.resource.gpu.amount", "spark.task.resource.gpu.amount")
 
 
 def _parse_time(name: str, default: str) -> str:
     """A deployment Variable read when the DAG file is parsed (pools and connections
     cannot be templated); environment variables AIRFLOW_VAR_<NAME> work too."""
     return str(Variable.get(VARIABLE_PREFIX + name, default=default))
+
+
+def stage_conf() -> dict[str, dict[str, str]]:
+    """The parse-time Variable fusionrank_stage_conf: {stage: {property: value}}."""
+    text = _parse_time("stage_conf", "{}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{DAG_ID}: Variable {VARIABLE_PREFIX}stage_conf is not JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(c, dict) for c in value.values()):
+        raise ValueError(f"{DAG_ID}: Variable {VARIABLE_PREFIX}stage_conf must be a JSON object of "
+                         "{stage: {spark property: value}} (fusionrank config stage-conf prints it)")
+    unknown = sorted(set(value) - set(CONF_STAGES))
+    if unknown:
+        raise ValueError(f"{DAG_ID}: Variable {VARIABLE_PREFIX}stage_conf names unknown stage(s) {unknown}; "
+                         f"stages: {CONF_STAGES}")
+    return {stage: {str(k): str(v) for k, v in conf.items()} for stage, conf in value.items()}
+
+
+def uses_gpu(conf: dict[str, str]) -> bool:
+    """A stage conf that asks its executors or tasks for a GPU."""
+    return any(float(conf.get(key) or 0) > 0 for key in GPU_AMOUNT_KEYS)
 
 
 def fusionrank_setting(params: dict, name: str, default: Any = _UNSET) -> Any:
@@ -157,6 +189,7 @@ def build_dag() -> DAG:
     )
     conn_id = _parse_time("spark_conn_id", "spark_default")
     gpu_pool = _parse_time("gpu_pool", "fusionrank_gpu")
+    confs = stage_conf()
     conf = _setting("conf")
     with dag:
         sensors = [
@@ -180,10 +213,11 @@ def build_dag() -> DAG:
                 application_args=["--date", "{{ ds }}", "--conf", conf],
                 py_files=_setting("py_files", ""),
                 name=f"fusionrank-{stage}-{{{{ ds }}}}",
+                conf=confs.get(stage) or None,
                 execution_timeout=EXECUTION_TIMEOUT[stage],
                 retries=RETRIES.get(stage, DEFAULT_RETRIES),
-                # GPU executors are scarce: the pool bounds how many encodes run at once.
-                **({"pool": gpu_pool, "pool_slots": 1} if stage == "encode_items" else {}),
+                # GPU executors are scarce: the pool bounds how many GPU stages run at once.
+                **({"pool": gpu_pool, "pool_slots": 1} if uses_gpu(confs.get(stage, {})) else {}),
             )
             previous >> task
             previous = task

@@ -42,6 +42,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Every stage a `spark.stages` entry may name (pipeline.registry.STAGES; a unit test
+# keeps the two equal, core cannot import the pipeline).
+STAGE_NAMES = ("clean_catalog", "clean_events", "encode_items", "build_index", "build_profiles", "rank", "evaluate",
+               "publish", "tune_text_encoder")
+# Spark properties that ask executors for a GPU (what the DAG's GPU pool keys on).
+GPU_AMOUNT_KEYS = ("spark.executor.resource.gpu.amount", "spark.task.resource.gpu.amount")
+
+
+def _spark_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+class StageSparkConfig(_Strict):
+    # Spark properties for this stage only, merged over spark.conf when the stage's
+    # session is built (and passed to its spark-submit by the DAG); null removes a key.
+    conf: dict[str, str | None] = Field(default_factory=dict)
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): (None if v is None else _spark_value(v)) for k, v in value.items()}
+        return value
+
+
 class SparkConfig(_Strict):
     # null: take the master from spark-submit (cluster); "local[*]" for local runs.
     master: str | None = "local[*]"
@@ -49,13 +74,43 @@ class SparkConfig(_Strict):
     ui_enabled: bool = True
     driver_memory: str | None = None
     conf: dict[str, str] = Field(default_factory=dict)
+    # Per stage (a name of STAGE_NAMES): {conf: {...}} merged over `conf` for that stage
+    # only: GPU amounts, driver/executor/Python memory (see conf/cluster.yaml, README
+    # "Resources per stage").
+    stages: dict[str, StageSparkConfig] = Field(default_factory=dict)
 
     @field_validator("conf", mode="before")
     @classmethod
     def _stringify(cls, value: Any) -> Any:
         if isinstance(value, dict):
-            return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+            return {str(k): _spark_value(v) for k, v in value.items()}
         return value
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: dict) -> dict:
+        unknown = sorted(set(value) - set(STAGE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages: {list(STAGE_NAMES)}")
+        return value
+
+    def conf_for(self, stage: str | None = None) -> dict[str, str]:
+        """`conf` with stage `stage`'s own entries merged over it (None: `conf` alone)."""
+        if stage is not None and stage not in STAGE_NAMES:
+            raise ConfigError(f"spark.stages: unknown stage {stage!r}; stages: {list(STAGE_NAMES)}")
+        merged = dict(self.conf)
+        overlay = self.stages.get(stage) if stage is not None else None
+        for key, value in (overlay.conf if overlay else {}).items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return merged
+
+    def uses_gpu(self, stage: str) -> bool:
+        """True when `stage`'s conf asks its executors or tasks for a GPU."""
+        conf = self.conf_for(stage)
+        return any(float(conf.get(key, 0) or 0) > 0 for key in GPU_AMOUNT_KEYS)
 
 
 class TableNames(_Strict):
@@ -304,6 +359,10 @@ class IndexConfig(_Strict):
     build_partitions: int = Field(0, ge=0)
     # Train on / search with a GPU when faiss reports one (the stored index is a CPU index).
     use_gpu: bool = True
+    # IVF-PQ within faiss-gpu's limits (8-bit codes, M in 1..96 of the sizes it supports,
+    # see index.build.GPU_PQ_M): null = when use_gpu and the build's driver sees a GPU or
+    # spark.stages.rank asks for GPUs; false: any M (such an index is searched on CPU).
+    gpu_pq_limits: bool | None = None
     # Recall@10 of the built index against exact search on a sample of its own
     # vectors; the build fails below `min_recall` and the previous index stays.
     self_check_queries: int = Field(1000, gt=0)

@@ -105,6 +105,8 @@ class RunContext:
         return privacy.pseudonymise_users(df, privacy.user_salt(self.settings))
 
 
-def make_context(settings: Settings, run_date: dt.date, spark: SparkSession | None = None) -> RunContext:
-    spark = spark or get_session(settings)
+def make_context(settings: Settings, run_date: dt.date, spark: SparkSession | None = None,
+                 stage: str | None = None) -> RunContext:
+    """`stage`: the one stage the context serves, whose Spark conf a new session gets."""
+    spark = spark or get_session(settings, stage)
     return RunContext(settings, spark, TableStore(spark, settings), run_date)

@@ -45,8 +45,13 @@ def _prepare_local_environment() -> None:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
-def get_session(settings: Settings) -> SparkSession:
-    """Return the active session, or build one from `settings`."""
+def get_session(settings: Settings, stage: str | None = None) -> SparkSession:
+    """Return the active session, or build one from `settings` with stage `stage`'s
+    Spark conf (`spark.stages.<stage>.conf` over `spark.conf`; None: `spark.conf` alone).
+
+    Under spark-submit, executor resources and driver memory must be known when the
+    application is submitted: the DAG passes the same per-stage conf on the command
+    line (the session here repeats it, for client mode and local runs)."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
@@ -57,7 +62,7 @@ def get_session(settings: Settings) -> SparkSession:
         builder = builder.master(cfg.master)
         if cfg.driver_memory:
             builder = builder.config("spark.driver.memory", cfg.driver_memory)
-    conf = dict(cfg.conf)
+    conf = cfg.conf_for(stage)
     conf.update(REQUIRED_CONF)
     conf["spark.ui.enabled"] = str(cfg.ui_enabled).lower()
     if settings.storage.engine == "delta-spark":
@@ -132,3 +137,18 @@ def task_cpus(spark: SparkSession | None = None) -> int:
     if spark is not None:
         return max(1, int(spark.conf.get("spark.task.cpus", "1")))
     return 1
+
+
+def task_gpu() -> int | None:
+    """The GPU Spark assigned to the running task (its first `gpu` address, from the
+    discovery script), or None outside a task or without a GPU resource."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is None:
+        return None
+    try:
+        gpus = ctx.resources().get("gpu")
+        return int(gpus.addresses[0]) if gpus is not None and gpus.addresses else None
+    except Exception:  # an address that is not a device ordinal: let the caller pick
+        return None

@@ -59,7 +59,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fusionrank.core import uri as uris
-from fusionrank.core.spark import task_cpus
+from fusionrank.core.spark import task_cpus, task_gpu
 from fusionrank.core.catalog import INDEX_MANIFEST, INDEX_VECTOR
 from fusionrank.core.config import IndexConfig
 from fusionrank.core.errors import IndexError_
@@ -75,6 +75,17 @@ TRAINED_FILE = "trained.faiss"
 SELF_CHECK_K = 10
 DENSE_COPY_MAX_BYTES = 512 * 2**20  # loaded indexes keep a float32 copy of their vectors up to this size
 MIN_POINTS_PER_CENTROID = 39  # below this FAISS k-means warns and clusters badly
+
+# faiss GPU IVF-PQ (GpuIndexIVFPQ, the default non-interleaved layout that
+# index_cpu_to_gpu builds): 8-bit codes only; bytes per code (= sub-quantisers M) one of
+# GPU_PQ_M; above GPU_PQ_FLOAT32_MAX_M the lookup tables (4 B x M x 256) exceed 48 KiB of
+# shared memory per block and must be float16 (GpuClonerOptions.useFloat16, set by
+# load_index); and, for faiss versions without the matrix-multiply fallback, dim / M one
+# of GPU_PQ_SUB_DIMS (no precomputed tables: inner product never uses them).
+GPU_PQ_M = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
+GPU_PQ_FLOAT32_MAX_M = 48
+GPU_PQ_SUB_DIMS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32)
+GPU_PQ_NBITS = 8
 
 _LOCK = threading.Lock()
 _LOADED: dict[tuple[str, str], "LoadedIndex"] = {}
@@ -132,8 +143,10 @@ def estimate_mb(spec: IndexSpec, n: int, dim: int) -> float:
     return size / 2**20
 
 
-def choose_spec(n: int, dim: int, cfg: IndexConfig) -> IndexSpec:
-    """The index type and parameters for `n` vectors of `dim` under `cfg`."""
+def choose_spec(n: int, dim: int, cfg: IndexConfig, gpu: bool = False) -> IndexSpec:
+    """The index type and parameters for `n` vectors of `dim` under `cfg`; `gpu`: an
+    IVF-PQ index is kept within faiss-gpu's limits (`gpu_pq_ok`), as it will be trained
+    or searched on a GPU (`pq_on_gpu`)."""
     kind = cfg.type
     if kind == "auto":
         kind = "flat" if n <= cfg.flat_max_items else "ivf_flat"
@@ -148,7 +161,7 @@ def choose_spec(n: int, dim: int, cfg: IndexConfig) -> IndexSpec:
     if cfg.type == "auto" and kind == "ivf_flat" and spec.estimated_mb > cfg.memory_budget_mb:
         spec.type, kind = "ivf_pq", "ivf_pq"
     if kind == "ivf_pq":
-        _choose_pq(spec, n, dim, cfg)
+        _choose_pq(spec, n, dim, cfg, gpu)
     if spec.estimated_mb > cfg.memory_budget_mb:
         raise IndexError_(
             f"a {spec.type} index of {n} x {dim} vectors needs about {spec.estimated_mb:.0f} MB, over "
@@ -157,14 +170,45 @@ def choose_spec(n: int, dim: int, cfg: IndexConfig) -> IndexSpec:
     return spec
 
 
-def _choose_pq(spec: IndexSpec, n: int, dim: int, cfg: IndexConfig) -> None:
+def gpu_pq_ok(m: int, dim: int, nbits: int = GPU_PQ_NBITS) -> bool:
+    """Whether faiss-gpu can hold an IVF-PQ index of `m` sub-quantisers over `dim`."""
+    return nbits == GPU_PQ_NBITS and m in GPU_PQ_M and dim % m == 0 and dim // m in GPU_PQ_SUB_DIMS
+
+
+def pq_on_gpu(cfg: IndexConfig, rank_gpu: bool = False) -> bool:
+    """Whether IVF-PQ must keep within faiss-gpu's limits: `index.gpu_pq_limits` when
+    set, else (null) when `index.use_gpu` and a GPU is visible to faiss in this process
+    or the rank stage's Spark conf asks for GPUs (`rank_gpu`)."""
+    if cfg.gpu_pq_limits is not None:
+        return cfg.gpu_pq_limits
+    return cfg.use_gpu and (rank_gpu or gpu_count(cfg) > 0)
+
+
+def _choose_pq(spec: IndexSpec, n: int, dim: int, cfg: IndexConfig, gpu: bool = False) -> None:
     # 8-bit codes want 256 x 39 training points; smaller samples get fewer bits.
     points = min(n, cfg.train_sample)
     spec.pq_nbits = int(max(4, min(8, math.floor(math.log2(max(points // MIN_POINTS_PER_CENTROID, 16))))))
     divisors = [m for m in range(dim, 0, -1) if dim % m == 0]
+    if gpu:
+        if spec.pq_nbits != GPU_PQ_NBITS:
+            raise IndexError_(
+                f"IVF-PQ on a GPU needs {GPU_PQ_NBITS}-bit codes, trained on at least "
+                f"{2**GPU_PQ_NBITS * MIN_POINTS_PER_CENTROID} vectors; {points} are available (min of the "
+                f"{n} items and index.train_sample {cfg.train_sample}): raise index.train_sample, use "
+                f"index.type ivf_flat, or set index.gpu_pq_limits: false to search on CPU")
+        divisors = [m for m in divisors if gpu_pq_ok(m, dim)]
+        if not divisors:
+            raise IndexError_(
+                f"no IVF-PQ sub-quantiser count fits faiss-gpu for dimension {dim}: M must divide it, be one of "
+                f"{list(GPU_PQ_M)} and leave {list(GPU_PQ_SUB_DIMS)} dimensions per sub-quantiser; change the "
+                f"ranking space's dimension, use index.type ivf_flat, or set index.gpu_pq_limits: false")
     if cfg.pq_m:
         if dim % cfg.pq_m:
             raise IndexError_(f"index.pq_m {cfg.pq_m} must divide the vector dimension {dim}")
+        if gpu and cfg.pq_m not in divisors:
+            raise IndexError_(
+                f"index.pq_m {cfg.pq_m} is beyond faiss-gpu's IVF-PQ limits for dimension {dim}; counts that "
+                f"fit: {sorted(divisors)} (or set index.gpu_pq_limits: false to search on CPU)")
         divisors = [cfg.pq_m]
     for m in divisors:  # the most sub-quantisers (best recall) that fit
         spec.pq_m = m
@@ -516,7 +560,7 @@ def build(
     Spark build with a single shard. Holds the sample and one batch besides the index."""
     import faiss
 
-    spec = choose_spec(count, dim, cfg)
+    spec = choose_spec(count, dim, cfg, gpu=pq_on_gpu(cfg))
     staging = new_staging(out_dir)
     try:
         trained = train(spec, dim, train_sample, cfg)
@@ -533,14 +577,16 @@ def build(
 
 
 def build_from_spark(vectors, dim: int, count: int, cfg: IndexConfig, out_dir: str, model_version: str,
-                     run_date: str, partitions: int = 0, attributes=None, model_spec: dict | None = None) -> BuiltIndex:
+                     run_date: str, partitions: int = 0, attributes=None, model_spec: dict | None = None,
+                     rank_gpu: bool = False) -> BuiltIndex:
     """Build from a Spark DataFrame of (item_id, rec_vec) without collecting it: only a
     bounded sample and one small row per shard reach the driver. `attributes`
-    (item_id, title, category), when given, is written beside the index by Spark."""
+    (item_id, title, category), when given, is written beside the index by Spark.
+    `rank_gpu`: the rank stage's executors have GPUs (IVF-PQ keeps to faiss-gpu's limits)."""
     import faiss
     from functools import partial
 
-    spec = choose_spec(count, dim, cfg)
+    spec = choose_spec(count, dim, cfg, gpu=pq_on_gpu(cfg, rank_gpu))
     # The training set, or (untrained types) just the self-check queries.
     wanted = cfg.train_sample if spec.trained else (cfg.self_check_queries if spec.type != "flat" else 0)
     sample = np.zeros((0, dim), dtype=np.float32)
@@ -674,7 +720,8 @@ def load_index(path: str, use_gpu: bool = False) -> LoadedIndex:
     import faiss
 
     manifest = read_manifest(str(path))
-    key = (str(path), manifest["created_at"])
+    device = gpu_device(manifest) if use_gpu else None
+    key = (str(path), manifest["created_at"], device)
     with _LOCK:
         loaded = _LOADED.get(key)
         if loaded is None:
@@ -689,8 +736,8 @@ def load_index(path: str, use_gpu: bool = False) -> LoadedIndex:
             ids_arrow = pq.read_table(os.path.join(local, IDS_FILE)).column("item_id").combine_chunks()
             ids = ids_arrow.to_numpy(zero_copy_only=False)
             search_index = None
-            if use_gpu and manifest["type"] != "hnsw" and getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
-                search_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+            if device is not None:
+                search_index = to_gpu(index, manifest, device)
             # Reasons look up ~k vectors per user: a plain array beats IVF's direct-map calls.
             dense = index.reconstruct_n(0, index.ntotal) if index.ntotal * index.d * 4 <= DENSE_COPY_MAX_BYTES else None
             loaded = LoadedIndex(index, ids, {item: i for i, item in enumerate(ids)}, manifest, ids_arrow, search_index,
@@ -699,6 +746,35 @@ def load_index(path: str, use_gpu: bool = False) -> LoadedIndex:
             _LOADED.clear()  # one artifact per worker at a time: bounded memory
             _LOADED[key] = loaded
     return loaded
+
+
+def gpu_device(manifest: dict) -> int | None:
+    """The GPU this process searches `manifest`'s index on: the task's Spark-assigned GPU
+    (`task.resource.gpu`), else GPU 0 when faiss sees one; None (CPU) without faiss-gpu,
+    for HNSW (no GPU version) and for an IVF-PQ index beyond faiss-gpu's limits."""
+    import faiss
+
+    if manifest["type"] == "hnsw" or getattr(faiss, "get_num_gpus", lambda: 0)() <= 0:
+        return None
+    if manifest["type"] == "ivf_pq" and not gpu_pq_ok(int(manifest["pq_m"]), int(manifest["dim"]),
+                                                      int(manifest.get("pq_nbits", 8))):
+        log.warning("index at run_date %s: IVF-PQ with pq_m %s, %s bits over dim %s is beyond faiss-gpu's "
+                    "limits; searching on CPU (rebuild with index.gpu_pq_limits: true)", manifest.get("run_date"),
+                    manifest["pq_m"], manifest.get("pq_nbits", 8), manifest["dim"])
+        return None
+    assigned = task_gpu()
+    return 0 if assigned is None else assigned
+
+
+def to_gpu(index, manifest: dict, device: int):
+    """A copy of `index` on GPU `device`, IVF-PQ lookup tables in float16 where the
+    sub-quantiser count needs them."""
+    import faiss
+
+    options = faiss.GpuClonerOptions()
+    options.useFloat16 = manifest["type"] == "ivf_pq" and int(manifest["pq_m"]) > GPU_PQ_FLOAT32_MAX_M
+    log.info("index at run_date %s: searching on GPU %d", manifest.get("run_date"), device)
+    return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device, index, options)
 
 
 def _attach_attributes(loaded: LoadedIndex, folder: Path) -> None:

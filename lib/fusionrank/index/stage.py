@@ -43,7 +43,8 @@ def build_index(ctx: RunContext) -> dict:
                   .join(vectors.select("item_id"), "item_id", "left_semi")) if ctx.store.exists("catalog_clean") else None
     built = build.build_from_spark(vectors.select("item_id", INDEX_VECTOR), dim, count, cfg.index,
                                    ctx.layout.index(ctx.run_date), stats["mv"], str(ctx.run_date),
-                                   attributes=attributes, model_spec=model_spec)
+                                   attributes=attributes, model_spec=model_spec,
+                                   rank_gpu=cfg.spark.uses_gpu("rank"))
     lexical = {}
     if cfg.query.hybrid and ctx.store.exists("catalog_clean"):
         # The BM25 index beside FAISS (index.lexical); the catalog's text comes to the driver.

@@ -15,12 +15,12 @@ from fusionrank.core.context import make_context
 from fusionrank.core.errors import USER_ERRORS
 from fusionrank.core.logs import configure_logging
 from fusionrank.core.spark import get_session
-from fusionrank.interfaces import config_show, doctor, show
+from fusionrank.interfaces import config_show, doctor, show, sizing
 from fusionrank.interfaces.progress import StageProgress
 from fusionrank.interfaces.report import build_report
 from fusionrank.interfaces.search import search
 from fusionrank.pipeline.registry import ORDER, STAGES
-from fusionrank.pipeline.runner import run_all
+from fusionrank.pipeline.runner import run_all, session_for
 from fusionrank.publish import gate as publish
 from fusionrank.raw import adapters
 from fusionrank.raw.synth import generate
@@ -53,7 +53,7 @@ def cmd_config_show(args) -> int:
 
 def _run_stages(settings, run_date: dt.date, stages: list[str]) -> list:
 
-    spark = get_session(settings)
+    spark = session_for(settings, stages)  # a single stage gets its spark.stages conf
     with StageProgress(spark) as progress:
         return run_all(settings, run_date, spark, stages, on_stage=progress.done, stage_scope=progress.stage)
 
@@ -111,6 +111,20 @@ def cmd_run(args) -> int:
 def cmd_stage(args) -> int:
     settings = _load(args)
     _run_stages(settings, args.date, [args.name])
+    return 0
+
+
+def cmd_config_stage_conf(args) -> int:
+    """Each stage's Spark conf (spark.conf + spark.stages.<stage>.conf) as JSON: the
+    value of the Airflow Variable fusionrank_stage_conf (README, "Operations")."""
+    spark = _load(args).spark
+    names = [args.stage] if args.stage else list(STAGES)
+    print(json.dumps({name: spark.conf_for(name) for name in names}, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_sizing(args) -> int:
+    print(sizing.render(_load(args)), end="")
     return 0
 
 
@@ -317,6 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     config_show.add_argument("--conf", required=True)
     config_show.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
     config_show.set_defaults(func=cmd_config_show)
+    stage_conf = config_sub.add_parser(
+        "stage-conf", help="each stage's Spark conf as JSON (the Airflow Variable fusionrank_stage_conf)")
+    stage_conf.add_argument("--conf", required=True)
+    stage_conf.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
+    stage_conf.add_argument("--stage", choices=list(STAGES), help="one stage only")
+    stage_conf.set_defaults(func=cmd_config_stage_conf)
+
+    plan = sub.add_parser("sizing", help="what each stage holds where (driver, executor JVM, Python worker, GPU) "
+                                         "at 1M-100M items and 10M-100M users, as a markdown table")
+    plan.add_argument("--conf", required=True)
+    plan.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
+    plan.set_defaults(func=cmd_sizing)
 
     data = sub.add_parser("data", help="fetch sample data and convert public data sets to the raw contract")
     data_sub = data.add_subparsers(dest="data_command", required=True)

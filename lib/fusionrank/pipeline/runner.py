@@ -18,6 +18,7 @@ from fusionrank.core.config import Settings, load_config
 from fusionrank.core.context import RunContext, make_context
 from fusionrank.core.errors import StageError
 from fusionrank.core.logs import configure_logging, log_context
+from fusionrank.core.spark import get_session
 from fusionrank.interfaces.progress import format_counts
 from fusionrank.pipeline.registry import ORDER, STAGES
 from fusionrank.pipeline.runlog import StageResult, record_stage
@@ -30,7 +31,7 @@ def run_stage(name: str, settings: Settings, run_date: dt.date, spark: SparkSess
               ctx: RunContext | None = None) -> StageResult:
     if name not in STAGES:
         raise StageError(f"unknown stage {name!r}; stages: {', '.join(ORDER)}")
-    ctx = ctx or make_context(settings, run_date, spark)
+    ctx = ctx or make_context(settings, run_date, spark, stage=name)
     with log_context(run_date=run_date, stage=name, run_id=ctx.run_id):
         ctx.describe(name)
         log.info("stage %s starting (config digest %s)", name, settings.digest())
@@ -62,17 +63,34 @@ def run_all(settings: Settings, run_date: dt.date, spark: SparkSession | None = 
     """Run `stages` (default: all, in order) for one date; `stage_scope(name)` wraps
     each stage (progress display), `on_stage(result)` sees each result."""
     preflight(settings, stages or ORDER)
+    stages = stages or ORDER
+    if spark is None:
+        spark = session_for(settings, stages)
     ctx = make_context(settings, run_date, spark)
     log.info("run %s for %s: config digest %s from %s", ctx.run_id, run_date, settings.digest(),
              " + ".join(settings.source_files))
     results = []
-    for name in stages or ORDER:
+    for name in stages:
         with (stage_scope(name) if stage_scope else nullcontext()):
             result = run_stage(name, settings, run_date, ctx=ctx)
         results.append(result)
         if on_stage:
             on_stage(result)
     return results
+
+
+def session_for(settings: Settings, stages: list[str]) -> SparkSession:
+    """The session for running `stages` in one process: a single stage gets its own
+    Spark conf (`spark.stages`); several share `spark.conf`, and a stage conf they
+    cannot get is named (run them one by one, or per task as the DAG does)."""
+    if len(stages) == 1:
+        return get_session(settings, stages[0])
+    skipped = [s for s in stages if settings.spark.conf_for(s) != settings.spark.conf_for(None)]
+    if skipped and SparkSession.getActiveSession() is None:
+        log.warning("one session runs %s: the spark.stages conf of %s is not applied (run a stage alone with "
+                    "`fusionrank stage`, or one spark-submit per stage as the Airflow DAG does)",
+                    ", ".join(stages), ", ".join(skipped))
+    return get_session(settings)
 
 
 def _date(text: str) -> dt.date:
