@@ -72,7 +72,8 @@ SENSOR_POKE_INTERVAL = dt.timedelta(minutes=5)
 _UNSET = object()
 # Stages the stage-conf Variable may name (the export also lists the weekly stage).
 CONF_STAGES = STAGES + ["tune_text_encoder"]
-GPU_AMOUNT_KEYS = ("spark.executor.resource.gpu.amount", "spark.task.resource.gpu.amount")
+GPU_AMOUNT_KEYS = ("spark.executor.resource.gpu.amount", "spark.task.resource.gpu.amount",
+                   "spark.driver.resource.gpu.amount")
 
 
 def _parse_time(name: str, default: str) -> str:

@@ -46,8 +46,9 @@ class _Strict(BaseModel):
 # keeps the two equal, core cannot import the pipeline).
 STAGE_NAMES = ("clean_catalog", "clean_events", "encode_items", "build_index", "build_profiles", "rank", "evaluate",
                "publish", "tune_text_encoder")
-# Spark properties that ask executors for a GPU (what the DAG's GPU pool keys on).
-GPU_AMOUNT_KEYS = ("spark.executor.resource.gpu.amount", "spark.task.resource.gpu.amount")
+# Spark properties that ask for a GPU (what the DAG's GPU pool keys on).
+GPU_AMOUNT_KEYS = ("spark.executor.resource.gpu.amount", "spark.task.resource.gpu.amount",
+                   "spark.driver.resource.gpu.amount")
 
 
 def _spark_value(value: Any) -> str:

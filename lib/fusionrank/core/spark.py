@@ -62,6 +62,17 @@ def get_session(settings: Settings, stage: str | None = None) -> SparkSession:
         builder = builder.master(cfg.master)
         if cfg.driver_memory:
             builder = builder.config("spark.driver.memory", cfg.driver_memory)
+    for key, value in session_conf(settings, stage).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def session_conf(settings: Settings, stage: str | None = None) -> dict[str, str]:
+    """Everything `get_session` sets: the stage's Spark conf (`spark.conf` +
+    `spark.stages.<stage>.conf`), then the settings every session needs."""
+    cfg = settings.spark
     conf = cfg.conf_for(stage)
     conf.update(REQUIRED_CONF)
     conf["spark.ui.enabled"] = str(cfg.ui_enabled).lower()
@@ -70,11 +81,7 @@ def get_session(settings: Settings, stage: str | None = None) -> SparkSession:
     conf.update(jar_conf(settings, conf))
     if uris.needs_s3a(*_paths(settings)):
         conf.update(uris.s3a_conf_from_env(conf))  # endpoint keys the conf leaves unset
-    for key, value in conf.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
-    return spark
+    return conf
 
 
 def jar_conf(settings: Settings, conf: dict[str, str]) -> dict[str, str]:

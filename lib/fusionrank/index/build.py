@@ -137,7 +137,7 @@ def estimate_mb(spec: IndexSpec, n: int, dim: int) -> float:
     elif spec.type == "ivf_flat":
         size = n * (dim * 4 + 8 + 8) + spec.nlist * dim * 4
     elif spec.type == "ivf_pq":
-        size = n * (spec.pq_m * spec.pq_nbits / 8 + 8 + 8) + spec.nlist * dim * 4 + spec.pq_m * 2**spec.pq_nbits * (dim / spec.pq_m) * 4
+        size = n * (spec.pq_m * spec.pq_nbits / 8 + 8 + 8) + spec.nlist * dim * 4 + 2**spec.pq_nbits * dim * 4  # codebooks: M x 2^bits x dim/M floats
     else:  # hnsw: vectors + 2M neighbour links on level 0 (+ ~1/M more above)
         size = n * (dim * 4 + spec.hnsw_m * 2 * 4 * 1.1)
     return size / 2**20

@@ -14,7 +14,6 @@ from fusionrank.core.config import load_config
 from fusionrank.core.context import make_context
 from fusionrank.core.errors import USER_ERRORS
 from fusionrank.core.logs import configure_logging
-from fusionrank.core.spark import get_session
 from fusionrank.interfaces import config_show, doctor, show, sizing
 from fusionrank.interfaces.progress import StageProgress
 from fusionrank.interfaces.report import build_report
@@ -124,7 +123,12 @@ def cmd_config_stage_conf(args) -> int:
 
 
 def cmd_sizing(args) -> int:
-    print(sizing.render(_load(args)), end="")
+    settings = _load(args)
+    if args.readme:
+        changed = sizing.update_readme(args.readme, settings)
+        print(f"{args.readme}: sizing table {'updated' if changed else 'already current'}")
+        return 0
+    print(sizing.render(settings), end="")
     return 0
 
 
@@ -342,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "at 1M-100M items and 10M-100M users, as a markdown table")
     plan.add_argument("--conf", required=True)
     plan.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
+    plan.add_argument("--readme", help="write the table between this file's <!-- sizing:begin/end --> markers")
     plan.set_defaults(func=cmd_sizing)
 
     data = sub.add_parser("data", help="fetch sample data and convert public data sets to the raw contract")

@@ -292,8 +292,7 @@ class _Plan:
         spec = self.index_spec(n, gpu)
         if spec is None:
             return math.nan
-        trained = spec.nlist * self.dim * 4 + (spec.pq_m * 2**spec.pq_nbits * (self.dim / spec.pq_m) * 4
-                                               if spec.pq_m else 0)
+        trained = spec.nlist * self.dim * 4 + (2**spec.pq_nbits * self.dim * 4 if spec.pq_m else 0)
         queries = self.s.index.self_check_queries
         batch = int(self.s.spark.conf_for("build_index").get("spark.sql.execution.arrow.maxRecordsPerBatch", 10_000))
         check_k = max(index_build.SELF_CHECK_K, self.s.index.self_check_k)
@@ -401,3 +400,31 @@ def _fits(rows: list[Row], settings: Settings, stage: str, scales: list) -> str:
                 best = _count(u)
         cells.append(f"{_count(n)}: {best}")
     return ", ".join(cells)
+
+
+README_BEGIN = "<!-- sizing:begin -->"
+README_END = "<!-- sizing:end -->"
+
+
+def readme_block(text: str) -> str:
+    """What README's sizing markers hold now."""
+    try:
+        start = text.index(README_BEGIN) + len(README_BEGIN)
+        end = text.index(README_END, start)
+    except ValueError:
+        raise ValueError(f"the README has no {README_BEGIN} ... {README_END} block") from None
+    return text[start:end].strip("\n") + "\n"
+
+
+def update_readme(path: str | Path, settings: Settings) -> bool:
+    """Write `render(settings)` between the README's sizing markers; True when it changed."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    old = readme_block(text)
+    new = render(settings)
+    if old == new:
+        return False
+    start = text.index(README_BEGIN) + len(README_BEGIN)
+    end = text.index(README_END, start)
+    path.write_text(text[:start] + "\n" + new + text[end:], encoding="utf-8")
+    return True
