@@ -27,7 +27,7 @@ DAG params without the `fusionrank_` prefix) say where things are; see README,
                               it (spark.conf + spark.stages.<stage>.conf); executor resources and
                               driver memory must be known at submit time. A stage whose conf asks
                               for GPUs (spark.executor/task.resource.gpu.amount > 0) runs in the GPU
-                              pool. Default {}: no per-stage conf, no stage in the pool.
+                              pool. Unset: no per-stage conf, and encode_items alone in the pool.
     fusionrank_start_date     first run date, YYYY-MM-DD (default 2024-01-01)
     fusionrank_catchup        "true": the scheduler fills in missed dates (default false)
     fusionrank_retry_delay_seconds  first retry delay, doubled on each retry (default 300)
@@ -82,9 +82,12 @@ def _parse_time(name: str, default: str) -> str:
     return str(Variable.get(VARIABLE_PREFIX + name, default=default))
 
 
-def stage_conf() -> dict[str, dict[str, str]]:
-    """The parse-time Variable fusionrank_stage_conf: {stage: {property: value}}."""
-    text = _parse_time("stage_conf", "{}")
+def stage_conf() -> dict[str, dict[str, str]] | None:
+    """The parse-time Variable fusionrank_stage_conf: {stage: {property: value}}
+    (None when it is not set)."""
+    text = _parse_time("stage_conf", "")
+    if not text.strip():
+        return None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -100,7 +103,7 @@ def stage_conf() -> dict[str, dict[str, str]]:
 
 
 def uses_gpu(conf: dict[str, str]) -> bool:
-    """A stage conf that asks its executors or tasks for a GPU."""
+    """A stage conf that asks its driver, executors or tasks for a GPU."""
     return any(float(conf.get(key) or 0) > 0 for key in GPU_AMOUNT_KEYS)
 
 
@@ -191,6 +194,10 @@ def build_dag() -> DAG:
     conn_id = _parse_time("spark_conn_id", "spark_default")
     gpu_pool = _parse_time("gpu_pool", "fusionrank_gpu")
     confs = stage_conf()
+    # Without the Variable the DAG cannot know the resources (they may come from
+    # spark-defaults.conf): encode_items, the stage that always wants a GPU, keeps the pool.
+    gpu_stages = {"encode_items"} if confs is None else {s for s, c in confs.items() if uses_gpu(c)}
+    confs = confs or {}
     conf = _setting("conf")
     with dag:
         sensors = [
@@ -218,7 +225,7 @@ def build_dag() -> DAG:
                 execution_timeout=EXECUTION_TIMEOUT[stage],
                 retries=RETRIES.get(stage, DEFAULT_RETRIES),
                 # GPU executors are scarce: the pool bounds how many GPU stages run at once.
-                **({"pool": gpu_pool, "pool_slots": 1} if uses_gpu(confs.get(stage, {})) else {}),
+                **({"pool": gpu_pool, "pool_slots": 1} if stage in gpu_stages else {}),
             )
             previous >> task
             previous = task
