@@ -688,6 +688,7 @@ class LoadedIndex:
     dense: np.ndarray | None = None  # every vector, when small enough: lookups without FAISS calls
     titles: pa.Array | None = None  # title of every position (null: unknown), from attributes/
     category_codes: np.ndarray | None = None  # top-level category code of every position (-1: none)
+    device: int | None = None  # the GPU `search_index` is on (None: searched on CPU)
 
     def reconstruct(self, positions: np.ndarray) -> np.ndarray:
         """Vectors at index `positions` (a row gather when the dense copy is kept)."""
@@ -721,10 +722,10 @@ def load_index(path: str, use_gpu: bool = False) -> LoadedIndex:
 
     manifest = read_manifest(str(path))
     device = gpu_device(manifest) if use_gpu else None
-    key = (str(path), manifest["created_at"], device)
+    key = (str(path), manifest["created_at"])
     with _LOCK:
         loaded = _LOADED.get(key)
-        if loaded is None:
+        if loaded is None or loaded.device != device:  # a GPU copy serves the GPU it is on
             version = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
             local = fs.local_copy(str(path), f"index-{manifest.get('run_date', '')}-{version}")
             index = faiss.read_index(os.path.join(local, INDEX_FILE))
@@ -741,7 +742,7 @@ def load_index(path: str, use_gpu: bool = False) -> LoadedIndex:
             # Reasons look up ~k vectors per user: a plain array beats IVF's direct-map calls.
             dense = index.reconstruct_n(0, index.ntotal) if index.ntotal * index.d * 4 <= DENSE_COPY_MAX_BYTES else None
             loaded = LoadedIndex(index, ids, {item: i for i, item in enumerate(ids)}, manifest, ids_arrow, search_index,
-                                 dense)
+                                 dense, device=device)
             _attach_attributes(loaded, Path(local) / ATTRIBUTES_DIR)
             _LOADED.clear()  # one artifact per worker at a time: bounded memory
             _LOADED[key] = loaded
