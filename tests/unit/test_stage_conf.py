@@ -91,3 +91,22 @@ def test_cluster_k8s_yaml_is_cluster_yaml_plus_the_gpu_vendor():
         assert a == b, stage
     dump = lambda s: {k: v for k, v in s.model_dump(mode="json").items() if k != "spark"}  # noqa: E731
     assert dump(plain) == dump(k8s)
+
+
+def test_gpu_tasks_profile_the_encoder_alone(tmp_path):
+    from fusionrank.core.spark import task_profile
+
+    gpu_executors = {"spark.executor.resource.gpu.amount": 1,
+                     "spark.executor.resource.gpu.discoveryScript": "/opt/gpus.sh"}
+    settings = load_config(overlay(tmp_path, {"stages": {"encode_items": {
+        "conf": gpu_executors, "gpu_tasks": {"gpus": 1, "cpus": 4}}}}))
+    assert settings.spark.uses_gpu("encode_items")  # the executors have GPUs: the DAG's pool
+    assert "spark.task.resource.gpu.amount" not in settings.spark.conf_for("encode_items")
+    profile = task_profile(settings.spark.stages["encode_items"].gpu_tasks.gpus, 4)
+    assert profile.taskResources["gpu"].amount == 1 and profile.taskResources["cpus"].amount == 4
+    assert profile.executorResources == {}  # a task profile: the executors the application has
+    with pytest.raises(ConfigError, match="gpu_tasks.*remove spark.task.resource.gpu.amount"):
+        load_config(overlay(tmp_path, {"stages": {"encode_items": {
+            "conf": {**gpu_executors, "spark.task.resource.gpu.amount": 1}, "gpu_tasks": {"gpus": 1}}}}))
+    with pytest.raises(ConfigError, match=r"rank.gpu_tasks: only \['encode_items'\]"):
+        load_config(overlay(tmp_path, {"stages": {"rank": {"gpu_tasks": {"gpus": 1}}}}))

@@ -55,10 +55,25 @@ def _spark_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+# Stages whose GPU part can run under a stage-level task resource profile (gpu_tasks).
+GPU_TASK_STAGES = ("encode_items",)
+
+
+class GpuTasks(_Strict):
+    gpus: float = Field(1.0, gt=0)
+    cpus: int = Field(1, gt=0)
+
+
 class StageSparkConfig(_Strict):
     # Spark properties for this stage only, merged over spark.conf when the stage's
     # session is built (and passed to its spark-submit by the DAG); null removes a key.
     conf: dict[str, str | None] = Field(default_factory=dict)
+    # encode_items: run the encoder UDF alone under a stage-level task resource profile
+    # ({gpus, cpus} per task) instead of spark.task.resource.gpu.amount for every task,
+    # so the stage's other jobs (behaviour vectors, fusion, the write) use every core of
+    # the GPU executors. Standalone, YARN and Kubernetes with dynamic allocation off;
+    # ignored in local mode.
+    gpu_tasks: GpuTasks | None = None
 
     @field_validator("conf", mode="before")
     @classmethod
@@ -93,7 +108,19 @@ class SparkConfig(_Strict):
         unknown = sorted(set(value) - set(STAGE_NAMES))
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; stages: {list(STAGE_NAMES)}")
+        for stage, entry in value.items():
+            if entry.gpu_tasks is not None and stage not in GPU_TASK_STAGES:
+                raise ValueError(f"{stage}.gpu_tasks: only {list(GPU_TASK_STAGES)} have a GPU part to profile")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_give_tasks_gpus(self) -> "SparkConfig":
+        for stage, entry in self.stages.items():
+            if entry.gpu_tasks is not None and "spark.task.resource.gpu.amount" in self.conf_for(stage):
+                raise ValueError(f"stages.{stage}: gpu_tasks gives the encoder's tasks their GPUs; remove "
+                                 "spark.task.resource.gpu.amount (it would make every task of the stage wait "
+                                 "for a GPU)")
+        return self
 
     def conf_for(self, stage: str | None = None) -> dict[str, str]:
         """`conf` with stage `stage`'s own entries merged over it (None: `conf` alone)."""

@@ -159,3 +159,23 @@ def task_gpu() -> int | None:
         return int(gpus.addresses[0]) if gpus is not None and gpus.addresses else None
     except Exception:  # an address that is not a device ordinal: let the caller pick
         return None
+
+
+def gpu_task_profile(spark: SparkSession, settings: Settings, stage: str):
+    """The stage-level task resource profile of `stage`'s GPU part
+    (`spark.stages.<stage>.gpu_tasks`), or None: not configured, or a local master
+    (Spark schedules task profiles on standalone, YARN and Kubernetes only)."""
+    entry = settings.spark.stages.get(stage)
+    if entry is None or entry.gpu_tasks is None:
+        return None
+    if spark.sparkContext.master.startswith("local"):
+        return None
+    return task_profile(entry.gpu_tasks.gpus, entry.gpu_tasks.cpus)
+
+
+def task_profile(gpus: float, cpus: int):
+    """A TaskResourceProfile: `gpus` GPUs and `cpus` cores per task, on the executors
+    the application already has (dynamic allocation off)."""
+    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+    return ResourceProfileBuilder().require(TaskResourceRequests().cpus(cpus).resource("gpu", gpus)).build

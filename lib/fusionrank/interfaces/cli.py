@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
 import sys
 from pathlib import Path
 
 from fusionrank import __version__
 from fusionrank.core.catalog import OUTPUT_TABLES, TABLES
-from fusionrank.core.config import load_config
+from fusionrank.core.config import ConfigError, load_config
 from fusionrank.core.context import make_context
 from fusionrank.core.errors import USER_ERRORS
 from fusionrank.core.logs import configure_logging
@@ -117,6 +118,12 @@ def cmd_config_stage_conf(args) -> int:
     """Each stage's Spark conf (spark.conf + spark.stages.<stage>.conf) as JSON: the
     value of the Airflow Variable fusionrank_stage_conf (README, "Operations")."""
     spark = _load(args).spark
+    if args.format == "submit":  # spark-submit arguments for one stage
+        if not args.stage:
+            raise ConfigError("config stage-conf: --format submit needs --stage")
+        conf = spark.conf_for(args.stage)
+        print(" ".join(f"--conf {shlex.quote(f'{key}={conf[key]}')}" for key in sorted(conf)))
+        return 0
     names = [args.stage] if args.stage else list(STAGES)
     print(json.dumps({name: spark.conf_for(name) for name in names}, indent=2, sort_keys=True))
     return 0
@@ -340,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage_conf.add_argument("--conf", required=True)
     stage_conf.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
     stage_conf.add_argument("--stage", choices=list(STAGES), help="one stage only")
+    stage_conf.add_argument("--format", choices=["json", "submit"], default="json",
+                            help="submit: that stage's --conf arguments for spark-submit (needs --stage)")
     stage_conf.set_defaults(func=cmd_config_stage_conf)
 
     plan = sub.add_parser("sizing", help="what each stage holds where (driver, executor JVM, Python worker, GPU) "

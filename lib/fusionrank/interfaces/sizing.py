@@ -308,8 +308,11 @@ def workers(settings: Settings, stage: str) -> int:
     """Python workers running at once in one executor: executor.cores / task.cpus
     (GPU stages: also at most executor GPUs / task GPUs)."""
     conf = settings.spark.conf_for(stage)
-    slots = max(1, int(conf.get("spark.executor.cores", 1)) // max(1, int(conf.get("spark.task.cpus", 1))))
-    task_gpu = float(conf.get("spark.task.resource.gpu.amount") or 0)
+    entry = settings.spark.stages.get(stage)
+    profile = entry.gpu_tasks if entry is not None else None  # the GPU part's task profile
+    cpus = profile.cpus if profile else int(conf.get("spark.task.cpus", 1))
+    slots = max(1, int(conf.get("spark.executor.cores", 1)) // max(1, cpus))
+    task_gpu = profile.gpus if profile else float(conf.get("spark.task.resource.gpu.amount") or 0)
     if task_gpu > 0:
         slots = min(slots, max(1, int(float(conf.get("spark.executor.resource.gpu.amount") or 1) / task_gpu)))
     return slots

@@ -186,9 +186,10 @@ def plan_encoding(
     return carried, todo
 
 
-def encode(todo: DataFrame, spec, partitions: int = 0) -> DataFrame:
+def encode(todo: DataFrame, spec, partitions: int = 0, profile=None) -> DataFrame:
     """Encode `todo` (catalog rows) on the executors with the encoders of `spec` (a
-    ModelSpec); returns ENCODE_OUTPUT rows."""
+    ModelSpec); returns ENCODE_OUTPUT rows. `profile`: the stage-level resource profile
+    the encoder tasks run under (their GPU), None for the session's task resources."""
     frame = todo.select(
         "item_id",
         "content_hash",
@@ -206,7 +207,7 @@ def encode(todo: DataFrame, spec, partitions: int = 0) -> DataFrame:
         dtype=spec.text_dtype,
         image=spec.image,
     )
-    return frame.mapInPandas(body, ENCODE_OUTPUT)
+    return frame.mapInPandas(body, ENCODE_OUTPUT, profile=profile)
 
 
 def with_metadata(df: DataFrame, version: str, run_date: dt.date) -> DataFrame:

@@ -10,6 +10,7 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from fusionrank.core.context import RunContext
+from fusionrank.core.spark import gpu_task_profile
 from fusionrank.profiles.build import weighted_history
 from fusionrank.storage import fs
 from fusionrank.vectors import behaviour as behaviour_model
@@ -26,7 +27,8 @@ def encode_items(ctx: RunContext) -> dict:
     carried, todo = encode.plan_encoding(catalog, previous, spec.version)
     # The encoder output is cached: it is counted (image outcomes) and then written,
     # and the models must run once per item.
-    encoded = encode.encode(todo, spec, cfg.encode.partitions).persist(StorageLevel.MEMORY_AND_DISK)
+    profile = gpu_task_profile(ctx.spark, cfg, "encode_items")  # spark.stages.encode_items.gpu_tasks
+    encoded = encode.encode(todo, spec, cfg.encode.partitions, profile).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         total = ctx.store.count_rows("catalog_clean", where={"run_date": ctx.run_date})
         if total is None:
