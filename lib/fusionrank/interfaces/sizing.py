@@ -33,6 +33,8 @@ Assumptions (stated, not measured; change them with the keyword arguments):
     hidden / 64 heads x sequence attention scores) x 4 bytes, twice (inputs and
     outputs of a layer are alive together);
   * faiss StandardGpuResources reserves 1.5 GiB of scratch memory on its GPU;
+  * a loaded index costs LOAD_FIXED (64 MiB) besides its per-item structures; the
+    whole formula is checked against measured RSS by bench/sizing_check.py;
   * one Python worker holds one copy of the index (`index.build.load_index` caches
     it per process); the rank stage's conf sets task.cpus = executor.cores so each
     executor runs one rank task and holds one copy (FAISS searches with task.cpus
@@ -63,6 +65,7 @@ PY_STR = 49
 PY_DICT_ENTRY = 100
 PD_INDEX_ENTRY = 40
 GPU_SCRATCH = 1.5 * 2**30
+LOAD_FIXED = 64 * 2**20  # a first load_index's fixed cost (pools, FAISS/pandas buffers), measured
 TEXT_DEFAULT = {"params": 22_700_000, "hidden": 384}
 IMAGE_DEFAULT = {"hf": {"params": 22_100_000, "hidden": 384, "seq": 257},
                  "efficientnet_lite0": {"params": 4_700_000, "hidden": 1280, "seq": 0}}
@@ -179,6 +182,19 @@ def gpu_pq_limits(settings: Settings) -> bool:
     return cfg.use_gpu and settings.spark.uses_gpu("rank")
 
 
+def loaded_index_bytes(n: int, dim: int, faiss_bytes: float, id_bytes: int = ID_BYTES,
+                       title_bytes: int = TITLE_BYTES) -> float:
+    """What `index.build.load_index` keeps for `n` items (bench/sizing_check.py measures it)."""
+    dense = n * dim * 4 if n * dim * 4 <= index_build.DENSE_COPY_MAX_BYTES else 0
+    ids = n * (id_bytes + 4) + n * (8 + PY_STR + id_bytes)  # Arrow ids + numpy object array of str
+    lookups = n * (PY_DICT_ENTRY + PD_INDEX_ENTRY)  # positions dict + pandas Index
+    attributes = n * (title_bytes + 4 + 4) + n * (id_bytes + title_bytes + 24)  # titles, codes + the read
+    # aligning attributes to positions: the read ids as Python strs and three int64
+    # arrays; freed, but the allocators keep those pages (bench/sizing_check.py)
+    alignment = n * (8 + PY_STR + id_bytes) + n * 24
+    return LOAD_FIXED + faiss_bytes + dense + ids + lookups + attributes + alignment
+
+
 def _activations(batch: int, seq: int, hidden: int) -> float:
     return 2 * batch * seq * (4 * hidden + max(1, hidden // 64) * seq) * 4
 
@@ -202,14 +218,7 @@ class _Plan:
     def loaded_index(self, n: int, gpu: bool) -> float:
         """One `load_index` in a process: the FAISS index, ids, lookups, attributes."""
         spec = self.index_spec(n, gpu)
-        if spec is None:
-            return math.nan
-        faiss_bytes = spec.estimated_mb * 2**20
-        dense = n * self.dim * 4 if n * self.dim * 4 <= index_build.DENSE_COPY_MAX_BYTES else 0
-        ids = n * (ID_BYTES + 4) + n * (8 + PY_STR + ID_BYTES)  # Arrow ids + numpy object array of str
-        lookups = n * (PY_DICT_ENTRY + PD_INDEX_ENTRY)  # positions dict + pandas Index
-        attributes = n * (TITLE_BYTES + 4 + 4) + n * (ID_BYTES + TITLE_BYTES + 24)  # titles, codes + the read
-        return faiss_bytes + dense + ids + lookups + attributes
+        return math.nan if spec is None else loaded_index_bytes(n, self.dim, spec.estimated_mb * 2**20)
 
     def gpu_index(self, n: int) -> float:
         spec = self.index_spec(n, True)
