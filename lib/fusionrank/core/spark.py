@@ -51,7 +51,11 @@ def get_session(settings: Settings) -> SparkSession:
     if active is not None:
         return active
     cfg = settings.spark
-    builder = SparkSession.builder.appName(cfg.app_name)
+    builder = SparkSession.builder
+    # Under spark-submit the submitter's --name (e.g. the DAG's fusionrank-<stage>-<date>)
+    # is already in the conf and names the application in the cluster's UI: keep it.
+    if cfg.master or not _submitted_name():
+        builder = builder.appName(cfg.app_name)
     if cfg.master:
         _prepare_local_environment()
         builder = builder.master(cfg.master)
@@ -70,6 +74,16 @@ def get_session(settings: Settings) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def _submitted_name() -> str | None:
+    """The application name given to spark-submit (`--name`), if any: spark-submit
+    without one names the application after the script, which says less than ours."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # the submitter's JVM holds the conf
+    name = SparkConf().get("spark.app.name", None)
+    return None if name in (None, "", os.path.basename(sys.argv[0] or "")) else name
 
 
 def jar_conf(settings: Settings, conf: dict[str, str]) -> dict[str, str]:
