@@ -17,7 +17,7 @@ from pathlib import Path
 from fusionrank.pipeline.registry import ORDER
 from tests.cluster.conftest import cluster_env
 from tests.cluster.night import TABLES, assert_same_tables
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RUN_DATE
 from tests.dags.test_nightly_dag import run_dag
 
 
@@ -57,6 +57,8 @@ def test_the_dag_night_runs_on_the_cluster(cluster, night_inputs, rs_night):
     # Every stage was an application of the cluster's master.
     apps = [a for a in cluster.state()["completedapps"] if a["id"] not in apps_before]
     assert len(apps) == len(ORDER) and all(a["state"] == "FINISHED" for a in apps), apps
+    # Named as the DAG submitted them (spark-submit --name), not overridden by the job.
+    assert sorted(a["name"] for a in apps) == sorted(f"fusionrank-{stage}-{RUN_DATE}" for stage in ORDER), apps
     assert_same_tables(dep.snapshot(), rs_night["frames"], "DAG rerun vs the spark-submit night")
     after = dep.versions()
     assert all(after[name] > rs_night["versions"][name] for name in TABLES), (rs_night["versions"], after)

@@ -56,7 +56,11 @@ def get_session(settings: Settings, stage: str | None = None) -> SparkSession:
     if active is not None:
         return active
     cfg = settings.spark
-    builder = SparkSession.builder.appName(cfg.app_name)
+    builder = SparkSession.builder
+    # Under spark-submit the submitter's --name (e.g. the DAG's fusionrank-<stage>-<date>)
+    # is already in the conf and names the application in the cluster's UI: keep it.
+    if cfg.master or not _submitted_name():
+        builder = builder.appName(cfg.app_name)
     if cfg.master:
         _prepare_local_environment()
         builder = builder.master(cfg.master)
@@ -82,6 +86,16 @@ def session_conf(settings: Settings, stage: str | None = None) -> dict[str, str]
     if uris.needs_s3a(*_paths(settings)):
         conf.update(uris.s3a_conf_from_env(conf))  # endpoint keys the conf leaves unset
     return conf
+
+
+def _submitted_name() -> str | None:
+    """The application name given to spark-submit (`--name`), if any: spark-submit
+    without one names the application after the script, which says less than ours."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # the submitter's JVM holds the conf
+    name = SparkConf().get("spark.app.name", None)
+    return None if name in (None, "", os.path.basename(sys.argv[0] or "")) else name
 
 
 def jar_conf(settings: Settings, conf: dict[str, str]) -> dict[str, str]:
