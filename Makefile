@@ -60,9 +60,9 @@ demo: install data
 test: install jars
 	$(VENV)/bin/pytest -q --durations=20
 
-# The whole cluster nights not yet proven in CI (tests/cluster, marker cluster_full).
+# The cluster tier alone (tests/cluster: object store, master and two workers, whole nights).
 test-cluster: install jars
-	$(VENV)/bin/pytest -q --durations=20 -m cluster_full tests/cluster
+	$(VENV)/bin/pytest -q --durations=20 tests/cluster
 
 test-unit: install
 	$(VENV)/bin/pytest -q tests/unit

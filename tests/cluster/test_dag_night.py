@@ -7,8 +7,6 @@ its warehouse: every table gets a new version and the same rows."""
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import os
 import sys
@@ -21,7 +19,6 @@ from tests.conftest import ROOT, RUN_DATE
 from tests.dags.test_nightly_dag import run_dag
 
 
-@pytest.mark.cluster_full
 def test_the_dag_night_runs_on_the_cluster(cluster, night_inputs, rs_night):
     dep = rs_night["dep"]  # the same conf and warehouse: a rerun of the date
     tmp = night_inputs["tmp"] / "dag_night"

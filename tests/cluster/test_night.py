@@ -1,17 +1,16 @@
 """The whole nightly pipeline on the standalone cluster (a master and two worker
 processes), one spark-submit of `jobs/<stage>.py` per stage with the `--py-files`
-zip and the conf shipped with `--files`: with the delta-rs engine, then with the
-delta-spark engine (the same tables row for row). The rerun of the date is the
-Airflow DAG's night (test_dag_night.py). Tables are read back with `deltalake`, as consumers read them."""
+zip and the conf shipped with `--files`, with the delta-rs engine. The rerun of the date is the
+Airflow DAG's night (test_dag_night.py); the delta-spark night, which also loses a
+worker twice, is test_worker_loss.py. Tables are read back with `deltalake`, as
+consumers read them."""
 
 from __future__ import annotations
-
-import pytest
 
 from deltalake import DeltaTable
 
 from fusionrank.pipeline.registry import ORDER
-from tests.cluster.night import ITEMS, assert_no_local_writes, assert_same_tables, deployment, project_files
+from tests.cluster.night import ITEMS, assert_no_local_writes
 from tests.conftest import RUN_DATE
 
 
@@ -42,18 +41,3 @@ def test_a_delta_rs_night_on_the_cluster(rs_night, cluster):
     assert_no_local_writes(rs_night["dep"], rs_night["project_before"])
     apps = [a for a in cluster.state()["completedapps"] if a["name"].startswith("fusionrank")]
     assert len(apps) >= len(ORDER) and all(a["state"] == "FINISHED" for a in apps)
-
-
-@pytest.mark.cluster_full
-def test_a_delta_spark_night_equals_the_delta_rs_night(rs_night, cluster, night_inputs, night_store):
-    dep = deployment(cluster, night_inputs, "delta_spark", "delta-spark", night_store)
-    project = project_files()
-    seconds = dep.run_night()
-    print(f"delta-spark night on the cluster: {seconds} (total {sum(seconds.values()):.0f} s)")
-    frames = dep.snapshot()
-    check_night(dep, frames)
-    assert_no_local_writes(dep, project)
-    assert_same_tables(frames, rs_night["frames"], "delta-spark vs delta-rs")
-    # Written by delta-spark: its commits say so.
-    info = DeltaTable(dep.table_uri("recs_user_topk"), storage_options=dep.storage_options()).history(1)[0]
-    assert "Apache-Spark" in str(info.get("engineInfo", "")), info
