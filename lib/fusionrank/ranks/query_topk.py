@@ -106,7 +106,7 @@ def encode_queries(texts: list[str], spec: ModelSpec) -> tuple[np.ndarray, np.nd
     the same projection, behaviour part zero)."""
     encoder = get_text_encoder(spec.text_model_folder(), dtype=spec.text_dtype)
     text = encoder.encode(list(texts), batch_size=spec.text_batch_size, max_length=spec.text_max_length)
-    return text, spec.to_ranking_space(spec.query_vectors(text))
+    return text, spec.to_ranking_space(spec.query_content(text))
 
 
 def text_similarity(item_vecs: np.ndarray, query_text: np.ndarray, spec: ModelSpec) -> np.ndarray:
@@ -117,9 +117,7 @@ def text_similarity(item_vecs: np.ndarray, query_text: np.ndarray, spec: ModelSp
     part) would outrank a better-matching popular one. The text part is read back
     through W (exactly for the identity and for orthogonal rotations).
     """
-    item_vecs = spec.fused_part(item_vecs)  # the index holds ranking-space vectors
-    w = spec.projection_matrix()
-    part = item_vecs[:, :spec.text_dim] if w is None else item_vecs @ w[:spec.text_dim].T
+    part = spec.text_part(item_vecs)  # the index holds ranking-space vectors
     query = query_text / max(float(np.linalg.norm(query_text)), 1e-12)
     return l2_normalize(part) @ query.astype(np.float32)
 
