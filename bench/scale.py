@@ -249,7 +249,8 @@ def main(argv=None) -> int:
                 counts[name] = run_stage(name, settings, RUN_DATE, ctx=ctx).counts
             seconds = time.perf_counter() - started
             rows.append((name, seconds, dict(memory.peak)))
-            print(f"  {name}: {seconds:.1f}s {counts.get(name, '')}", flush=True)
+            print(f"  {name}: {seconds:.1f}s {counts.get(name, '')}; peak RSS GiB "
+                  + ", ".join(f"{k} {gib(v)}" for k, v in memory.peak.items()), flush=True)
         manifest = index_build.read_manifest(ctx.index_path())
     finally:
         spark.stop()

@@ -11,8 +11,8 @@ Computed at the end of the `rank` stage:
    with its engaged items as arrays; the index is loaded once per Python worker as
    for the users, nothing catalog-sized is on the driver): the queries are encoded
    with the text model of the index's ModelSpec (from its manifest), mapped into
-   its space with `ModelSpec.query_vectors` (the text part of a fused vector: image
-   and behaviour parts zero, the same projection W), and searched in the run's FAISS index for
+   its space with `ModelSpec.query_content` (the text part of a content vector: image
+   and behaviour parts zero, the same projection), and searched in the run's FAISS index for
    `query.candidates` items; items engaged with after the query join the
    candidates. A candidate's similarity is the cosine between the query and the
    item's text part (`text_similarity`), so a behaviour part does not dilute it.
@@ -232,12 +232,6 @@ def hybrid_top_k(texts, searches, text, positions, engaged_by_query, loaded, spe
 # What the executors emit: query_topk's columns but run_date and model_version.
 TOPK_COLUMNS = ["query", "rank", "item_id", "score", "similarity", "ctr", "clicks", "searches", "category"]
 TOPK_SCHEMA = T.StructType([QUERY_TOPK[name] for name in TOPK_COLUMNS])
-ENGAGED_SCHEMA = T.StructType([
-    T.StructField("query", T.StringType()), T.StructField("searches", T.LongType()),
-    T.StructField("engaged_items", T.ArrayType(T.StringType())),
-    T.StructField("engaged_weights", T.ArrayType(T.DoubleType())),
-    T.StructField("engaged_clicks", T.ArrayType(T.IntegerType())),
-])
 
 
 def unpack_queries(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -298,17 +292,19 @@ def query_partitions(spark, top_queries: int, per_partition: int = 250) -> int:
 def compute_query_topk(events, index_path: str, cfg, since: dt.datetime, until: dt.datetime):
     """The query_topk rows (without run_date/model_version) as a Spark DataFrame (None when
     there are no queries) searched on the executors, and counts. `cfg` is the `query`
-    settings. Only the counts come back to the driver."""
-    queries = frequent_queries(events, since, until, cfg.top_queries, cfg.min_searches).cache()
-    totals = queries.agg(F.count("*").alias("n"), F.sum("searches").alias("s")).first()
-    if not totals["n"]:
-        queries.unpersist()
+    settings. Only the query list (bounded by query.top_queries) and counts come to the driver."""
+    frequent = frequent_queries(events, since, until, cfg.top_queries, cfg.min_searches)
+    # At most query.top_queries (query, searches, users) rows: fixed once, not recomputed
+    # from the events by every job below.
+    listed = frequent.collect()
+    if not listed:
         return None, {"queries": 0}
+    queries = events.sparkSession.createDataFrame(listed, frequent.schema)
     engaged = query_engagement(events, queries, since, until, cfg.event_weights, cfg.max_engaged_items)
     out = query_topk_frame(queries, engaged, index_path, cfg, query_partitions(events.sparkSession, cfg.top_queries))
     return out, {
-        "queries": int(totals["n"]),
-        "searches": int(totals["s"]),
+        "queries": len(listed),
+        "searches": int(sum(row["searches"] for row in listed)),
         "queries_with_clicks": int(engaged.select("query").distinct().count()),
     }
 
