@@ -449,6 +449,13 @@ class RankConfig(_Strict):
     # Weight of the content part (the fused vector) in the ranking space, beside the
     # behaviour part: lets items nobody interacted with be retrieved.
     content_weight: float = Field(0.05, ge=0)
+    # The content part of the ranking space: "fused" (fused_vec, which holds the
+    # behaviour part a second time when behaviour is on) or "text_image" (the
+    # normalised w_t.text ⊕ w_i.image: no duplicated behaviour part).
+    content: Literal["fused", "text_image"] = "fused"
+    # text_image only: project the content part to this many dims (a seeded random
+    # orthogonal projection, fusion.seed); null: no reduction.
+    space_dim: int | None = Field(None, gt=0)
     # At most this many items of one top-level category in a user's top-K (0: no cap).
     max_per_category: int = Field(0, ge=0)
     # Users with events but no profile get the popular items of the last

@@ -112,13 +112,21 @@ def popularity_recs(train: DataFrame, users: DataFrame, k: int) -> DataFrame:
     ranked = train.sparkSession.createDataFrame(
         [(row["item_id"], i) for i, row in enumerate(head, start=1)], "item_id string, pop_rank int"
     )
-    candidates = users.select("user_id").distinct().crossJoin(F.broadcast(ranked))
-    unseen = candidates.join(seen, ["user_id", "item_id"], "left_anti")
-    per_user = Window.partitionBy("user_id").orderBy("pop_rank")
+    if not head:
+        return train.sparkSession.createDataFrame([], "user_id string, rank int, item_id string")
+    # No users x head cross join: per user only the head ranks they have seen (at most
+    # their history) travel, and their top k unseen ranks are the first k of
+    # 1..k + |seen ranks| without them (array_except keeps the sequence's order).
+    seen_ranks = seen.join(F.broadcast(ranked), "item_id", "inner").groupBy("user_id").agg(
+        F.collect_list("pop_rank").alias("seen_ranks"))
+    per_user = users.select("user_id").distinct().join(seen_ranks, "user_id", "left").select(
+        "user_id", F.coalesce("seen_ranks", F.array().cast("array<int>")).alias("seen_ranks"))
+    last = F.least(F.lit(len(head)), F.lit(k) + F.size("seen_ranks"))
+    unseen = F.slice(F.array_except(F.sequence(F.lit(1), last), F.col("seen_ranks")), 1, k)
+    picked = per_user.select("user_id", F.posexplode(unseen).alias("position", "pop_rank"))
     return (
-        unseen.withColumn("rank", F.row_number().over(per_user))
-        .where(F.col("rank") <= k)
-        .select("user_id", "rank", "item_id")
+        picked.join(F.broadcast(ranked), "pop_rank", "inner")
+        .select("user_id", (F.col("position") + 1).cast("int").alias("rank"), "item_id")
     )
 
 

@@ -7,10 +7,12 @@ Computed at the end of the `rank` stage:
 2. Their engagement: every click, add_to_cart and purchase is attributed to the
    latest search before it in the same session; per (query, item) the events are
    summed with `query.event_weights` (Spark, on the executors).
-3. On the driver (the query list is bounded by config): the queries are encoded
+3. On the executors (ranks.query_topk.topk_partition over the distinct queries, each
+   with its engaged items as arrays; the index is loaded once per Python worker as
+   for the users, nothing catalog-sized is on the driver): the queries are encoded
    with the text model of the index's ModelSpec (from its manifest), mapped into
-   its space with `ModelSpec.query_vectors` (the text part of a fused vector: image
-   and behaviour parts zero, the same projection W), and searched in the run's FAISS index for
+   its space with `ModelSpec.query_content` (the text part of a content vector: image
+   and behaviour parts zero, the same projection), and searched in the run's FAISS index for
    `query.candidates` items; items engaged with after the query join the
    candidates. A candidate's similarity is the cosine between the query and the
    item's text part (`text_similarity`), so a behaviour part does not dilute it.
@@ -24,14 +26,18 @@ Computed at the end of the `rank` stage:
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
+from fusionrank.core.catalog import QUERY_TOPK
 from fusionrank.core.errors import IndexError_
-from fusionrank.core.spark import utc_literal
+from fusionrank.core.spark import task_cpus, utc_literal
 from fusionrank.index.build import load_index
 from fusionrank.index.lexical import LexicalIndex, has_lexical, lexical_dir
 from fusionrank.ranks.hybrid import engagement_intent, hybrid_rerank, item_categories, params_from
@@ -94,13 +100,13 @@ def query_engagement(events, queries, since: dt.datetime, until: dt.datetime, we
     return per_item.withColumn("_rank", F.row_number().over(top)).where(F.col("_rank") <= max_items).drop("_rank")
 
 
-# -- driver side (numpy, bounded by query.top_queries) ----------------------------------------
+# -- numpy side: per partition on the executors (query_topk), on the driver for search() ------
 def encode_queries(texts: list[str], spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     """Query texts -> (text vectors, vectors in the index's space: text part only,
     the same projection, behaviour part zero)."""
     encoder = get_text_encoder(spec.text_model_folder(), dtype=spec.text_dtype)
     text = encoder.encode(list(texts), batch_size=spec.text_batch_size, max_length=spec.text_max_length)
-    return text, spec.to_ranking_space(spec.query_vectors(text))
+    return text, spec.to_ranking_space(spec.query_content(text))
 
 
 def text_similarity(item_vecs: np.ndarray, query_text: np.ndarray, spec: ModelSpec) -> np.ndarray:
@@ -111,9 +117,7 @@ def text_similarity(item_vecs: np.ndarray, query_text: np.ndarray, spec: ModelSp
     part) would outrank a better-matching popular one. The text part is read back
     through W (exactly for the identity and for orthogonal rotations).
     """
-    item_vecs = spec.fused_part(item_vecs)  # the index holds ranking-space vectors
-    w = spec.projection_matrix()
-    part = item_vecs[:, :spec.text_dim] if w is None else item_vecs @ w[:spec.text_dim].T
+    part = spec.text_part(item_vecs)  # the index holds ranking-space vectors
     query = query_text / max(float(np.linalg.norm(query_text)), 1e-12)
     return l2_normalize(part) @ query.astype(np.float32)
 
@@ -225,24 +229,84 @@ def hybrid_top_k(texts, searches, text, positions, engaged_by_query, loaded, spe
     return pd.DataFrame(rows, columns=columns)
 
 
+# What the executors emit: query_topk's columns but run_date and model_version.
+TOPK_COLUMNS = ["query", "rank", "item_id", "score", "similarity", "ctr", "clicks", "searches", "category"]
+TOPK_SCHEMA = T.StructType([QUERY_TOPK[name] for name in TOPK_COLUMNS])
+
+
+def unpack_queries(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One partition's (query, searches, engaged_items, engaged_weights, engaged_clicks)
+    rows -> the (queries, engagement) frames `top_k_for_queries` takes, queries in the
+    driver's order (most searched first, then by text)."""
+    frame = frame.sort_values(["searches", "query"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    queries = frame[["query", "searches"]]
+    rows = [(q, item, float(w), int(c))
+            for q, items, weights, clicks in zip(frame["query"], frame["engaged_items"], frame["engaged_weights"],
+                                                 frame["engaged_clicks"])
+            for item, w, c in zip(_listed(items), _listed(weights), _listed(clicks))]
+    engagement = pd.DataFrame(rows, columns=["query", "item_id", "engagement", "clicks"])
+    return queries, engagement
+
+
+def _listed(value) -> list:
+    return [] if value is None or (isinstance(value, float) and np.isnan(value)) else list(value)
+
+
+def topk_partition(frames: Iterator[pd.DataFrame], index_path: str, cfg) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: the query_topk rows of one partition's queries (the index and
+    the text model are loaded once per Python worker, as for the users)."""
+    import faiss
+
+    faiss.omp_set_num_threads(task_cpus())
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return
+    queries, engagement = unpack_queries(pd.concat(frames, ignore_index=True))
+    out = top_k_for_queries(queries, engagement, index_path, cfg)
+    if len(out):
+        yield out.astype({"rank": "int32", "score": "float32", "similarity": "float32", "ctr": "float32",
+                          "clicks": "int32", "searches": "int32"}).astype({"category": object})
+
+
+def query_topk_frame(queries, engaged, index_path: str, cfg, partitions: int):
+    """The query_topk rows (without run_date/model_version) as a Spark DataFrame searched
+    on the executors: each query travels with its engaged items (arrays, at most
+    `query.max_engaged_items`), so neither the index, the item ids nor the text model
+    are on the driver. With `query.hybrid` one task sees every query (the intent of a
+    query without engagement comes from its nearest engaged queries)."""
+    grouped = engaged.groupBy("query").agg(F.sort_array(F.collect_list(F.struct(
+        "item_id", F.col("engagement").cast("double").alias("w"), F.col("clicks").cast("int").alias("c")))).alias("e"))
+    rows = queries.select("query", F.col("searches").cast("long").alias("searches")).join(grouped, "query", "left")
+    rows = rows.select("query", "searches", F.col("e.item_id").alias("engaged_items"),
+                       F.col("e.w").alias("engaged_weights"), F.col("e.c").alias("engaged_clicks"))
+    parts = 1 if getattr(cfg, "hybrid", False) else max(1, int(partitions))
+    return rows.repartition(parts, "query").mapInPandas(partial(topk_partition, index_path=index_path, cfg=cfg),
+                                                        TOPK_SCHEMA)
+
+
+def query_partitions(spark, top_queries: int, per_partition: int = 250) -> int:
+    """Partitions for the query search: one per `per_partition` queries, at most one per core."""
+    return max(1, min(spark.sparkContext.defaultParallelism, -(-int(top_queries) // per_partition)))
+
+
 def compute_query_topk(events, index_path: str, cfg, since: dt.datetime, until: dt.datetime):
-    """The query_topk rows (without run_date/model_version) as a pandas frame, and counts.
-    `cfg` is the `query` settings."""
-    queries = frequent_queries(events, since, until, cfg.top_queries, cfg.min_searches)
-    queries_pd = queries.toPandas()  # at most query.top_queries rows
-    if queries_pd.empty:
-        return top_k_for_queries(queries_pd, pd.DataFrame(), index_path, cfg), {"queries": 0}
+    """The query_topk rows (without run_date/model_version) as a Spark DataFrame (None when
+    there are no queries) searched on the executors, and counts. `cfg` is the `query`
+    settings. Only the query list (bounded by query.top_queries) and counts come to the driver."""
+    frequent = frequent_queries(events, since, until, cfg.top_queries, cfg.min_searches)
+    # At most query.top_queries (query, searches, users) rows: fixed once, not recomputed
+    # from the events by every job below.
+    listed = frequent.collect()
+    if not listed:
+        return None, {"queries": 0}
+    queries = events.sparkSession.createDataFrame(listed, frequent.schema)
     engaged = query_engagement(events, queries, since, until, cfg.event_weights, cfg.max_engaged_items)
-    engaged_pd = engaged.toPandas()  # at most top_queries x max_engaged_items rows
-    out = top_k_for_queries(queries_pd, engaged_pd, index_path, cfg)
+    out = query_topk_frame(queries, engaged, index_path, cfg, query_partitions(events.sparkSession, cfg.top_queries))
     return out, {
-        "queries": int(len(queries_pd)),
-        "searches": int(queries_pd["searches"].sum()),
-        "queries_with_clicks": int(engaged_pd["query"].nunique()) if not engaged_pd.empty else 0,
-        "query_rows": int(len(out)),
+        "queries": len(listed),
+        "searches": int(sum(row["searches"] for row in listed)),
+        "queries_with_clicks": int(engaged.select("query").distinct().count()),
     }
-
-
 
 
 def answer_queries(texts: list[str], index_path: str, stored: dict[str, list[str]], cfg, k: int,

