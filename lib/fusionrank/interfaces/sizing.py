@@ -39,8 +39,10 @@ Assumptions (stated, not measured; change them with the keyword arguments):
     it per process); the rank stage's conf sets task.cpus = executor.cores so each
     executor runs one rank task and holds one copy (FAISS searches with task.cpus
     threads).
-The stage code as of this module: query_topk loads the index and the text model on
-the driver (ranks.query_topk), and rerank training (rerank.enabled) loads it there too.
+The stage code as of this module: query_topk is searched on the executors (one rank
+worker holds the index and the text model; the driver only the query list), and
+rerank training (rerank.enabled) loads the index on the driver; evaluate joins the
+recommendations to the held-out rows (no users x history cross join).
 """
 
 from __future__ import annotations
@@ -167,9 +169,14 @@ def ranking_dim(settings: Settings, m: Models) -> int:
         projection: tuple = ("identity", d_in)
     else:
         projection = (fusion.projection, d_in, fusion.output_dim or d_in)
+    rank = settings.rank
+    space = None
+    if rank.content != "fused" and rank.space_dim is not None and rank.space_dim < m.text_dim + m.image_dim:
+        space = ("random_orthogonal", m.text_dim + m.image_dim, rank.space_dim, fusion.seed)
     spec = ModelSpec(version="sizing", text_path="", text_digest="", text_dim=m.text_dim, text_max_length=0,
                      text_dtype="", text_batch_size=0, image=None, image_dim=m.image_dim, behaviour_dim=behaviour,
-                     weights=(1.0, 1.0, 1.0), projection=projection, content_weight=0.0)
+                     weights=(1.0, 1.0, 1.0), projection=projection, content_weight=0.0,
+                     content=rank.content, space_projection=space)
     return spec.ranking_dim
 
 
@@ -278,14 +285,16 @@ class _Plan:
                  lambda n, u: rc.search_batch * (fetch * 12 + rc.reason_history * d * 4 + d * 4))
         if rank_gpu:
             self.add("rank", "GPU", "index copy (codes, ids, quantiser) + faiss scratch", lambda n, u: self.gpu_index(n))
-        self.add("rank", "driver Python", "query_topk (and rerank training): loaded index + text model",
-                 lambda n, u: self.loaded_index(n, gpu_pq) + m.text_weights
-                 + s.query.top_queries * s.query.candidates * 12)
+        self.add("rank", "worker", "query_topk: text model + one partition's query candidates",
+                 lambda n, u: m.text_weights + s.query.top_queries * s.query.candidates * 12)
+        self.add("rank", "driver Python", "query list" + (" + rerank training: loaded index" if s.rerank.enabled else ""),
+                 lambda n, u: s.query.top_queries * (TEXT_BYTES + 16)
+                 + (self.loaded_index(n, gpu_pq) if s.rerank.enabled else 0))
         self.add("rank", "cluster", "recs_user_topk + seen sets",
                  lambda n, u: u * rc.k * (ID_BYTES * 3 + 16 + 40) + u * hist * ID_BYTES * 2)
         # evaluate
-        self.add("evaluate", "cluster", "recommendations x held-out rows",
-                 lambda n, u: u * (max(s.evaluate.ks) + hist) * (ID_BYTES * 2 + 16))
+        self.add("evaluate", "cluster", "recommendations and popularity lists joined to held-out rows",
+                 lambda n, u: u * (2 * max(s.evaluate.ks) + hist) * (ID_BYTES * 2 + 16))
         return self.rows
 
     def _build_driver(self, n: int, gpu: bool) -> float:
