@@ -35,14 +35,15 @@ def test_invalid_config_fails_with_key_and_file(tmp_path):
     assert "bad.yaml: rank.kk: unknown key" in proc.stderr
 
 
-def test_spark_submit_runs_a_job_file(tmp_path):
+def submit_clean_catalog(tmp_path, catalog_rows: list[dict], spark: dict | None = None) -> subprocess.CompletedProcess:
+    """spark-submit jobs/clean_catalog.py (local[1]) on `catalog_rows`, with a conf whose
+    `spark` section adds `spark` to the cluster-style master: null; it must succeed."""
     conf = tmp_path / "conf"
     conf.mkdir()
     shutil.copy(ROOT / "conf" / "base.yaml", conf / "base.yaml")
-    catalog = write_jsonl(tmp_path / "raw" / "catalog.jsonl",
-                          [{"item_id": "1", "title": "Toy Story (1995)"}, {"item_id": "2", "title": ""}])
+    catalog = write_jsonl(tmp_path / "raw" / "catalog.jsonl", catalog_rows)
     (conf / "job.yaml").write_text(json.dumps({
-        "spark": {"master": None, "ui_enabled": False},
+        "spark": {"master": None, "ui_enabled": False, **(spark or {})},
         "storage": {"root": str(tmp_path / "warehouse")},
         "inputs": {"catalog": {"path": str(catalog)}, "events": {"path": str(catalog)}},
     }))
@@ -54,11 +55,30 @@ def test_spark_submit_runs_a_job_file(tmp_path):
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_spark_submit_runs_a_job_file(tmp_path):
+    proc = submit_clean_catalog(tmp_path, [{"item_id": "1", "title": "Toy Story (1995)"}, {"item_id": "2", "title": ""}])
     assert "clean_catalog" in proc.stdout and "clean_rows=1" in proc.stdout
     rows = DeltaTable(str(tmp_path / "warehouse" / "catalog_clean")).to_pandas()
     assert list(rows["item_id"]) == ["1"]
     quarantine = DeltaTable(str(tmp_path / "warehouse" / "quarantine")).to_pandas()
     assert list(quarantine["reason"]) == ["missing title"]
+
+
+def test_a_job_builds_its_session_with_its_stage_conf(tmp_path):
+    """A stage's own Spark conf (spark.stages.<stage>.conf) reaches the session that
+    `jobs/<stage>.py` builds under spark-submit: seen through Spark's event log, which
+    only the stage's conf switches on."""
+    mine, other = tmp_path / "events-clean_catalog", tmp_path / "events-rank"
+    mine.mkdir(), other.mkdir()
+    log_conf = lambda folder: {"spark.eventLog.enabled": True, "spark.eventLog.dir": folder.as_uri()}  # noqa: E731
+    proc = submit_clean_catalog(tmp_path, [{"item_id": "1", "title": "Toy Story (1995)"}],
+                                {"stages": {"clean_catalog": {"conf": log_conf(mine)}, "rank": {"conf": log_conf(other)}}})
+    assert "clean_rows=1" in proc.stdout
+    assert list(mine.iterdir()), "clean_catalog's own conf (its event log) did not reach its session"
+    assert not list(other.iterdir())  # another stage's conf stays with that stage
 
 
 def test_amazon_reviews_convert_feeds_the_cleaning_stages(spark, tmp_path):

@@ -273,6 +273,12 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+def _add_conf_arguments(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """--conf (required) and --base, as every command that reads the config takes them."""
+    parser.add_argument("--conf", required=True, help=help)
+    parser.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusionrank",
@@ -284,8 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the whole nightly pipeline (or --stages) for one date")
-    run.add_argument("--conf", required=True, help="environment config, e.g. conf/local.yaml (overlaid on the base layer)")
-    run.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
+    _add_conf_arguments(run, help="environment config, e.g. conf/local.yaml (overlaid on the base layer)")
     run.add_argument("--date", required=True, type=_date, help="run date, YYYY-MM-DD")
     run.add_argument("--stages", help="comma-separated subset, in order")
     run.add_argument("--json", help="also write the stage results to this JSON file")
@@ -321,15 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage = sub.add_parser("stage", help="run one stage for one date")
     stage.add_argument("name", choices=ORDER + [s for s in STAGES if s not in ORDER])
-    stage.add_argument("--conf", required=True)
-    stage.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
+    _add_conf_arguments(stage)
     stage.add_argument("--date", required=True, type=_date)
     stage.set_defaults(func=cmd_stage)
 
     check = sub.add_parser("doctor", help="check a deployment before its first night: storage, Delta engine, models, "
                                           "executors (exit status 1 names what is missing)")
-    check.add_argument("--conf", required=True)
-    check.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
+    _add_conf_arguments(check)
     check.add_argument("--master", help="Spark master for the check (default: spark.master, or spark-submit's)")
     check.add_argument("--no-executors", action="store_true", help="driver-side checks only (no Spark job)")
     check.add_argument("--timeout", type=float, default=180, help="seconds the executor probe may take (default 180)")
@@ -339,13 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="inspect the configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_show = config_sub.add_parser("show", help="the effective merged config, each value with its source file")
-    config_show.add_argument("--conf", required=True)
-    config_show.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
+    _add_conf_arguments(config_show)
     config_show.set_defaults(func=cmd_config_show)
     stage_conf = config_sub.add_parser(
         "stage-conf", help="each stage's Spark conf as JSON (the Airflow Variable fusionrank_stage_conf)")
-    stage_conf.add_argument("--conf", required=True)
-    stage_conf.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
+    _add_conf_arguments(stage_conf)
     stage_conf.add_argument("--stage", choices=list(STAGES), help="one stage only")
     stage_conf.add_argument("--format", choices=["json", "submit"], default="json",
                             help="submit: that stage's --conf arguments for spark-submit (needs --stage)")
@@ -353,8 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("sizing", help="what each stage holds where (driver, executor JVM, Python worker, GPU) "
                                          "at 1M-100M items and 10M-100M users, as a markdown table")
-    plan.add_argument("--conf", required=True)
-    plan.add_argument("--base", help="base layer (default: the project's conf/base.yaml, or the overlay's base: key)")
+    _add_conf_arguments(plan)
     plan.add_argument("--readme", help="write the table between this file's <!-- sizing:begin/end --> markers")
     plan.set_defaults(func=cmd_sizing)
 
