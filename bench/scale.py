@@ -185,8 +185,37 @@ def write_inputs(spark, ctx, args, dim: int, version: str) -> None:
     ctx.store.write(conform(events, schemas.EVENTS_CLEAN), "events_clean", partition_by=["event_date"])
 
 
-def gib(n: int) -> str:
+def gib(n: float) -> str:
     return f"{n / 2**30:.2f}"
+
+
+# Measured peak -> the memory plan's row (interfaces.sizing, what `fusionrank sizing`
+# prints): the driver's Python process while build_index trains and merges, and the
+# largest Python worker while rank searches (it holds the loaded index).
+PLAN_ROWS = (("build_index", "driver Python", "driver_python"), ("rank", "worker", "python_worker_max"))
+
+
+def print_plan(settings, args, dim: int, peaks: dict) -> None:
+    """Measured peaks beside the plan at this run's scale, and the bound a deployment
+    configures for each (conf/cluster.yaml's per-stage Spark memory, interfaces.sizing.limits)."""
+    from fusionrank.core.config import load_config
+    from fusionrank.interfaces import sizing
+
+    planned = sizing.needs_at(settings, args.items, args.users, dim=dim)
+    cluster = load_config(ROOT / "conf" / "cluster.yaml")
+    cluster_plan = sizing.needs_at(cluster, args.items, args.users, dim=dim)
+    print(f"\nmemory plan at {args.items:,} items x {args.users:,} users, dim {dim} (interfaces.sizing; bound: "
+          "conf/cluster.yaml's setting for that stage, which the plan is checked against):")
+    print(f"{'stage':<13}{'where':<15}{'measured GiB':>13}{'plan GiB':>10}{'measured/plan':>15}  bound in conf/cluster.yaml")
+    for stage, place, key in PLAN_ROWS:
+        measured, plan = peaks[stage][key], planned.get((stage, place), 0.0)
+        counted, bound = sizing.limits(cluster, stage, place, cluster_plan.get((stage, place), 0.0))
+        conf_key = sizing.BOUND[place]
+        bound_text = (f"{conf_key} {cluster.spark.conf_for(stage).get(conf_key)} = {gib(bound)} GiB "
+                      f"(plan there {gib(counted)} GiB: {'fits' if counted <= bound else 'DOES NOT FIT'})"
+                      if bound else "unbounded")
+        print(f"{stage:<13}{place:<15}{gib(measured):>13}{gib(plan):>10}{measured / plan if plan else float('nan'):>15.2f}"
+              f"  {bound_text}")
 
 
 def main(argv=None) -> int:
@@ -269,6 +298,8 @@ def main(argv=None) -> int:
           f"pq_m={manifest.get('pq_m')} shards={manifest.get('shards')}; self-check recall@10 "
           f"{check['recall_at_10']:.3f} (min {check['min_recall']}); rank: {counts['rank'].get('users_ranked')} users, "
           f"{counts['rank'].get('recs_rows')} rows, similar {counts['rank'].get('similar_rows')}")
+
+    print_plan(settings, args, dim, {name: peak for name, _, peak in rows})
 
     # Extrapolation: core-seconds per item (build) and per user (rank); the IVF scan per
     # query grows with items / nlist * nprobe, nlist ~ sqrt(items): x sqrt(item ratio).

@@ -89,3 +89,16 @@ def test_fits_follows_the_configured_memory(tmp_path):
     assert sizing._fits(sizing.plan(small), small, "rank", scales) == "1M: -, 10M: -, 100M: -"
     assert sizing.workers(settings, "rank") == 1 and sizing.workers(settings, "build_profiles") == 4
     assert sizing._parse_size("512m") == 512 * 2**20 and sizing._parse_size("4g") == 4 * 2**30
+
+
+def test_needs_at_one_scale_sums_the_plans_rows():
+    settings = load_config(CONF / "cluster.yaml")
+    rows = sizing.plan(settings)
+    scale = (10_000_000, 100_000_000)
+    needs = sizing.needs_at(settings, *scale)
+    rank_worker = sum(r.bytes[scale] for r in rows if r.stage == "rank" and r.place == "worker")
+    assert needs[("rank", "worker")] == rank_worker
+    # another width: the loaded index grows with it (bench/scale.py's synthetic dims)
+    narrow = sizing.needs_at(settings, 1_000_000, 1_000_000, dim=128)
+    wide = sizing.needs_at(settings, 1_000_000, 1_000_000, dim=512)
+    assert narrow[("rank", "worker")] < wide[("rank", "worker")]

@@ -207,14 +207,15 @@ def _activations(batch: int, seq: int, hidden: int) -> float:
 
 
 class _Plan:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, scales: tuple | None = None, dim: int | None = None):
         self.s = settings
         self.m = models(settings)
-        self.dim = ranking_dim(settings, self.m)
+        self.dim = dim or ranking_dim(settings, self.m)
+        self.scales = scales or tuple((n, u) for n in ITEMS for u in USERS)
         self.rows: list[Row] = []
 
     def add(self, stage: str, place: str, what: str, fn) -> None:
-        self.rows.append(Row(stage, place, what, {(n, u): float(fn(n, u)) for n in ITEMS for u in USERS}))
+        self.rows.append(Row(stage, place, what, {(n, u): float(fn(n, u)) for n, u in self.scales}))
 
     def index_spec(self, n: int, gpu: bool):
         try:
@@ -320,6 +321,17 @@ class _Plan:
 
 def plan(settings: Settings) -> list[Row]:
     return _Plan(settings).build()
+
+
+def needs_at(settings: Settings, items: int, users: int, dim: int | None = None) -> dict[tuple[str, str], float]:
+    """(stage, place) -> planned bytes at one scale (`dim`: another ranking-space width
+    than the config's, e.g. bench/scale.py's synthetic vectors): what bench/scale.py
+    sets its measured peaks against."""
+    out: dict[tuple[str, str], float] = {}
+    for row in _Plan(settings, scales=((items, users),), dim=dim).build():
+        key = (row.stage, row.place)
+        out[key] = out.get(key, 0.0) + row.bytes[(items, users)]
+    return out
 
 
 def workers(settings: Settings, stage: str) -> int:
