@@ -40,8 +40,12 @@ def test_ranking_dim_follows_the_model_spec():
     settings = load_config(CONF / "cluster.yaml")
     m = sizing.models(settings)  # model folders are not here: MiniLM / DINOv2-small sizes assumed
     assert (m.text_dim, m.image_dim) == (384, 384) and m.assumed
-    # behaviour (256) beside the fused text + image + behaviour part
-    assert sizing.ranking_dim(settings, m) == 256 + 384 + 384 + 256
+    # cluster.yaml's space at scale: behaviour (256) beside text + image reduced to 256
+    assert sizing.ranking_dim(settings, m) == 256 + 256
+    fused = settings.model_copy(update={"rank": settings.rank.model_copy(update={"content": "fused",
+                                                                                 "space_dim": None})})
+    # the default content part: the fused text + image + behaviour vector
+    assert sizing.ranking_dim(fused, m) == 256 + 384 + 384 + 256
 
 
 def test_index_figures_are_build_index_estimates(tmp_path):
