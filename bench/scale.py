@@ -62,6 +62,7 @@ class PeakRSS:
 
     def reset(self) -> None:
         self.peak = {"driver_python": 0, "jvm": 0, "python_worker_max": 0, "python_workers_sum": 0, "tree": 0}
+        self.start = self.sample()  # where the stage began (the plan counts what a stage adds)
 
     def sample(self) -> dict[str, int]:
         now = {"driver_python": self.me.memory_info().rss, "jvm": 0, "python_worker_max": 0, "python_workers_sum": 0}
@@ -191,31 +192,40 @@ def gib(n: float) -> str:
 
 # Measured peak -> the memory plan's row (interfaces.sizing, what `fusionrank sizing`
 # prints): the driver's Python process while build_index trains and merges, and the
-# largest Python worker while rank searches (it holds the loaded index).
+# largest Python worker while rank searches (it holds the loaded index). The plan
+# counts what a stage adds to a process: the driver's growth over its RSS when the
+# stage began, and the worker's peak over a worker's RSS before any index (the
+# largest worker of the inputs stage).
 PLAN_ROWS = (("build_index", "driver Python", "driver_python"), ("rank", "worker", "python_worker_max"))
 
 
-def print_plan(settings, args, dim: int, peaks: dict) -> None:
-    """Measured peaks beside the plan at this run's scale, and the bound a deployment
-    configures for each (conf/cluster.yaml's per-stage Spark memory, interfaces.sizing.limits)."""
+def print_plan(settings, args, dim: int, peaks: dict, starts: dict, shards: int | None) -> None:
+    """Measured growth beside the plan at this run's scale and shard count, and the bound
+    a deployment configures for it (conf/cluster.yaml's per-stage Spark memory and the
+    plan at its own shard count, interfaces.sizing.limits)."""
     from fusionrank.core.config import load_config
     from fusionrank.interfaces import sizing
 
-    planned = sizing.needs_at(settings, args.items, args.users, dim=dim)
+    planned = sizing.needs_at(settings, args.items, args.users, dim=dim, shards=shards)
     cluster = load_config(ROOT / "conf" / "cluster.yaml")
     cluster_plan = sizing.needs_at(cluster, args.items, args.users, dim=dim)
-    print(f"\nmemory plan at {args.items:,} items x {args.users:,} users, dim {dim} (interfaces.sizing; bound: "
-          "conf/cluster.yaml's setting for that stage, which the plan is checked against):")
-    print(f"{'stage':<13}{'where':<15}{'measured GiB':>13}{'plan GiB':>10}{'measured/plan':>15}  bound in conf/cluster.yaml")
+    base = {"driver_python": starts["build_index"]["driver_python"],
+            "python_worker_max": peaks["inputs"]["python_worker_max"]}
+    print(f"\nmemory plan at {args.items:,} items x {args.users:,} users, dim {dim}, {shards} index shards "
+          "(interfaces.sizing: what the stage adds to the process; bound: conf/cluster.yaml's setting for the "
+          "stage, with the plan at its shard count):")
+    print(f"{'stage':<13}{'where':<15}{'peak GiB':>9}{'added GiB':>11}{'plan GiB':>10}{'added/plan':>12}"
+          "  bound in conf/cluster.yaml")
     for stage, place, key in PLAN_ROWS:
-        measured, plan = peaks[stage][key], planned.get((stage, place), 0.0)
+        peak, plan = peaks[stage][key], planned.get((stage, place), 0.0)
+        added = peak - base[key]
         counted, bound = sizing.limits(cluster, stage, place, cluster_plan.get((stage, place), 0.0))
         conf_key = sizing.BOUND[place]
         bound_text = (f"{conf_key} {cluster.spark.conf_for(stage).get(conf_key)} = {gib(bound)} GiB "
                       f"(plan there {gib(counted)} GiB: {'fits' if counted <= bound else 'DOES NOT FIT'})"
                       if bound else "unbounded")
-        print(f"{stage:<13}{place:<15}{gib(measured):>13}{gib(plan):>10}{measured / plan if plan else float('nan'):>15.2f}"
-              f"  {bound_text}")
+        print(f"{stage:<13}{place:<15}{gib(peak):>9}{gib(added):>11}{gib(plan):>10}"
+              f"{added / plan if plan else float('nan'):>12.2f}  {bound_text}")
 
 
 def main(argv=None) -> int:
@@ -267,7 +277,7 @@ def main(argv=None) -> int:
     print(f"{args.items:,} items x {args.users:,} users, dim {dim} (rank-{args.factors} factors, {args.clusters} clusters), "
           f"{args.cores} cores, "
           f"spark.driver.memory {args.driver_memory}; work dir {work}", flush=True)
-    rows, counts = [], {}
+    rows, counts, starts = [], {}, {}
     try:
         for name in ("inputs", "build_index", "rank"):
             memory.reset()
@@ -278,6 +288,7 @@ def main(argv=None) -> int:
                 counts[name] = run_stage(name, settings, RUN_DATE, ctx=ctx).counts
             seconds = time.perf_counter() - started
             rows.append((name, seconds, dict(memory.peak)))
+            starts[name] = dict(memory.start)
             print(f"  {name}: {seconds:.1f}s {counts.get(name, '')}; peak RSS GiB "
                   + ", ".join(f"{k} {gib(v)}" for k, v in memory.peak.items()), flush=True)
         manifest = index_build.read_manifest(ctx.index_path())
@@ -299,14 +310,14 @@ def main(argv=None) -> int:
           f"{check['recall_at_10']:.3f} (min {check['min_recall']}); rank: {counts['rank'].get('users_ranked')} users, "
           f"{counts['rank'].get('recs_rows')} rows, similar {counts['rank'].get('similar_rows')}")
 
-    print_plan(settings, args, dim, {name: peak for name, _, peak in rows})
+    print_plan(settings, args, dim, {name: peak for name, _, peak in rows}, starts, manifest.get("shards"))
 
     # Extrapolation: core-seconds per item (build) and per user (rank); the IVF scan per
     # query grows with items / nlist * nprobe, nlist ~ sqrt(items): x sqrt(item ratio).
     wall = {name: seconds for name, seconds, _ in rows}
     if args.json:
         Path(args.json).write_text(json.dumps({"items": args.items, "users": args.users, "cores": args.cores,
-                                               "dim": dim, "wall": wall, "peaks": {n: p for n, _, p in rows},
+                                               "dim": dim, "wall": wall, "peaks": {n: p for n, _, p in rows}, "starts": starts,
                                                "manifest": {k: manifest.get(k) for k in ("type", "nlist", "nprobe",
                                                                                           "pq_m", "shards")},
                                                "self_check": check}, indent=1))

@@ -80,6 +80,7 @@ PLACES = ("driver JVM", "driver Python", "worker", "GPU", "cluster")
 BOUND = {"driver JVM": "spark.driver.memory", "driver Python": "spark.driver.memoryOverhead",
          "worker": "spark.executor.memoryOverhead"}
 JVM_OFF_HEAP = 384 * 2**20  # what the executor JVM itself takes of memoryOverhead (Spark's minimum)
+DEFAULT_SHARDS = 200  # build_index shards when index.build_partitions is 0 (default parallelism)
 
 
 @dataclass(frozen=True)
@@ -207,10 +208,14 @@ def _activations(batch: int, seq: int, hidden: int) -> float:
 
 
 class _Plan:
-    def __init__(self, settings: Settings, scales: tuple | None = None, dim: int | None = None):
+    def __init__(self, settings: Settings, scales: tuple | None = None, dim: int | None = None,
+                 shards: int | None = None):
         self.s = settings
         self.m = models(settings)
         self.dim = dim or ranking_dim(settings, self.m)
+        # build_index's shards: index.build_partitions, else Spark's default parallelism,
+        # which the config does not know (DEFAULT_SHARDS assumed; conf/cluster.yaml sets it)
+        self.shards = shards or settings.index.build_partitions or DEFAULT_SHARDS
         self.scales = scales or tuple((n, u) for n in ITEMS for u in USERS)
         self.rows: list[Row] = []
 
@@ -269,7 +274,7 @@ class _Plan:
         if s.query.hybrid:
             self.add("build_index", "driver Python", "BM25: the catalog text in pandas + its index",
                      lambda n, u: n * (ID_BYTES + TEXT_BYTES) * 3)
-        parts = s.index.build_partitions or 200
+        parts = self.shards
         self.add("build_index", "worker", f"trained index + one shard of {parts} + self-check queries",
                  lambda n, u: self._shard(n, gpu_pq, parts))
         # build_profiles
@@ -302,7 +307,7 @@ class _Plan:
         spec = self.index_spec(n, gpu)
         if spec is None:
             return math.nan
-        parts = self.s.index.build_partitions or 200
+        parts = self.shards
         sample = min(n, self.s.index.train_sample) * self.dim * 4
         merged = spec.estimated_mb * 2**20
         return 2 * sample + merged * (1 + 1 / parts) + 2 * n * (ID_BYTES + 4)
@@ -323,12 +328,14 @@ def plan(settings: Settings) -> list[Row]:
     return _Plan(settings).build()
 
 
-def needs_at(settings: Settings, items: int, users: int, dim: int | None = None) -> dict[tuple[str, str], float]:
+def needs_at(settings: Settings, items: int, users: int, dim: int | None = None,
+             shards: int | None = None) -> dict[tuple[str, str], float]:
     """(stage, place) -> planned bytes at one scale (`dim`: another ranking-space width
-    than the config's, e.g. bench/scale.py's synthetic vectors): what bench/scale.py
-    sets its measured peaks against."""
+    than the config's, e.g. bench/scale.py's synthetic vectors; `shards`: the index
+    build's shard count where it is known): what bench/scale.py sets its measured peaks
+    against."""
     out: dict[tuple[str, str], float] = {}
-    for row in _Plan(settings, scales=((items, users),), dim=dim).build():
+    for row in _Plan(settings, scales=((items, users),), dim=dim, shards=shards).build():
         key = (row.stage, row.place)
         out[key] = out.get(key, 0.0) + row.bytes[(items, users)]
     return out
