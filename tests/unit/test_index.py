@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,26 @@ def test_hnsw_build_passes_its_self_check(tmp_path):
     np.testing.assert_allclose(loaded.vectors(["7"])[0][0], vectors[7], atol=1e-6)
 
 
+
+
+# -- OPQ ---------------------------------------------------------------------------------------
+def test_opq_goes_with_ivf_pq_and_its_rotation_is_in_the_size():
+    cfg = IndexConfig(type="ivf_pq", pq_m=16)
+    on, off = index.choose_spec(1_000_000, 256, cfg), index.choose_spec(1_000_000, 256, cfg.model_copy(update={"opq": False}))
+    assert cfg.opq == "auto" and on.opq and not off.opq
+    assert on.estimated_mb - off.estimated_mb == pytest.approx(256 * 256 * 4 / 2**20)
+    assert on.params()["opq"] is True and off.params()["opq"] is False
+    assert not index.choose_spec(50_000, 64, IndexConfig(opq=True)).opq  # ivf_flat: no PQ codes to rotate for
+    # The rotation (4 MB at 1024 dims) counts against the budget.
+    wide = IndexConfig(type="ivf_pq", pq_m=16, opq=False)
+    budget = math.ceil(index.choose_spec(1_000_000, 1024, wide).estimated_mb)
+    assert index.choose_spec(1_000_000, 1024, wide.model_copy(update={"memory_budget_mb": budget})).pq_m == 16
+    with pytest.raises(index.IndexError_, match="memory_budget_mb"):
+        index.choose_spec(1_000_000, 1024, wide.model_copy(update={"memory_budget_mb": budget, "opq": True}))
+
+
+@pytest.mark.parametrize("value", ["maybe", 1, None])
+def test_a_bad_opq_value_is_refused(value):
+    with pytest.raises(ValueError, match=r"opq\n.*must be auto, true or false"):
+        IndexConfig(opq=value)
+    assert IndexConfig(opq="false").opq is False and IndexConfig(opq=True).opq is True
