@@ -378,7 +378,7 @@ class IndexConfig(_Strict):
     max_nprobe: int = Field(256, gt=0)
     pq_m: int = Field(0, ge=0)  # 0: the largest sub-quantiser count that fits the budget
     # IVF-PQ only: an OPQ rotation (dim x dim, trained on the sample) before the codes.
-    # auto: on (index.build.use_opq says where that was measured); true / false: forced.
+    # auto: where sub-quantisers span >= 4 dims (index.build.use_opq: the measurement).
     opq: Literal["auto"] | bool = "auto"
     hnsw_m: int = Field(32, gt=0)
     ef_construction: int = Field(80, gt=0)
