@@ -89,3 +89,37 @@ def test_failed_self_check_of_a_spark_build_keeps_the_previous_index(spark, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run_date=2026-11-22"]  # no staging or tmp left
 
 
+
+
+def test_sharded_opq_build_finds_the_exact_neighbours_and_hands_back_the_vectors(spark, tmp_path):
+    # An easy set: 200 groups of 10 near-duplicates, so each group is its members' exact top-10.
+    rng = np.random.default_rng(12)
+    centres = rng.normal(size=(200, 32))
+    vectors = np.repeat(centres, 10, axis=0) + 0.05 * rng.normal(size=(2000, 32))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    ids = [f"item{i:04d}" for i in range(2000)]
+    cfg = IndexConfig(type="ivf_pq", nlist=16, nprobe=4, pq_m=8, opq=True, self_check_queries=200, min_recall=0.9)
+    built = index.build_from_spark(vector_frame(spark, ids, vectors, 3), 32, 2000, cfg, tmp_path / "opq", "v", "d",
+                                   partitions=3)
+    m = built.manifest
+    assert m["type"] == "ivf_pq" and m["opq"] is True and m["shards"] == 3 and m["count"] == 2000
+    assert m["self_check"]["recall_at_10"] >= 0.9
+    loaded = index.load_index(built.path)
+    assert type(loaded.index).__name__ == "IndexPreTransform" and index.ivf_of(loaded.index).nprobe == m["nprobe"]
+    flat = __import__("faiss").IndexFlatIP(32)
+    flat.add(vectors)
+    queries = vectors[rng.choice(2000, 100, replace=False)]
+    _, truth = flat.search(queries, 10)
+    got, _ = top10_ids(loaded, queries)
+    assert np.mean([len(set(t) & set(g)) / 10 for t, g in zip(np.array(ids)[truth].tolist(), got.tolist())]) >= 0.95
+    # Vectors come back un-rotated, both from the dense copy and from the codes.
+    positions = loaded.position_of(ids[:50])
+    back = index.reconstruct(loaded.index, positions)
+    np.testing.assert_allclose(loaded.reconstruct(positions), back, atol=1e-5)  # the dense copy agrees
+
+    def cosine(a):
+        return (a * vectors[:50]).sum(axis=1) / np.linalg.norm(a, axis=1)
+
+    assert cosine(back).mean() >= 0.9
+    rotated = index.ivf_of(loaded.index).reconstruct_batch(positions)  # the codes' own (rotated) space
+    assert abs(cosine(rotated).mean()) < 0.5

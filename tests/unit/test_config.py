@@ -93,6 +93,13 @@ def test_wrong_type_names_key_and_file(conf_dir):
     assert str(overlay) in message
 
 
+def test_a_bad_index_opq_value_names_the_key_and_the_choices(conf_dir):
+    overlay = write_overlay(conf_dir, "index: {opq: maybe}\n")
+    with pytest.raises(ConfigError, match=r"index\.opq: Value error, must be auto, true or false, got 'maybe'"):
+        load_config(overlay)
+    assert load_config(write_overlay(conf_dir, "index: {opq: false}\n")).index.opq is False
+
+
 def test_out_of_range_value_is_rejected(conf_dir):
     overlay = write_overlay(conf_dir, "rank: {k: 0}\n")
     with pytest.raises(ConfigError, match=r"rank\.k"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,8 @@ def test_auto_type_follows_size_and_memory_budget():
 def test_pq_is_chosen_and_built_under_a_small_memory_budget(tmp_path):
     vectors = clustered(20_000, seed=4)
     ids = [f"i{i:05d}" for i in range(20_000)]
-    cfg = IndexConfig(flat_max_items=1000, memory_budget_mb=2, self_check_queries=300, min_recall=0.9)
+    # opq off: the budget choice is what is tested here (tests/spark/test_index.py builds with OPQ)
+    cfg = IndexConfig(flat_max_items=1000, memory_budget_mb=2, self_check_queries=300, min_recall=0.9, opq=False)
     sample = vectors[np.random.default_rng(0).choice(20_000, 12_000, replace=False)]
     built = index.build(batches(ids, vectors, 4000), sample, 32, 20_000, cfg, tmp_path / "pq", "v", "d")
     m = built.manifest
@@ -126,3 +128,30 @@ def test_hnsw_build_passes_its_self_check(tmp_path):
     np.testing.assert_allclose(loaded.vectors(["7"])[0][0], vectors[7], atol=1e-6)
 
 
+
+
+# -- OPQ ---------------------------------------------------------------------------------------
+def test_opq_goes_with_ivf_pq_and_its_rotation_is_in_the_size():
+    cfg = IndexConfig(type="ivf_pq", pq_m=16)
+    on, off = index.choose_spec(1_000_000, 256, cfg), index.choose_spec(1_000_000, 256, cfg.model_copy(update={"opq": False}))
+    assert cfg.opq == "auto" and on.opq and not off.opq
+    assert on.estimated_mb - off.estimated_mb == pytest.approx(256 * 256 * 4 / 2**20)
+    assert on.params()["opq"] is True and off.params()["opq"] is False
+    assert not index.choose_spec(50_000, 64, IndexConfig(opq=True)).opq  # ivf_flat: no PQ codes to rotate for
+    # auto: sub-quantisers of >= 4 dims only (2 dims: no measured gain, the dearest training)
+    assert index.choose_spec(1_000_000, 256, cfg.model_copy(update={"pq_m": 64})).opq
+    assert not index.choose_spec(1_000_000, 256, cfg.model_copy(update={"pq_m": 128})).opq
+    assert index.choose_spec(1_000_000, 256, cfg.model_copy(update={"pq_m": 128, "opq": True})).opq
+    # The rotation (4 MB at 1024 dims) counts against the budget.
+    wide = IndexConfig(type="ivf_pq", pq_m=16, opq=False)
+    budget = math.ceil(index.choose_spec(1_000_000, 1024, wide).estimated_mb)
+    assert index.choose_spec(1_000_000, 1024, wide.model_copy(update={"memory_budget_mb": budget})).pq_m == 16
+    with pytest.raises(index.IndexError_, match="memory_budget_mb"):
+        index.choose_spec(1_000_000, 1024, wide.model_copy(update={"memory_budget_mb": budget, "opq": True}))
+
+
+@pytest.mark.parametrize("value", ["maybe", 1, None])
+def test_a_bad_opq_value_is_refused(value):
+    with pytest.raises(ValueError, match=r"opq\n.*must be auto, true or false"):
+        IndexConfig(opq=value)
+    assert IndexConfig(opq="false").opq is False and IndexConfig(opq=True).opq is True

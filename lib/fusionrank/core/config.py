@@ -377,6 +377,9 @@ class IndexConfig(_Strict):
     nprobe: int = Field(8, gt=0)
     max_nprobe: int = Field(256, gt=0)
     pq_m: int = Field(0, ge=0)  # 0: the largest sub-quantiser count that fits the budget
+    # IVF-PQ only: an OPQ rotation (dim x dim, trained on the sample) before the codes.
+    # auto: where sub-quantisers span >= 4 dims (index.build.use_opq: the measurement).
+    opq: Literal["auto"] | bool = "auto"
     hnsw_m: int = Field(32, gt=0)
     ef_construction: int = Field(80, gt=0)
     ef_search: int = Field(64, gt=0)
@@ -403,6 +406,15 @@ class IndexConfig(_Strict):
     @classmethod
     def _alias(cls, value: str) -> str:
         return "ivf_flat" if value == "ivf" else value
+
+    @field_validator("opq", mode="before")
+    @classmethod
+    def _opq_choice(cls, value: Any) -> str | bool:
+        text = value.strip().lower() if isinstance(value, str) else value
+        choices = {"auto": "auto", "true": True, "false": False, True: True, False: False}
+        if isinstance(text, (str, bool)) and text in choices:
+            return choices[text]
+        raise ValueError(f"must be auto, true or false, got {value!r}")
 
 
 class ProfilesConfig(_Strict):

@@ -382,7 +382,8 @@ def render(settings: Settings) -> str:
     for n in ITEMS:
         spec = p.index_spec(n, gpu_pq_limits(settings))
         spec_cells.append(f"{_count(n)}: " + ("over index.memory_budget_mb" if spec is None else
-                          f"{spec.type}" + (f" M={spec.pq_m}" if spec.pq_m else "") + f", nlist {spec.nlist}"))
+                          f"{spec.type}" + (f" M={spec.pq_m}" if spec.pq_m else "") + (" OPQ" if spec.opq else "")
+                          + f", nlist {spec.nlist}"))
     out = [f"Ranking space {p.dim}-d; index per item count: " + "; ".join(spec_cells) + "."]
     if p.m.assumed:
         out.append("Assumed (model folders not readable here): " + ", ".join(p.m.assumed) + ".")
