@@ -44,6 +44,55 @@ LABELS = {
 }
 
 
+def print_table(args, runs, seeds) -> None:
+    """The table over the seeds run so far (printed after every seed, so a partial run still reports)."""
+    def mean(system, group, metric):
+        return float(np.mean([r["results"][system][group][metric] for r in runs]))
+
+    def spread(system, group, metric):
+        values = [r["results"][system][group][metric] for r in runs]
+        return (max(values) - min(values)) / 2
+
+    print()
+    print(f"Search quality, held-out last {args.test_days} days of search sessions; {args.items} items, "
+          f"{args.users} users, query noise {args.query_noise}, seeds {list(seeds)} (mean; nDCG ± half range)")
+    cases = runs[0]["results"]["bm25"]
+    print(f"test cases per seed: clean {[r['results']['bm25']['clean']['cases'] for r in runs]}, "
+          f"noisy {[r['results']['bm25']['noisy']['cases'] for r in runs]}" if "noisy" in cases else "")
+    header = f"{'system':<30} | {'clean nDCG@10':>15} {'R@10':>6} {'MRR':>6} | {'noisy nDCG@10':>15} {'R@10':>6} {'MRR':>6}"
+    print(header)
+    print("-" * len(header))
+    for system, label in LABELS.items():
+        cells = []
+        for group in ("clean", "noisy"):
+            cells.append(f"{mean(system, group, 'ndcg'):.4f} ±{spread(system, group, 'ndcg'):.3f} "
+                         f"{mean(system, group, 'recall'):>6.4f} {mean(system, group, 'mrr'):>6.4f}")
+        print(f"{label:<30} | {cells[0]} | {cells[1]}")
+    today, full, bm25 = (mean(s, "noisy", "ndcg") for s in ("dense_ctr", "full", "bm25"))
+    print(f"full vs today on noisy nDCG@10: {100 * (full / today - 1):+.1f}% relative; "
+          f"full vs BM25: clean {100 * (mean('full', 'clean', 'ndcg') / mean('bm25', 'clean', 'ndcg') - 1):+.1f}%, "
+          f"noisy {100 * (full / bm25 - 1):+.1f}%")
+    seen = np.mean([r["intent"]["seen"] for r in runs])
+    unseen = np.mean([r["intent"]["unseen"] for r in runs])
+    print(f"intent top-1 category accuracy (tuned encoder's neighbours): seen queries {seen:.4f}, "
+          f"unseen queries {unseen:.4f} (cases {[r['intent']['seen_cases'] for r in runs]} / "
+          f"{[r['intent']['unseen_cases'] for r in runs]})")
+    for seed, r in zip(seeds, runs):
+        res = r["results"]
+        gain = {g: 100 * (res["full"][g]["ndcg"] / res["dense_ctr"][g]["ndcg"] - 1) for g in ("clean", "noisy")}
+        tune_s = r["timings"].get("tune_s", 0.0)
+        print(f"seed {seed}: full vs today nDCG@10 noisy {gain['noisy']:+.1f}%, clean {gain['clean']:+.1f}%; "
+              f"tuning wall time {tune_s:.0f}s ({tune_s / 60:.1f} min, "
+              f"{'under' if tune_s < 600 else 'OVER'} 10 min) + validation search {r['timings'].get('choose_s', 0):.0f}s")
+    for seed, r in zip(seeds, runs):
+        tuning = r["tuning"]
+        print(f"seed {seed}: chosen on validation {r['params']}; tuning {tuning.get('steps')} steps / "
+              f"{tuning.get('pairs')} pairs in {r['timings'].get('tune_s', 0):.0f}s (CPU, shared machine), "
+              f"val nDCG@10 base {tuning.get('val_ndcg_base', float('nan')):.4f} -> tuned "
+              f"{tuning.get('val_ndcg_tuned', float('nan')):.4f}: {'accepted' if tuning['accepted'] else 'rejected'}; "
+              f"item encode {r['timings']['encode_items_s']:.0f}s; total {r['timings']['total_s']:.0f}s")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=20000)
@@ -73,45 +122,8 @@ def main(argv=None) -> int:
                               freeze_layers=args.freeze_layers, lr=args.lr)
             runs.append(run(shop, Path(work) / f"work-{seed}", args.test_days, args.val_days, seed, tune,
                             args.max_pairs, log=lambda m, s=seed: print(f"[seed {s}] {m}", flush=True)))
+            print_table(args, runs, args.seeds[:len(runs)])
 
-    def mean(system, group, metric):
-        return float(np.mean([r["results"][system][group][metric] for r in runs]))
-
-    def spread(system, group, metric):
-        values = [r["results"][system][group][metric] for r in runs]
-        return (max(values) - min(values)) / 2
-
-    print()
-    print(f"Search quality, held-out last {args.test_days} days of search sessions; {args.items} items, "
-          f"{args.users} users, query noise {args.query_noise}, seeds {args.seeds} (mean; nDCG ± half range)")
-    cases = runs[0]["results"]["bm25"]
-    print(f"test cases per seed: clean {[r['results']['bm25']['clean']['cases'] for r in runs]}, "
-          f"noisy {[r['results']['bm25']['noisy']['cases'] for r in runs]}" if "noisy" in cases else "")
-    header = f"{'system':<30} | {'clean nDCG@10':>15} {'R@10':>6} {'MRR':>6} | {'noisy nDCG@10':>15} {'R@10':>6} {'MRR':>6}"
-    print(header)
-    print("-" * len(header))
-    for system, label in LABELS.items():
-        cells = []
-        for group in ("clean", "noisy"):
-            cells.append(f"{mean(system, group, 'ndcg'):.4f} ±{spread(system, group, 'ndcg'):.3f} "
-                         f"{mean(system, group, 'recall'):>6.4f} {mean(system, group, 'mrr'):>6.4f}")
-        print(f"{label:<30} | {cells[0]} | {cells[1]}")
-    today, full, bm25 = (mean(s, "noisy", "ndcg") for s in ("dense_ctr", "full", "bm25"))
-    print(f"full vs today on noisy nDCG@10: {100 * (full / today - 1):+.1f}% relative; "
-          f"full vs BM25: clean {100 * (mean('full', 'clean', 'ndcg') / mean('bm25', 'clean', 'ndcg') - 1):+.1f}%, "
-          f"noisy {100 * (full / bm25 - 1):+.1f}%")
-    seen = np.mean([r["intent"]["seen"] for r in runs])
-    unseen = np.mean([r["intent"]["unseen"] for r in runs])
-    print(f"intent top-1 category accuracy (tuned encoder's neighbours): seen queries {seen:.4f}, "
-          f"unseen queries {unseen:.4f} (cases {[r['intent']['seen_cases'] for r in runs]} / "
-          f"{[r['intent']['unseen_cases'] for r in runs]})")
-    for seed, r in zip(args.seeds, runs):
-        tuning = r["tuning"]
-        print(f"seed {seed}: chosen on validation {r['params']}; tuning {tuning.get('steps')} steps / "
-              f"{tuning.get('pairs')} pairs in {r['timings'].get('tune_s', 0):.0f}s (CPU, shared machine), "
-              f"val nDCG@10 base {tuning.get('val_ndcg_base', float('nan')):.4f} -> tuned "
-              f"{tuning.get('val_ndcg_tuned', float('nan')):.4f}: {'accepted' if tuning['accepted'] else 'rejected'}; "
-              f"item encode {r['timings']['encode_items_s']:.0f}s; total {r['timings']['total_s']:.0f}s")
     return 0
 
 
