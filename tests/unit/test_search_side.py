@@ -88,6 +88,11 @@ def test_an_unseen_query_borrows_its_neighbours_clicks():
     assert pool_engagement({"P2": (1.0, 1)}, 3, [({"P1": (4.0, 2)}, 10, 0.8)], weight=0.0) == ({"P2": (1.0, 1)}, 3.0)
     ranked = hybrid_rerank(["P2", "P3"], [], pooled, searches, 1, HybridParams(ctr_weight=0.95, neighbour_weight=0.5))
     assert ranked[0][0] == "P1" and ranked[0][3] == pytest.approx(1.6 / 14.0)
+    from fusionrank.ranks.query_topk import query_neighbours  # query_topk's rule: among its own queries
+
+    assert query_neighbours(["red dress", "red dres", "mug"], np.array([[2, 0], [0.8, 0.6], [0, 1]])) == [
+        [("red dres", pytest.approx(0.8))], [("red dress", pytest.approx(0.8)), ("mug", pytest.approx(0.6))],
+        [("red dres", pytest.approx(0.6))]]
 
 
 def test_metric_definitions():
