@@ -12,7 +12,7 @@ MRR@10 for clean and noisy queries, the mean over seeds (the per-seed spread in
 brackets for nDCG). Below: intent top-1 accuracy on seen/unseen test queries,
 the chosen weights, tuning time and the encoder's validation check.
 
-    python bench/search_quality.py --items 20000 --users 8000 --seeds 0 1
+    python bench/search_quality.py --items 20000 --users 8000 --seeds 0 1 --parallel --tune-minutes 6
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     parser.add_argument("--test-days", type=int, default=7)
     parser.add_argument("--val-days", type=int, default=7)
     parser.add_argument("--tune-steps", type=int, default=150)
-    parser.add_argument("--tune-minutes", type=float, default=9.0, help="time budget of each tuning run")
+    parser.add_argument("--tune-minutes", type=float, default=6.0, help="time budget of each tuning run")
     parser.add_argument("--freeze-layers", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--max-pairs", type=int, default=8000)

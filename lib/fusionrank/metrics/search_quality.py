@@ -17,7 +17,8 @@ Systems (each ranks the whole catalog for a query; metrics at k=10):
                  re-ranked by (1 - w) * similarity + w * ctr with today's defaults
   hybrid         RRF of dense and BM25 (ranks.hybrid defaults, no CTR)
   tuned          dense with the domain-tuned encoder (vectors.tune_text)
-  full           RRF of tuned dense and BM25 + CTR + intent, weights chosen on validation
+  full           RRF of tuned dense and BM25 + CTR (pooled with the nearest known
+                 queries' clicks) + intent, weights chosen on validation (choose_params)
 """
 
 from __future__ import annotations
