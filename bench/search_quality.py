@@ -12,16 +12,18 @@ MRR@10 for clean and noisy queries, the mean over seeds (the per-seed spread in
 brackets for nDCG). Below: intent top-1 accuracy on seen/unseen test queries,
 the chosen weights, tuning time and the encoder's validation check.
 
-    python bench/search_quality.py --items 20000 --users 8000 --seeds 0 1
+    python bench/search_quality.py --items 20000 --users 8000 --seeds 0 1 --parallel --tune-minutes 6
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -44,36 +46,8 @@ LABELS = {
 }
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=20000)
-    parser.add_argument("--users", type=int, default=8000)
-    parser.add_argument("--days", type=int, default=60)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--query-noise", type=float, default=0.4)
-    parser.add_argument("--test-days", type=int, default=7)
-    parser.add_argument("--val-days", type=int, default=7)
-    parser.add_argument("--tune-steps", type=int, default=150)
-    parser.add_argument("--tune-minutes", type=float, default=9.0, help="time budget of each tuning run")
-    parser.add_argument("--freeze-layers", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--max-pairs", type=int, default=8000)
-    parser.add_argument("--work", default=None)
-    args = parser.parse_args(argv)
-
-    runs = []
-    with tempfile.TemporaryDirectory(dir=args.work) as work:
-        for seed in args.seeds:
-            shop = Path(work) / f"shop-{seed}"
-            t = time.perf_counter()
-            generate(shop, items=args.items, users=args.users, days=args.days, seed=seed, images="none",
-                     query_noise=args.query_noise)
-            print(f"[seed {seed}] shop generated in {time.perf_counter() - t:.0f}s", flush=True)
-            tune = TuneParams(max_steps=args.tune_steps, time_budget_s=args.tune_minutes * 60, seed=seed,
-                              freeze_layers=args.freeze_layers, lr=args.lr)
-            runs.append(run(shop, Path(work) / f"work-{seed}", args.test_days, args.val_days, seed, tune,
-                            args.max_pairs, log=lambda m, s=seed: print(f"[seed {s}] {m}", flush=True)))
-
+def print_table(args, runs, seeds) -> None:
+    """The table over the seeds run so far (printed after every seed, so a partial run still reports)."""
     def mean(system, group, metric):
         return float(np.mean([r["results"][system][group][metric] for r in runs]))
 
@@ -83,7 +57,7 @@ def main(argv=None) -> int:
 
     print()
     print(f"Search quality, held-out last {args.test_days} days of search sessions; {args.items} items, "
-          f"{args.users} users, query noise {args.query_noise}, seeds {args.seeds} (mean; nDCG ± half range)")
+          f"{args.users} users, query noise {args.query_noise}, seeds {list(seeds)} (mean; nDCG ± half range)")
     cases = runs[0]["results"]["bm25"]
     print(f"test cases per seed: clean {[r['results']['bm25']['clean']['cases'] for r in runs]}, "
           f"noisy {[r['results']['bm25']['noisy']['cases'] for r in runs]}" if "noisy" in cases else "")
@@ -105,13 +79,72 @@ def main(argv=None) -> int:
     print(f"intent top-1 category accuracy (tuned encoder's neighbours): seen queries {seen:.4f}, "
           f"unseen queries {unseen:.4f} (cases {[r['intent']['seen_cases'] for r in runs]} / "
           f"{[r['intent']['unseen_cases'] for r in runs]})")
-    for seed, r in zip(args.seeds, runs):
+    for seed, r in zip(seeds, runs):
+        res = r["results"]
+        gain = {g: 100 * (res["full"][g]["ndcg"] / res["dense_ctr"][g]["ndcg"] - 1) for g in ("clean", "noisy")}
+        tune_s = r["timings"].get("tune_s", 0.0)
+        print(f"seed {seed}: full vs today nDCG@10 noisy {gain['noisy']:+.1f}%, clean {gain['clean']:+.1f}%; "
+              f"tuning wall time {tune_s:.0f}s ({tune_s / 60:.1f} min, "
+              f"{'under' if tune_s < 600 else 'OVER'} 10 min) + validation search {r['timings'].get('choose_s', 0):.0f}s")
+    for seed, r in zip(seeds, runs):
         tuning = r["tuning"]
         print(f"seed {seed}: chosen on validation {r['params']}; tuning {tuning.get('steps')} steps / "
               f"{tuning.get('pairs')} pairs in {r['timings'].get('tune_s', 0):.0f}s (CPU, shared machine), "
               f"val nDCG@10 base {tuning.get('val_ndcg_base', float('nan')):.4f} -> tuned "
               f"{tuning.get('val_ndcg_tuned', float('nan')):.4f}: {'accepted' if tuning['accepted'] else 'rejected'}; "
               f"item encode {r['timings']['encode_items_s']:.0f}s; total {r['timings']['total_s']:.0f}s")
+
+
+def seed_log(seed: int):
+    return functools.partial(lambda s, m: print(f"[seed {s}] {m}", flush=True), seed)
+
+
+def run_seed(args, seed: int, work: str) -> dict:
+    shop = Path(work) / f"shop-{seed}"
+    t = time.perf_counter()
+    generate(shop, items=args.items, users=args.users, days=args.days, seed=seed, images="none",
+             query_noise=args.query_noise)
+    print(f"[seed {seed}] shop generated in {time.perf_counter() - t:.0f}s", flush=True)
+    tune = TuneParams(max_steps=args.tune_steps, time_budget_s=args.tune_minutes * 60, seed=seed,
+                      freeze_layers=args.freeze_layers, lr=args.lr)
+    return run(shop, Path(work) / f"work-{seed}", args.test_days, args.val_days, seed, tune, args.max_pairs,
+               log=seed_log(seed))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=20000)
+    parser.add_argument("--users", type=int, default=8000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--query-noise", type=float, default=0.4)
+    parser.add_argument("--test-days", type=int, default=7)
+    parser.add_argument("--val-days", type=int, default=7)
+    parser.add_argument("--tune-steps", type=int, default=150)
+    parser.add_argument("--tune-minutes", type=float, default=6.0, help="time budget of each tuning run")
+    parser.add_argument("--freeze-layers", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--max-pairs", type=int, default=8000)
+    parser.add_argument("--work", default=None)
+    parser.add_argument("--parallel", action="store_true", help="run the seeds in parallel processes")
+    args = parser.parse_args(argv)
+
+    done: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory(dir=args.work) as work:
+        if args.parallel and len(args.seeds) > 1:
+            # One process per seed: still one run and one table; on a shared machine the
+            # seeds then finish in less wall time. Tuning times are each seed's own.
+            with ProcessPoolExecutor(len(args.seeds)) as pool:
+                futures = {pool.submit(run_seed, args, seed, work): seed for seed in args.seeds}
+                for future in as_completed(futures):
+                    done[futures[future]] = future.result()
+                    seeds = [s for s in args.seeds if s in done]
+                    print_table(args, [done[s] for s in seeds], seeds)
+        else:
+            for seed in args.seeds:
+                done[seed] = run_seed(args, seed, work)
+                seeds = [s for s in args.seeds if s in done]
+                print_table(args, [done[s] for s in seeds], seeds)
     return 0
 
 

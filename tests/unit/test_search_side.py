@@ -11,7 +11,7 @@ import pytest
 
 from fusionrank.index.lexical import LexicalIndex, item_document, tokenize
 from fusionrank.metrics.search_eval import case_grades, evaluate_rankings, mrr, ndcg, recall, search_cases
-from fusionrank.ranks.hybrid import HybridParams, engagement_intent, hybrid_rerank, rrf
+from fusionrank.ranks.hybrid import HybridParams, engagement_intent, hybrid_rerank, pool_engagement, rrf
 from fusionrank.ranks.intent import QueryIntent
 
 CATALOG = pd.DataFrame({
@@ -74,6 +74,25 @@ def test_intent_known_and_unseen_queries():
     assert QueryIntent.top(unseen)[0] == "Women"
     assert far == {} and QueryIntent.top(far) == (None, 0.0)
     assert QueryIntent.top(engagement_intent({"x": (2.0, 1), "y": (1.0, 0)}, {"x": "Home", "y": "Men"}))[0] == "Home"
+
+
+def test_an_unseen_query_borrows_its_neighbours_clicks():
+    engaged = pd.DataFrame({"query": ["red dress", "mug"], "category": ["Women", "Home"], "weight": [1.0, 1.0]})
+    vectors = {"red dress": [1.0, 0.0], "mug": [0.0, 1.0]}
+    intent = QueryIntent.fit(engaged, lambda qs: np.array([vectors[q] for q in qs]))
+    near = intent.nearest(["red dres", "red dress", "zzz"], np.array([[0.8, 0.6], [1, 0], [-1, 0]], dtype=np.float32))
+    assert near[0] == [("red dress", pytest.approx(0.8)), ("mug", pytest.approx(0.6))]
+    assert near[1] == [] and near[2] == []  # never itself; none above min_similarity
+    pooled, searches = pool_engagement({}, 0, [({"P1": (4.0, 2)}, 10, 0.8)], weight=0.5)
+    assert pooled == {"P1": (pytest.approx(1.6), 2)} and searches == pytest.approx(4.0)
+    assert pool_engagement({"P2": (1.0, 1)}, 3, [({"P1": (4.0, 2)}, 10, 0.8)], weight=0.0) == ({"P2": (1.0, 1)}, 3.0)
+    ranked = hybrid_rerank(["P2", "P3"], [], pooled, searches, 1, HybridParams(ctr_weight=0.95, neighbour_weight=0.5))
+    assert ranked[0][0] == "P1" and ranked[0][3] == pytest.approx(1.6 / 14.0)
+    from fusionrank.ranks.query_topk import query_neighbours  # query_topk's rule: among its own queries
+
+    assert query_neighbours(["red dress", "red dres", "mug"], np.array([[2, 0], [0.8, 0.6], [0, 1]])) == [
+        [("red dres", pytest.approx(0.8))], [("red dress", pytest.approx(0.8)), ("mug", pytest.approx(0.6))],
+        [("red dres", pytest.approx(0.6))]]
 
 
 def test_metric_definitions():

@@ -536,6 +536,10 @@ class QueryConfig(_Strict):
     rrf_k: float = Field(60.0, gt=0)
     lexical_weight: float = Field(1.0, ge=0)
     intent_weight: float = Field(0.0, ge=0)
+    # Under hybrid: a query's engagement and searches are pooled with its nearest
+    # frequent queries' (query text cosine >= 0.5, at most 5), each counted
+    # neighbour_weight * cosine times (ranks.hybrid.pool_engagement).
+    neighbour_weight: float = Field(0.0, ge=0)
     # search(query, user_id=...): score + user_weight * cosine(user profile, item).
     user_weight: float = Field(0.2, ge=0)
 

@@ -11,7 +11,10 @@ L (by BM25), an item's fused score is
     score = (1 - ctr_weight) * fused + ctr_weight * ctr + intent_weight * p(category)
 
 with ctr = engagement / (searches + ctr_prior) as in ranks.query_topk and
-p(category) the query's predicted category distribution (ranks.intent). Items
+p(category) the query's predicted category distribution (ranks.intent). With
+`neighbour_weight` > 0 the engagement and searches are pooled with those of the
+query's nearest known queries (`pool_engagement`), so a misspelt or reworded query
+borrows the clicks of the query it stands for. Items
 engaged with after the query join the candidates. Ties break by item id.
 """
 
@@ -33,6 +36,7 @@ class HybridParams:
     ctr_weight: float = 0.5
     ctr_prior: float = 10.0
     intent_weight: float = 0.0
+    neighbour_weight: float = 0.0
 
     def with_(self, **changes) -> "HybridParams":
         return replace(self, **changes)
@@ -62,7 +66,7 @@ def hybrid_rerank(
     dense_ids: Sequence[str],
     lexical_ids: Sequence[str],
     engagement: Mapping[str, tuple[float, int]],
-    searches: int,
+    searches: float,
     k: int,
     params: HybridParams,
     intent: Mapping[str, float] | None = None,
@@ -85,10 +89,30 @@ def hybrid_rerank(
     return rows[:k]
 
 
+def pool_engagement(engagement: Mapping[str, tuple[float, int]], searches: int,
+                    neighbours: Sequence[tuple[Mapping[str, tuple[float, int]], int, float]],
+                    weight: float) -> tuple[dict[str, tuple[float, int]], float]:
+    """A query's engagement and searches pooled with its neighbours' (engagement,
+    searches, cosine), each counted `weight * cosine` times: the click-through of a
+    rare or unseen query is shrunk towards that of the queries nearest to it."""
+    pooled = {item: (float(w), int(c)) for item, (w, c) in engagement.items()}
+    total = float(searches)
+    if weight <= 0:
+        return pooled, total
+    for engaged, n, similarity in neighbours:
+        share = weight * max(float(similarity), 0.0)
+        total += share * n
+        for item, (w, c) in engaged.items():
+            old_w, old_c = pooled.get(item, (0.0, 0))
+            pooled[item] = (old_w + share * w, old_c + int(c))
+    return pooled, total
+
+
 def params_from(cfg) -> HybridParams:
     """HybridParams from the `query` settings."""
     return HybridParams(rrf_k=cfg.rrf_k, dense_weight=1.0, lexical_weight=cfg.lexical_weight,
-                        ctr_weight=cfg.ctr_weight, ctr_prior=cfg.ctr_prior, intent_weight=cfg.intent_weight)
+                        ctr_weight=cfg.ctr_weight, ctr_prior=cfg.ctr_prior, intent_weight=cfg.intent_weight,
+                        neighbour_weight=getattr(cfg, "neighbour_weight", 0.0))
 
 
 def item_categories(index_path) -> dict[str, str]:

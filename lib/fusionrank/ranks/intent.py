@@ -76,6 +76,23 @@ class QueryIntent:
             out.append({c: float(p) for c, p in zip(self.categories, dist)})
         return out
 
+    def nearest(self, queries: Sequence[str], query_vectors: np.ndarray) -> list[list[tuple[str, float]]]:
+        """Per query, its `neighbours` nearest known queries other than itself with
+        cosine >= `min_similarity`, as (query, cosine), nearest first."""
+        if self.vectors is None or not len(self.queries) or not len(queries):
+            return [[] for _ in queries]
+        sims = np.asarray(query_vectors, dtype=np.float32) @ self.vectors.T
+        out = []
+        for i, q in enumerate(queries):
+            s = sims[i]
+            own = self._row.get(q)
+            if own is not None:
+                s = s.copy()
+                s[own] = -np.inf
+            top = np.argsort(-s, kind="stable")[:self.neighbours]
+            out.append([(self.queries[j], float(s[j])) for j in top if s[j] >= self.min_similarity])
+        return out
+
     @staticmethod
     def top(dist: dict[str, float]) -> tuple[str | None, float]:
         if not dist:

@@ -40,7 +40,7 @@ from fusionrank.core.errors import IndexError_
 from fusionrank.core.spark import task_cpus, utc_literal
 from fusionrank.index.build import load_index
 from fusionrank.index.lexical import LexicalIndex, has_lexical, lexical_dir
-from fusionrank.ranks.hybrid import engagement_intent, hybrid_rerank, item_categories, params_from
+from fusionrank.ranks.hybrid import engagement_intent, hybrid_rerank, item_categories, params_from, pool_engagement
 from fusionrank.ranks.intent import QueryIntent
 from fusionrank.vectors.encoders import get_text_encoder
 from fusionrank.vectors.fusion import l2_normalize
@@ -211,15 +211,19 @@ def hybrid_top_k(texts, searches, text, positions, engaged_by_query, loaded, spe
     category_of = item_categories(index_path)
     params = params_from(cfg)
     intents = query_intents(texts, text, engaged_by_query, category_of)
+    near = query_neighbours(texts, text) if params.neighbour_weight and params.ctr_weight else [[]] * len(texts)
+    row_of = {query: q for q, query in enumerate(texts)}
     rows = []
     for q, query in enumerate(texts):
         found = [loaded.ids[p] for p in positions[q] if p >= 0]
         vecs, ids = loaded.vectors(found)
         sims = text_similarity(vecs, text[q], spec)
         dense = [ids[j] for j in sorted(range(len(ids)), key=lambda j: (-sims[j], ids[j]))]
-        engaged = engaged_by_query.get(query, {})
+        engaged, pooled_searches = pool_engagement(
+            engaged_by_query.get(query, {}), searches[q],
+            [(engaged_by_query.get(n, {}), searches[row_of[n]], s) for n, s in near[q]], params.neighbour_weight)
         intent = intents[q]
-        ranked = hybrid_rerank(dense, lexical[q][0], engaged, searches[q], cfg.k, params, intent, category_of)
+        ranked = hybrid_rerank(dense, lexical[q][0], engaged, pooled_searches, cfg.k, params, intent, category_of)
         vecs, known = loaded.vectors([r[0] for r in ranked])
         similarity = dict(zip(known, text_similarity(vecs, text[q], spec))) if known else {}
         top, _ = QueryIntent.top(intent)
@@ -339,6 +343,12 @@ def answer_queries(texts: list[str], index_path: str, stored: dict[str, list[str
         else:
             out[query] = dense[:k]
     return out
+
+
+def query_neighbours(texts: list[str], text: np.ndarray) -> list[list[tuple[str, float]]]:
+    """Each query's nearest other queries of this run (ranks.intent's neighbour rule)."""
+    vectors = l2_normalize(np.asarray(text, dtype=np.float32))
+    return QueryIntent(list(texts), [], np.zeros((len(texts), 0)), vectors).nearest(texts, vectors)
 
 
 def query_intents(texts: list[str], text: np.ndarray, engaged_by_query: dict, category_of: dict) -> list[dict]:
