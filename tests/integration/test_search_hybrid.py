@@ -28,7 +28,7 @@ def night(spark, tmp_path_factory):
     generate(data, items=300, users=250, days=30, seed=12, end_date=END, images="none", query_noise=0.4)
     settings = make_settings(tmp, data / "catalog.jsonl", data / "events.jsonl",
                              evaluate={"holdout_days": 5}, query={"lookback_days": 30, "hybrid": True,
-                                                                  "intent_weight": 0.1},
+                                                                  "intent_weight": 0.1, "neighbour_weight": 0.5},
                              publish={"floors": {}, "regression_metrics": []})
     results = run_all(settings, END, spark)
     return {"settings": settings, "counts": {r.stage: r.counts for r in results}, "spark": spark}
@@ -78,3 +78,28 @@ def test_search_reads_the_published_snapshot_and_personalises(night):
     assert len(personal) == 5 and all(a.score >= b.score - 1e-9 for a, b in zip(personal, personal[1:]))
     with pytest.raises(LookupError, match="no profile"):
         fusionrank.search("mug", k=3, settings=settings, user_id="nobody")
+
+
+def test_an_unseen_query_gets_the_intent_and_clicks_of_the_nights_frequent_queries(night):
+    import numpy as np
+
+    import fusionrank
+    from fusionrank.interfaces.search import published_snapshot
+
+    settings = night["settings"]
+    memory = DeltaTable(settings.storage.table_path("query_memory")).to_pandas()
+    topk = DeltaTable(settings.storage.table_path("query_topk")).to_pandas()
+    assert set(memory["query"]) == set(topk["query"]) == set(memory["query"].unique())
+    assert night["counts"]["rank"]["query_memory_rows"] == len(memory)
+    assert np.allclose([np.linalg.norm(v) for v in memory["query_vec"]], 1.0, atol=1e-4)
+    assert "query_memory" in published_snapshot(settings).table_versions
+    frequent = memory[memory["engaged_items"].map(len) > 0].sort_values(["searches", "query"], ascending=[False, True])
+    reworded = "buy " + " ".join(reversed(frequent["query"].iloc[0].split()))
+    assert reworded not in set(topk["query"])
+    hits = fusionrank.search(reworded, k=10, settings=settings)
+    without = settings.model_copy(update={"query": settings.query.model_copy(
+        update={"intent_weight": 0.0, "neighbour_weight": 0.0})})
+    plain = {h.item_id: h.score for h in fusionrank.search(reworded, k=50, settings=without)}
+    # Intent and pooled click-through only add to an item's score: some hit gains.
+    gains = [h.score - plain[h.item_id] for h in hits if h.item_id in plain]
+    assert gains and min(gains) >= -1e-6 and max(gains) > 1e-3

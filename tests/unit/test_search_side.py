@@ -113,3 +113,37 @@ def test_search_cases_attribute_events_to_the_latest_search_of_the_session():
     assert grades == [("red dress", {"P1": 2}), ("mug", {"P3": 4})]
     result = evaluate_rankings(grades, {"red dress": ["P1"], "mug": ["P2", "P3"]}, 10, {"mug": "typo"})
     assert result["all"]["cases"] == 2 and result["clean"]["mrr"] == 1.0 and result["noisy"]["mrr"] == 0.5
+
+
+def test_query_memory_gives_an_unseen_query_what_query_topk_gives_a_frequent_one():
+    from fusionrank.ranks.query_memory import QueryMemory
+    from fusionrank.ranks.query_topk import hybrid_answers, query_intents, query_neighbours
+
+    queries, searches = ["red dress", "mug", "lamp"], [10, 4, 2]
+    text = np.array([[2.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
+    engaged = {"red dress": {"P1": (4.0, 2), "P2": (1.0, 1)}, "mug": {"P3": (3.0, 3)}}
+    category_of = {"P1": "Women", "P2": "Women", "P3": "Home"}
+    memory = QueryMemory.from_frame(QueryMemory.build(queries, searches, text, engaged).to_frame())
+    assert memory.queries == sorted(queries) and memory.engaged[memory.queries.index("red dress")] == engaged["red dress"]
+    unseen = np.array([[0.8, 0.6]], dtype=np.float32)
+    [(intent, pooled, total)] = memory.context(["red dres"], unseen, category_of, neighbour_weight=0.5)
+    # The same query among the night's own (searched once, no engagement) gets the same.
+    night = queries + ["red dres"]
+    night_text = np.vstack([text, unseen])
+    assert intent == pytest.approx(query_intents(night, night_text, engaged, category_of)[3])
+    near = query_neighbours(night, night_text)[3]
+    expected, expected_total = pool_engagement({}, 0, [(engaged.get(n, {}), searches[night.index(n)], s)
+                                                       for n, s in near], 0.5)
+    assert set(pooled) == set(expected) == {"P1", "P2", "P3"} and total == pytest.approx(expected_total)
+    assert all(pooled[i][0] == pytest.approx(expected[i][0]) and pooled[i][1] == expected[i][1] for i in pooled)
+    assert QueryIntent.top(intent)[0] == "Women"
+    # Through the hybrid re-rank: P1 (clicked after "red dress") leads, from no candidate list of its own.
+    cfg = type("Q", (), {"rrf_k": 60.0, "lexical_weight": 1.0, "ctr_weight": 0.9, "ctr_prior": 1.0,
+                         "intent_weight": 0.1, "neighbour_weight": 0.5})()
+    [ranked] = hybrid_answers(["red dres"], unseen, [["P3", "P4"]], [["P4"]], 2, cfg, memory, category_of)
+    assert ranked[0][0] == "P1" and ranked[0][3] > 0
+    [plain] = hybrid_answers(["red dres"], unseen, [["P3", "P4"]], [["P4"]], 2, cfg, None, category_of)
+    assert [r[0] for r in plain] == ["P4", "P3"] and all(r[3] == 0 for r in plain)
+    # A memory in another space (other text model) gives nothing rather than nonsense.
+    assert memory.context(["x"], np.ones((1, 3), np.float32), category_of, 0.5) == [({}, {}, 0.0)]
+    assert len(QueryMemory.from_frame(QueryMemory.build([], [], np.zeros((0, 2)), {}).to_frame())) == 0

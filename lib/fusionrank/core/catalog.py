@@ -142,6 +142,21 @@ QUERY_TOPK = T.StructType(
     ]
 )
 
+# What the night's frequent queries say (ranks.query_memory): search() answers a query
+# that is not in query_topk with their intent and pooled click-through.
+QUERY_MEMORY = T.StructType(
+    [
+        T.StructField("run_date", T.DateType(), False),
+        T.StructField("query", T.StringType(), False),
+        T.StructField("searches", T.IntegerType()),
+        T.StructField("query_vec", T.ArrayType(T.FloatType())),  # L2-normalised, the index's text model
+        T.StructField("engaged_items", T.ArrayType(T.StringType())),
+        T.StructField("engaged_weights", T.ArrayType(T.DoubleType())),
+        T.StructField("engaged_clicks", T.ArrayType(T.IntegerType())),
+        T.StructField("model_version", T.StringType()),
+    ]
+)
+
 # The columns DESIGN.md promises for each output table.
 CONTRACT_COLUMNS = {
     "item_embeddings": ["item_id", "content_hash", "model_version", "text_vec", "image_vec", "fused_vec", "encoded_at"],
@@ -194,6 +209,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("published", PUBLISHED, ("run_date",), True, False),
     # In the snapshot: search() and consumers read the published night's query_topk.
     Table("query_topk", QUERY_TOPK, ("run_date",), True, True),
+    # Beside it in the snapshot: the frequent queries behind it (query.hybrid; else empty).
+    Table("query_memory", QUERY_MEMORY, ("run_date",), True, True),
 )}
 OUTPUT_TABLES = tuple(TABLES)
 DATED_TABLES = tuple(name for name, t in TABLES.items() if t.dated and name != "published")

@@ -153,6 +153,7 @@ class TableNames(_Strict):
     # One row per publish decision; consumers find the current snapshot here.
     published: str = "published"
     query_topk: str = "query_topk"
+    query_memory: str = "query_memory"
 
 
 class StorageConfig(_Strict):

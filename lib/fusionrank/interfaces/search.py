@@ -20,10 +20,12 @@ from fusionrank.core.config import Settings, load_config
 from fusionrank.index.build import load_index
 from fusionrank.index.lexical import LexicalIndex, has_lexical, lexical_dir
 from fusionrank.publish.gate import PUBLISHED, TABLE as PUBLISHED_TABLE
-from fusionrank.ranks.hybrid import hybrid_rerank, params_from
+from fusionrank.ranks.hybrid import item_categories
+from fusionrank.ranks.query_memory import MEMORY_COLUMNS, QueryMemory
 from fusionrank.storage import fs
 from fusionrank.vectors.fusion import l2_normalize
-from fusionrank.ranks.query_topk import check_dim, encode_queries, index_spec, normalize_query, text_similarity
+from fusionrank.ranks.query_topk import (check_dim, encode_queries, hybrid_answers, index_spec, normalize_query,
+                                         text_similarity)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,12 @@ def _user_vector(settings, day: str, user_id: str, version: int | None) -> np.nd
     return np.asarray(rows["profile_vec"].iloc[0], dtype=np.float32)
 
 
+def query_memory(settings, day: str, version: int | None) -> QueryMemory:
+    """The night's query memory (empty when the night wrote none: no query.hybrid)."""
+    frame = _delta_rows(settings.storage.table_path("query_memory"), day, MEMORY_COLUMNS, None, version)
+    return QueryMemory.from_frame(frame.dropna(subset=["query"]))
+
+
 def search(query: str, k: int = 10, settings=None, run_date: str | dt.date | None = None,
            user_id: str | None = None) -> list[SearchHit]:
     """The top `k` items for `query` in the published snapshot (or the index of `run_date`).
@@ -102,7 +110,9 @@ def search(query: str, k: int = 10, settings=None, run_date: str | dt.date | Non
     published, the latest index. A query that is in that night's `query_topk` gets
     those rows (they carry the click-through); any other query is encoded with the
     index's own text model and searched in the index, fused with the night's BM25
-    index when `query.hybrid` (ranks.hybrid). With `user_id` (as in user_profiles)
+    index when `query.hybrid` (ranks.hybrid) and given the intent and pooled
+    click-through of the night's nearest frequent queries (its query_memory, pinned
+    in the snapshot beside query_topk). With `user_id` (as in user_profiles)
     each candidate's score gains `query.user_weight` x cosine(user profile, item).
     """
     if not isinstance(query, str) or not normalize_query(query):
@@ -138,8 +148,10 @@ def search(query: str, k: int = 10, settings=None, run_date: str | dt.date | Non
         order = sorted(range(len(ids)), key=lambda j: (-sims[j], ids[j]))
         if cfg.hybrid and has_lexical(path):
             lexical = LexicalIndex.load(lexical_dir(path)).search([normalized], cfg.candidates)[0][0]
-            ranked = hybrid_rerank([ids[j] for j in order], lexical, {}, 0, max(fetch, cfg.candidates),
-                                   params_from(cfg).with_(ctr_weight=0.0, intent_weight=0.0))
+            memory = query_memory(settings, day, versions.get("query_memory"))
+            ranked = hybrid_answers([normalized], text, [[ids[j] for j in order]], [lexical],
+                                    max(fetch, cfg.candidates), cfg, memory,
+                                    item_categories(path) if len(memory) else {})[0]
             hits = [(item, score) for item, score, *_ in ranked]
         else:
             hits = [(str(ids[j]), float(sims[j])) for j in order]

@@ -1,6 +1,7 @@
 """Search metrics for `evaluate`: the held-out search sessions (events of the
 evaluate holdout, which no upstream stage saw) scored against what the night
-serves (query_topk rows, else the index, hybrid under `query.hybrid`), beside
+serves (query_topk rows, else the index, hybrid under `query.hybrid` with the
+night's query memory), beside
 zero-shot dense retrieval of the same index (metrics.search_eval definitions)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pyspark.sql import functions as F
 from fusionrank.index.build import read_manifest
 
 from fusionrank.metrics.search_eval import GRADES, case_grades, evaluate_rankings, search_cases
+from fusionrank.ranks.query_memory import MEMORY_COLUMNS, QueryMemory
 from fusionrank.ranks.query_topk import answer_queries
 
 log = logging.getLogger("fusionrank.metrics")
@@ -48,7 +50,11 @@ def search_metric_rows(ctx) -> tuple[list[tuple], dict]:
         log.warning("evaluate: the index of %s records no model_spec (foreign embeddings): no search metrics",
                     ctx.run_date)
         return [], {"search_cases": 0}
-    ours = evaluate_rankings(grades, answer_queries(queries, index_path, stored, cfg.query, SEARCH_K), SEARCH_K)["all"]
+    memory = None
+    if ctx.store.exists("query_memory") and ctx.has_date("query_memory"):  # bounded by query.top_queries
+        memory = QueryMemory.from_frame(ctx.for_date("query_memory").select(*MEMORY_COLUMNS).toPandas())
+    ours = evaluate_rankings(grades, answer_queries(queries, index_path, stored, cfg.query, SEARCH_K, memory=memory),
+                             SEARCH_K)["all"]
     base = evaluate_rankings(grades, answer_queries(queries, index_path, stored, cfg.query, SEARCH_K,
                                                     dense_only=True), SEARCH_K)["all"]
     rows = [(f"search_{m}", SEARCH_K, ours[m], base[m]) for m in ("ndcg", "recall", "mrr")]

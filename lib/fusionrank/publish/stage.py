@@ -17,7 +17,7 @@ from fusionrank.publish.gate import PUBLISHED, REJECTED, TABLE, Snapshot, curren
 # Snapshot tables a night may leave without rows for its date: rank writes query_topk
 # together with recs_user_topk (which must have rows), and a night with no searches
 # (MovieLens) has no queries to rank.
-MAY_BE_EMPTY = frozenset({"query_topk"})
+MAY_BE_EMPTY = frozenset({"query_topk", "query_memory"})
 
 log = logging.getLogger("fusionrank.publish")
 

@@ -35,13 +35,14 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from fusionrank.core.catalog import QUERY_TOPK
+from fusionrank.core.catalog import QUERY_MEMORY, QUERY_TOPK
 from fusionrank.core.errors import IndexError_
 from fusionrank.core.spark import task_cpus, utc_literal
 from fusionrank.index.build import load_index
 from fusionrank.index.lexical import LexicalIndex, has_lexical, lexical_dir
 from fusionrank.ranks.hybrid import engagement_intent, hybrid_rerank, item_categories, params_from, pool_engagement
 from fusionrank.ranks.intent import QueryIntent
+from fusionrank.ranks.query_memory import MEMORY_COLUMNS, QueryMemory
 from fusionrank.vectors.encoders import get_text_encoder
 from fusionrank.vectors.fusion import l2_normalize
 from fusionrank.vectors.spec import ModelSpec
@@ -272,17 +273,48 @@ def topk_partition(frames: Iterator[pd.DataFrame], index_path: str, cfg) -> Iter
                           "clicks": "int32", "searches": "int32"}).astype({"category": object})
 
 
-def query_topk_frame(queries, engaged, index_path: str, cfg, partitions: int):
+def query_rows(queries, engaged):
+    """(query, searches, engaged_items, engaged_weights, engaged_clicks): each query with
+    its engaged items as arrays (at most `query.max_engaged_items`)."""
+    grouped = engaged.groupBy("query").agg(F.sort_array(F.collect_list(F.struct(
+        "item_id", F.col("engagement").cast("double").alias("w"), F.col("clicks").cast("int").alias("c")))).alias("e"))
+    rows = queries.select("query", F.col("searches").cast("long").alias("searches")).join(grouped, "query", "left")
+    return rows.select("query", "searches", F.col("e.item_id").alias("engaged_items"),
+                       F.col("e.w").alias("engaged_weights"), F.col("e.c").alias("engaged_clicks"))
+
+
+def memory_partition(frames: Iterator[pd.DataFrame], index_path: str) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: query_memory rows (without run_date/model_version) of one
+    partition's `query_rows`, the queries encoded with the text model of the index's ModelSpec."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return
+    queries, engagement = unpack_queries(pd.concat(frames, ignore_index=True))
+    spec = index_spec(load_index(index_path), index_path)
+    text, _ = encode_queries(queries["query"].tolist(), spec)
+    engaged: dict[str, dict[str, tuple[float, int]]] = {}
+    for row in engagement.itertuples(index=False):
+        engaged.setdefault(row.query, {})[row.item_id] = (float(row.engagement), int(row.clicks))
+    memory = QueryMemory.build(queries["query"].tolist(), queries["searches"].tolist(), text, engaged)
+    yield memory.to_frame().astype({"searches": "int32"})
+
+
+MEMORY_SCHEMA = T.StructType([QUERY_MEMORY[name] for name in MEMORY_COLUMNS])
+
+
+def query_memory_frame(rows, index_path: str):
+    """The query_memory rows (without run_date/model_version) of `query_rows`, the
+    queries encoded on the executors in one task (the list is bounded by query.top_queries)."""
+    return rows.repartition(1).mapInPandas(partial(memory_partition, index_path=index_path), MEMORY_SCHEMA)
+
+
+def query_topk_frame(queries, engaged, index_path: str, cfg, partitions: int, rows=None):
     """The query_topk rows (without run_date/model_version) as a Spark DataFrame searched
     on the executors: each query travels with its engaged items (arrays, at most
     `query.max_engaged_items`), so neither the index, the item ids nor the text model
     are on the driver. With `query.hybrid` one task sees every query (the intent of a
     query without engagement comes from its nearest engaged queries)."""
-    grouped = engaged.groupBy("query").agg(F.sort_array(F.collect_list(F.struct(
-        "item_id", F.col("engagement").cast("double").alias("w"), F.col("clicks").cast("int").alias("c")))).alias("e"))
-    rows = queries.select("query", F.col("searches").cast("long").alias("searches")).join(grouped, "query", "left")
-    rows = rows.select("query", "searches", F.col("e.item_id").alias("engaged_items"),
-                       F.col("e.w").alias("engaged_weights"), F.col("e.c").alias("engaged_clicks"))
+    rows = query_rows(queries, engaged) if rows is None else rows
     parts = 1 if getattr(cfg, "hybrid", False) else max(1, int(partitions))
     return rows.repartition(parts, "query").mapInPandas(partial(topk_partition, index_path=index_path, cfg=cfg),
                                                         TOPK_SCHEMA)
@@ -294,30 +326,52 @@ def query_partitions(spark, top_queries: int, per_partition: int = 250) -> int:
 
 
 def compute_query_topk(events, index_path: str, cfg, since: dt.datetime, until: dt.datetime):
-    """The query_topk rows (without run_date/model_version) as a Spark DataFrame (None when
-    there are no queries) searched on the executors, and counts. `cfg` is the `query`
-    settings. Only the query list (bounded by query.top_queries) and counts come to the driver."""
+    """The query_topk rows and the query_memory rows (without run_date/model_version) as
+    Spark DataFrames searched on the executors (None, None when there are no queries;
+    memory None unless `query.hybrid`), and counts. `cfg` is the `query` settings. Only
+    the query list (bounded by query.top_queries) and counts come to the driver."""
     frequent = frequent_queries(events, since, until, cfg.top_queries, cfg.min_searches)
     # At most query.top_queries (query, searches, users) rows: fixed once, not recomputed
     # from the events by every job below.
     listed = frequent.collect()
     if not listed:
-        return None, {"queries": 0}
+        return None, None, {"queries": 0}
     queries = events.sparkSession.createDataFrame(listed, frequent.schema)
     engaged = query_engagement(events, queries, since, until, cfg.event_weights, cfg.max_engaged_items)
-    out = query_topk_frame(queries, engaged, index_path, cfg, query_partitions(events.sparkSession, cfg.top_queries))
-    return out, {
+    rows = query_rows(queries, engaged)
+    out = query_topk_frame(queries, engaged, index_path, cfg, query_partitions(events.sparkSession, cfg.top_queries),
+                           rows=rows)
+    memory = query_memory_frame(rows, index_path) if getattr(cfg, "hybrid", False) else None
+    return out, memory, {
         "queries": len(listed),
         "searches": int(sum(row["searches"] for row in listed)),
         "queries_with_clicks": int(engaged.select("query").distinct().count()),
     }
 
 
+def hybrid_answers(texts: list[str], text: np.ndarray, dense: list[list[str]], lexical: list[list[str]], k: int,
+                   cfg, memory=None, category_of: dict | None = None) -> list[list[tuple[str, float, float, float, int]]]:
+    """ranks.hybrid re-rank of each query's dense and BM25 candidates for queries without
+    query_topk rows: with the night's query memory (ranks.query_memory) a query gets the
+    intent and pooled click-through of its nearest frequent queries, as `hybrid_top_k`
+    gives them to a frequent query; without one, dense + BM25 only."""
+    params = params_from(cfg)
+    if memory is None or not len(memory):
+        params = params.with_(ctr_weight=0.0, intent_weight=0.0)
+        contexts = [({}, {}, 0.0) for _ in texts]
+    else:
+        contexts = memory.context(texts, text, category_of or {},
+                                  params.neighbour_weight if params.ctr_weight else 0.0)
+    return [hybrid_rerank(d, lex, engaged, searches, k, params, intent, category_of)
+            for d, lex, (intent, engaged, searches) in zip(dense, lexical, contexts)]
+
+
 def answer_queries(texts: list[str], index_path: str, stored: dict[str, list[str]], cfg, k: int,
-                   dense_only: bool = False) -> dict[str, list[str]]:
+                   dense_only: bool = False, memory=None) -> dict[str, list[str]]:
     """The top `k` item ids for each query the way `fusionrank.search` answers it: the
     night's query_topk rows (`stored`: {query: item ids by rank}) when it has `k` of
-    them, else the index (fused with the lexical index under `query.hybrid`).
+    them, else the index (fused with the lexical index under `query.hybrid`, with the
+    intent and click-through of the night's query `memory`, a QueryMemory, if given).
     `dense_only`: zero-shot dense retrieval for every query (the baseline)."""
     out: dict[str, list[str]] = {}
     todo = list(dict.fromkeys(texts)) if dense_only else [q for q in dict.fromkeys(texts)
@@ -333,16 +387,16 @@ def answer_queries(texts: list[str], index_path: str, stored: dict[str, list[str
     _, positions = loaded.index.search(vectors, min(int(loaded.index.ntotal), max(k, cfg.candidates)))
     hybrid = getattr(cfg, "hybrid", False) and not dense_only and has_lexical(index_path)
     lexical = LexicalIndex.load(lexical_dir(index_path)).search(todo, cfg.candidates) if hybrid else None
-    params = params_from(cfg).with_(ctr_weight=0.0, intent_weight=0.0) if hybrid else None
+    dense = []
     for q, query in enumerate(todo):
         vecs, ids = loaded.vectors([loaded.ids[p] for p in positions[q] if p >= 0])
         sims = text_similarity(vecs, text[q], spec)
-        dense = [ids[j] for j in sorted(range(len(ids)), key=lambda j: (-sims[j], ids[j]))]
-        if hybrid:
-            out[query] = [r[0] for r in hybrid_rerank(dense, lexical[q][0], {}, 0, k, params)]
-        else:
-            out[query] = dense[:k]
-    return out
+        dense.append([ids[j] for j in sorted(range(len(ids)), key=lambda j: (-sims[j], ids[j]))])
+    if not hybrid:
+        return out | {query: ranked[:k] for query, ranked in zip(todo, dense)}
+    category_of = item_categories(index_path) if memory is not None and len(memory) else {}
+    answers = hybrid_answers(todo, text, dense, [lexical[q][0] for q in range(len(todo))], k, cfg, memory, category_of)
+    return out | {query: [r[0] for r in ranked] for query, ranked in zip(todo, answers)}
 
 
 def query_neighbours(texts: list[str], text: np.ndarray) -> list[list[tuple[str, float]]]:

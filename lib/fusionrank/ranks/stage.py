@@ -1,5 +1,5 @@
 """rank: user_profiles + the index + training events + catalog_clean ->
-recs_user_topk, recs_item_similar and query_topk.
+recs_user_topk, recs_item_similar, query_topk and query_memory.
 
 Search, seen-item removal, the per-category cap, reasons and cold-start lists run
 on the executors (ranks.users), which write their Parquet files themselves (no
@@ -13,12 +13,12 @@ import pandas as pd
 import pyarrow as pa
 from pyspark.sql import functions as F
 
-from fusionrank.core.catalog import INDEX_VECTOR, QUERY_TOPK, RECS_ITEM_SIMILAR, RECS_USER_TOPK
+from fusionrank.core.catalog import INDEX_VECTOR, RECS_ITEM_SIMILAR, RECS_USER_TOPK, TABLES
 from fusionrank.core.context import RunContext
 from fusionrank.index.build import load_index, read_manifest
 from fusionrank.ranks import cold_start, users as ranking
 from fusionrank.ranks.rerank import nightly as rerank
-from fusionrank.ranks.query_topk import TOPK_COLUMNS, compute_query_topk
+from fusionrank.ranks.query_topk import compute_query_topk
 
 
 def rank(ctx: RunContext) -> dict:
@@ -82,11 +82,18 @@ def write_query_topk(ctx: RunContext, index_path: str, version: str) -> dict:
     cfg = ctx.settings
     since = ctx.holdout_start - dt.timedelta(days=cfg.query.lookback_days)
     ctx.describe("rank")
-    rows, counts = compute_query_topk(ctx.training_events(), index_path, cfg.query, since, ctx.holdout_start)
-    if rows is None:  # no search events in the window: an empty partition, without a Spark job
-        empty = pd.DataFrame(columns=[*TOPK_COLUMNS, "model_version"])
-        ctx.write_rows("query_topk", pa.Table.from_pandas(empty, preserve_index=False), "rank")
+    rows, memory, counts = compute_query_topk(ctx.training_events(), index_path, cfg.query, since,
+                                              ctx.holdout_start)
+    for table, frame in (("query_topk", rows), ("query_memory", memory)):
+        if frame is None:  # no searches (or no hybrid for the memory): an empty partition, without a Spark job
+            schema = TABLES[table].schema
+            empty = pa.Table.from_pandas(pd.DataFrame(columns=[f.name for f in schema.fields if f.name != "run_date"]),
+                                         preserve_index=False)
+            ctx.write_rows(table, empty, "rank")
+            continue
+        columns = [f.name for f in TABLES[table].schema.fields if f.name != "run_date"]
+        ctx.write(table, frame.withColumn("model_version", F.lit(version)).select(*columns), "rank")
+    if rows is None:
         return counts
-    columns = [f.name for f in QUERY_TOPK.fields if f.name != "run_date"]
-    ctx.write("query_topk", rows.withColumn("model_version", F.lit(version)).select(*columns), "rank")
-    return {**counts, "query_rows": ctx.store.count_rows("query_topk", where={"run_date": ctx.run_date})}
+    return {**counts, "query_rows": ctx.store.count_rows("query_topk", where={"run_date": ctx.run_date}),
+            "query_memory_rows": ctx.store.count_rows("query_memory", where={"run_date": ctx.run_date})}
