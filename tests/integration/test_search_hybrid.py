@@ -28,7 +28,8 @@ def night(spark, tmp_path_factory):
     generate(data, items=300, users=250, days=30, seed=12, end_date=END, images="none", query_noise=0.4)
     settings = make_settings(tmp, data / "catalog.jsonl", data / "events.jsonl",
                              evaluate={"holdout_days": 5}, query={"lookback_days": 30, "hybrid": True,
-                                                                  "intent_weight": 0.1, "neighbour_weight": 0.5},
+                                                                  "intent_weight": 0.1, "neighbour_weight": 0.5,
+                                                                  "unseen_neighbour_weight": 0.5},
                              publish={"floors": {}, "regression_metrics": []})
     results = run_all(settings, END, spark)
     return {"settings": settings, "counts": {r.stage: r.counts for r in results}, "spark": spark}
@@ -98,7 +99,7 @@ def test_an_unseen_query_gets_the_intent_and_clicks_of_the_nights_frequent_queri
     assert reworded not in set(topk["query"])
     hits = fusionrank.search(reworded, k=10, settings=settings)
     without = settings.model_copy(update={"query": settings.query.model_copy(
-        update={"intent_weight": 0.0, "neighbour_weight": 0.0})})
+        update={"intent_weight": 0.0, "unseen_neighbour_weight": 0.0})})
     plain = {h.item_id: h.score for h in fusionrank.search(reworded, k=50, settings=without)}
     # Intent and pooled click-through only add to an item's score: some hit gains.
     gains = [h.score - plain[h.item_id] for h in hits if h.item_id in plain]

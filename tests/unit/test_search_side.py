@@ -139,7 +139,8 @@ def test_query_memory_gives_an_unseen_query_what_query_topk_gives_a_frequent_one
     assert QueryIntent.top(intent)[0] == "Women"
     # Through the hybrid re-rank: P1 (clicked after "red dress") leads, from no candidate list of its own.
     cfg = type("Q", (), {"rrf_k": 60.0, "lexical_weight": 1.0, "ctr_weight": 0.9, "ctr_prior": 1.0,
-                         "intent_weight": 0.1, "neighbour_weight": 0.5})()
+                         "intent_weight": 0.1, "neighbour_weight": 0.0,
+                         "unseen_neighbour_weight": 0.5})()
     [ranked] = hybrid_answers(["red dres"], unseen, [["P3", "P4"]], [["P4"]], 2, cfg, memory, category_of)
     assert ranked[0][0] == "P1" and ranked[0][3] > 0
     [plain] = hybrid_answers(["red dres"], unseen, [["P3", "P4"]], [["P4"]], 2, cfg, None, category_of)

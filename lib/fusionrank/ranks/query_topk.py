@@ -353,15 +353,16 @@ def hybrid_answers(texts: list[str], text: np.ndarray, dense: list[list[str]], l
                    cfg, memory=None, category_of: dict | None = None) -> list[list[tuple[str, float, float, float, int]]]:
     """ranks.hybrid re-rank of each query's dense and BM25 candidates for queries without
     query_topk rows: with the night's query memory (ranks.query_memory) a query gets the
-    intent and pooled click-through of its nearest frequent queries, as `hybrid_top_k`
-    gives them to a frequent query; without one, dense + BM25 only."""
+    intent of its nearest frequent queries, and with `query.unseen_neighbour_weight` > 0
+    their pooled click-through, as `hybrid_top_k` gives them to a frequent query without
+    engagement; without a memory, dense + BM25 only."""
     params = params_from(cfg)
     if memory is None or not len(memory):
         params = params.with_(ctr_weight=0.0, intent_weight=0.0)
         contexts = [({}, {}, 0.0) for _ in texts]
     else:
-        contexts = memory.context(texts, text, category_of or {},
-                                  params.neighbour_weight if params.ctr_weight else 0.0)
+        borrow = float(getattr(cfg, "unseen_neighbour_weight", 0.0))
+        contexts = memory.context(texts, text, category_of or {}, borrow if params.ctr_weight else 0.0)
     return [hybrid_rerank(d, lex, engaged, searches, k, params, intent, category_of)
             for d, lex, (intent, engaged, searches) in zip(dense, lexical, contexts)]
 
