@@ -34,7 +34,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("build_index", build_index, ("item_embeddings", "catalog_clean"), ("index",)),
     Stage("build_profiles", build_profiles, ("events_clean", "item_embeddings"), ("user_profiles",)),
     Stage("rank", rank, ("user_profiles", "index", "events_clean", "catalog_clean", "item_embeddings"),
-          ("recs_user_topk", "recs_item_similar", "query_topk")),
+          ("recs_user_topk", "recs_item_similar", "query_topk", "query_memory")),
     Stage("evaluate", evaluate, ("recs_user_topk", "events_clean", "catalog_clean", "index"), ("metrics",)),
     # The night becomes the consumers' current snapshot only if its metrics pass the gate.
     Stage("publish", publish, ("metrics", "published"), ("published",)),
