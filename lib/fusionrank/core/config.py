@@ -542,8 +542,8 @@ class QueryConfig(_Strict):
     # neighbour_weight * cosine times (ranks.hybrid.pool_engagement).
     neighbour_weight: float = Field(0.0, ge=0)
     # The same borrowing for a query outside query_topk (search(), evaluate), from the
-    # night's query_memory. Off by default: on the 5k shop it gained 18% nDCG@10 on noisy
-    # queries but cost 6% on clean rare ones (bench/search_served.py). Their intent
+    # night's query_memory. Off by default: on the 5k shop it gained 17% nDCG@10 on noisy
+    # queries but cost 6.5% on clean ones (bench/search_served.py, 2 seeds). Their intent
     # (intent_weight) always comes from the memory.
     unseen_neighbour_weight: float = Field(0.0, ge=0)
     # search(query, user_id=...): score + user_weight * cosine(user profile, item).
