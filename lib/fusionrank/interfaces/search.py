@@ -97,7 +97,7 @@ def _user_vector(settings, day: str, user_id: str, version: int | None) -> np.nd
 def query_memory(settings, day: str, version: int | None) -> QueryMemory:
     """The night's query memory (empty when the night wrote none: no query.hybrid)."""
     frame = _delta_rows(settings.storage.table_path("query_memory"), day, MEMORY_COLUMNS, None, version)
-    return QueryMemory.from_frame(frame.dropna(subset=["query"]))
+    return QueryMemory.from_frame(frame)
 
 
 def search(query: str, k: int = 10, settings=None, run_date: str | dt.date | None = None,

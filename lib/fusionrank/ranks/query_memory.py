@@ -55,7 +55,7 @@ class QueryMemory:
         frame = frame.sort_values("query", kind="stable").reset_index(drop=True)
         engaged = []
         for items, weights, clicks in zip(frame["engaged_items"], frame["engaged_weights"], frame["engaged_clicks"]):
-            items, weights, clicks = _listed(items), _listed(weights), _listed(clicks)
+            items, weights, clicks = listed(items), listed(weights), listed(clicks)
             if not len(items) == len(weights) == len(clicks):
                 raise ValueError("query_memory: engaged_items, engaged_weights and engaged_clicks differ in length")
             engaged.append({str(i): (float(w), int(c)) for i, w, c in zip(items, weights, clicks)})
@@ -112,5 +112,6 @@ class QueryMemory:
         return out
 
 
-def _listed(value) -> list:
+def listed(value) -> list:
+    """An array cell as a list (null: empty)."""
     return [] if value is None or (isinstance(value, float) and np.isnan(value)) else list(value)

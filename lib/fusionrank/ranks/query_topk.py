@@ -38,11 +38,11 @@ from pyspark.sql import types as T
 from fusionrank.core.catalog import QUERY_MEMORY, QUERY_TOPK
 from fusionrank.core.errors import IndexError_
 from fusionrank.core.spark import task_cpus, utc_literal
-from fusionrank.index.build import load_index
+from fusionrank.index.build import load_index, read_manifest
 from fusionrank.index.lexical import LexicalIndex, has_lexical, lexical_dir
 from fusionrank.ranks.hybrid import engagement_intent, hybrid_rerank, item_categories, params_from, pool_engagement
 from fusionrank.ranks.intent import QueryIntent
-from fusionrank.ranks.query_memory import MEMORY_COLUMNS, QueryMemory
+from fusionrank.ranks.query_memory import MEMORY_COLUMNS, QueryMemory, listed
 from fusionrank.vectors.encoders import get_text_encoder
 from fusionrank.vectors.fusion import l2_normalize
 from fusionrank.vectors.spec import ModelSpec
@@ -124,13 +124,26 @@ def text_similarity(item_vecs: np.ndarray, query_text: np.ndarray, spec: ModelSp
 
 
 def index_spec(loaded, where: str) -> ModelSpec:
-    """The ModelSpec recorded in an index's manifest: the query side's only source."""
-    data = loaded.manifest.get("model_spec")
+    """The ModelSpec recorded in a loaded index's manifest: the query side's only source."""
+    return manifest_spec(loaded.manifest, where)
+
+
+def manifest_spec(manifest: dict, where: str) -> ModelSpec:
+    """The ModelSpec an index manifest records (no index loaded to read it)."""
+    data = manifest.get("model_spec")
     if not data:
         raise IndexError_(f"the index at {where} records no model_spec (built from item_embeddings of model_version "
-                          f"{loaded.manifest.get('model_version')} by other settings): rerun encode_items and "
+                          f"{manifest.get('model_version')} by other settings): rerun encode_items and "
                           f"build_index for that date to search it")
     return ModelSpec.from_dict(data)
+
+
+def engaged_by_query(engagement: pd.DataFrame) -> dict[str, dict[str, tuple[float, int]]]:
+    """(query, item_id, engagement, clicks) rows -> {query: {item_id: (engagement, clicks)}}."""
+    out: dict[str, dict[str, tuple[float, int]]] = {}
+    for row in engagement.itertuples(index=False):
+        out.setdefault(row.query, {})[row.item_id] = (float(row.engagement), int(row.clicks))
+    return out
 
 
 def rerank(
@@ -185,16 +198,14 @@ def top_k_for_queries(
     text, vectors = encode_queries(texts, spec)
     check_dim(vectors, loaded, index_path)
     _, positions = loaded.index.search(vectors, min(int(loaded.index.ntotal), cfg.candidates))
-    engaged_by_query: dict[str, dict[str, tuple[float, int]]] = {}
-    for row in engagement.itertuples(index=False):
-        engaged_by_query.setdefault(row.query, {})[row.item_id] = (float(row.engagement), int(row.clicks))
+    by_query = engaged_by_query(engagement)
     rows = []
     if getattr(cfg, "hybrid", False):
-        return hybrid_top_k(texts, queries["searches"].astype(int).tolist(), text, positions, engaged_by_query,
+        return hybrid_top_k(texts, queries["searches"].astype(int).tolist(), text, positions, by_query,
                             loaded, spec, index_path, cfg)
     for q, (query, searches) in enumerate(zip(texts, queries["searches"].astype(int))):
         found = [loaded.ids[p] for p in positions[q] if p >= 0]
-        engaged = engaged_by_query.get(query, {})
+        engaged = by_query.get(query, {})
         vecs, ids = loaded.vectors(found + sorted(set(engaged) - set(found)))
         sims = text_similarity(vecs, text[q], spec)
         for rank, (item, score, similarity, ctr, clicks) in enumerate(
@@ -248,13 +259,9 @@ def unpack_queries(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows = [(q, item, float(w), int(c))
             for q, items, weights, clicks in zip(frame["query"], frame["engaged_items"], frame["engaged_weights"],
                                                  frame["engaged_clicks"])
-            for item, w, c in zip(_listed(items), _listed(weights), _listed(clicks))]
+            for item, w, c in zip(listed(items), listed(weights), listed(clicks))]
     engagement = pd.DataFrame(rows, columns=["query", "item_id", "engagement", "clicks"])
     return queries, engagement
-
-
-def _listed(value) -> list:
-    return [] if value is None or (isinstance(value, float) and np.isnan(value)) else list(value)
 
 
 def topk_partition(frames: Iterator[pd.DataFrame], index_path: str, cfg) -> Iterator[pd.DataFrame]:
@@ -290,12 +297,10 @@ def memory_partition(frames: Iterator[pd.DataFrame], index_path: str) -> Iterato
     if not frames:
         return
     queries, engagement = unpack_queries(pd.concat(frames, ignore_index=True))
-    spec = index_spec(load_index(index_path), index_path)
-    text, _ = encode_queries(queries["query"].tolist(), spec)
-    engaged: dict[str, dict[str, tuple[float, int]]] = {}
-    for row in engagement.itertuples(index=False):
-        engaged.setdefault(row.query, {})[row.item_id] = (float(row.engagement), int(row.clicks))
-    memory = QueryMemory.build(queries["query"].tolist(), queries["searches"].tolist(), text, engaged)
+    # Only the text model is needed: the manifest names it, the index stays unloaded.
+    text, _ = encode_queries(queries["query"].tolist(), manifest_spec(read_manifest(index_path), index_path))
+    memory = QueryMemory.build(queries["query"].tolist(), queries["searches"].tolist(), text,
+                               engaged_by_query(engagement))
     yield memory.to_frame().astype({"searches": "int32"})
 
 
