@@ -42,6 +42,17 @@ def test_query_ctr_counts_engagement_in_search_sessions():
     assert stats.query_ctr[0] > 0 and stats.query_ctr[1] == 0
 
 
+def test_popularity_within_the_category_counts_distinct_users():
+    # category 0: item 0 has users 0, 1, 2 (user 0 twice), item 1 has user 0; item 2 alone in category 1
+    ev = _events([(0, 0, 1, "view"), (0, 0, 2, "click"), (1, 0, 1, "view"), (2, 0, 1, "view"),
+                  (0, 1, 1, "view"), (1, 2, 1, "view"), (3, 3, 1, "view")])
+    stats = fx.item_stats(ev, 4, cutoff=5 * DAY, category=np.array([0, 0, 1, -1]))
+    np.testing.assert_allclose(stats.pop_in_category, [0.75, 0.25, 1.0, 0.0])
+    # stats saved before the field existed load with zeros
+    old = {k: v for k, v in stats.to_arrays().items() if k != "pop_in_category"}
+    assert np.all(fx.ItemStats.from_arrays(old).pop_in_category == 0)
+
+
 def test_item_stats_round_trip():
     ev = _events([(0, 0, 1, "view"), (0, 1, 2, "click")])
     stats = fx.item_stats(ev, 2, cutoff=5 * DAY, brand=np.array([3, -1]), price=np.array([10.0, np.nan]))
@@ -94,6 +105,9 @@ def test_features_attention_reason_and_affinities():
     assert v[0, 0, col["max_history_similarity"]] > 0.9
     assert v[0, 0, col["category_share"]] == pytest.approx(1.0)
     assert v[0, 1, col["category_share"]] == 0.0
+    share_x_pop = v[..., col["category_share_x_pop_in_category"]]
+    np.testing.assert_allclose(share_x_pop, v[..., col["category_share"]] * v[..., col["pop_in_category"]])
+    assert v[0, 0, col["pop_in_category"]] > 0  # item 2 has users in category 0
     # price: item 5 (95) is far above user 0's band (10-12), item 2 (11) inside it
     assert v[0, 1, col["abs_price_vs_user"]] > 5 * v[0, 0, col["abs_price_vs_user"]]
     assert v[0, 0, col["retrieval_rank"]] == 0.0

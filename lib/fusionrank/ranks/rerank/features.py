@@ -86,6 +86,9 @@ class ItemStats:
     cooc_counts: np.ndarray  # (n, M) float32 their co-occurrence counts (users in common)
     cooc_cosine: np.ndarray  # (n, M) float32 count / sqrt(users of each item)
     trending: np.ndarray     # (n_categories, T) int64 top 7-day items of each category, -1 pad
+    # float32 the item's distinct users / its category's (0 without a category). Times the
+    # user's category share it is the "taste for the category, then its popular items" prior.
+    pop_in_category: np.ndarray | None = None
     n_categories: int = 0
     n_brands: int = 0
     cutoff: float = 0.0
@@ -104,11 +107,18 @@ class ItemStats:
     def from_arrays(cls, arrays) -> "ItemStats":
         meta = np.asarray(arrays["_meta"])
         names = [n for n in cls.__dataclass_fields__ if n not in ("n_categories", "n_brands", "cutoff")]
-        missing = [n for n in names if n not in arrays]
+        # Stats saved before pop_in_category existed still load; their model then fails
+        # apply's feature-name check, which says to retrain.
+        optional = {"pop_in_category"}
+        missing = [n for n in names if n not in arrays and n not in optional]
         if missing:
             raise ValueError(f"re-ranker item stats: missing arrays {missing}")
-        return cls(**{n: np.asarray(arrays[n]) for n in names}, n_categories=int(meta[0]), n_brands=int(meta[1]),
-                   cutoff=float(meta[2]))
+        return cls(**{n: np.asarray(arrays[n]) for n in names if n in arrays}, n_categories=int(meta[0]),
+                   n_brands=int(meta[1]), cutoff=float(meta[2]))
+
+    def __post_init__(self):
+        if self.pop_in_category is None:
+            self.pop_in_category = np.zeros(len(self.category), np.float32)
 
 
 def _percentile(values: np.ndarray) -> np.ndarray:
@@ -211,6 +221,7 @@ def item_stats(events: Events, n_items: int, cutoff: float, category: np.ndarray
         trending[cats[keep], nth[keep]] = known[order][keep]
     cooc_items, cooc_counts, cooc_cosine = cooccurrence(ev.user[has_item], item, n_items, cooc_top)
     return ItemStats(
+        pop_in_category=_popularity_in_category(ev.user[has_item], item, category, n_items, n_cat),
         category=category, brand=brand, log_price=log_price, age_days=age,
         pop_pct=_percentile(total), trend=np.log((c7 + 1.0) / (c30 / 30.0 * 7.0 + 1.0)).astype(np.float32),
         purchase_rate=(buys / (views + 5.0)).astype(np.float32),
@@ -218,6 +229,20 @@ def item_stats(events: Events, n_items: int, cutoff: float, category: np.ndarray
         cooc_items=cooc_items, cooc_counts=cooc_counts, cooc_cosine=cooc_cosine, trending=trending,
         n_categories=n_cat, n_brands=int(brand.max(initial=-1)) + 1, cutoff=float(cutoff),
     )
+
+
+def _popularity_in_category(user: np.ndarray, item: np.ndarray, category: np.ndarray, n_items: int,
+                            n_categories: int) -> np.ndarray:
+    """Each item's distinct users over its category's distinct (user, item) pairs."""
+    out = np.zeros(n_items, np.float32)
+    if not n_categories or not len(item):
+        return out
+    pairs = np.unique(user.astype(np.int64) * n_items + item)
+    users_of = np.bincount(pairs % n_items, minlength=n_items).astype(np.float64)
+    known = category >= 0
+    per_category = np.bincount(category[known], weights=users_of[known], minlength=n_categories)
+    out[known] = (users_of[known] / np.maximum(per_category[category[known]], 1.0)).astype(np.float32)
+    return out
 
 
 @dataclass
@@ -390,7 +415,7 @@ def feature_names(behaviour_dim: int, has_text: bool, has_image: bool) -> list[s
         names.append("image_similarity")
     names += ["attention_similarity", "max_history_similarity", "last_item_similarity", "recent_similarity",
               "cooc_recent", "cooc_last_item", "cooc_history_cosine", "popularity", "trend_7d_30d", "age_days", "category_share",
-              "brand_share", "same_category_as_last", "price_vs_user", "abs_price_vs_user", "purchase_rate",
+              "brand_share", "pop_in_category", "category_share_x_pop_in_category", "same_category_as_last", "price_vs_user", "abs_price_vs_user", "purchase_rate",
               "query_ctr", "user_purchase_share", "user_click_share", "user_history_len", "from_ann",
               "from_cooc", "from_trending"]
     return names
@@ -477,10 +502,13 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
     cols += [stats.pop_pct[pos], stats.trend[pos], np.nan_to_num(np.log1p(np.maximum(stats.age_days[pos], 0)), nan=-1)]
     cat_share = _shares(users, stats.category, stats.n_categories)
     cat = stats.category[pos]
-    cols.append(np.where(cat >= 0, np.take_along_axis(cat_share, np.maximum(cat, 0), 1), 0))
+    user_cat_share = np.where(cat >= 0, np.take_along_axis(cat_share, np.maximum(cat, 0), 1), 0)
+    cols.append(user_cat_share)
     brand_share = _shares(users, stats.brand, stats.n_brands)
     brand = stats.brand[pos]
     cols.append(np.where(brand >= 0, np.take_along_axis(brand_share, np.maximum(brand, 0), 1), 0))
+    pop_in_cat = stats.pop_in_category[pos]
+    cols += [pop_in_cat, user_cat_share * pop_in_cat]
     last_cat = np.where(users.recent[:, 0] >= 0, stats.category[np.maximum(users.recent[:, 0], 0)], -1)
     cols.append(((cat == last_cat[:, None]) & (cat >= 0)).astype(np.float32))
 
