@@ -85,6 +85,32 @@ def test_too_few_labels_falls_back_to_the_last_good_model(night):
     assert folder == str(layout(settings).reranker(END))
 
 
+def test_a_model_that_loses_to_retrieval_order_on_validation_is_rejected(night):
+    from fusionrank.core.context import make_context
+    from fusionrank.ranks.rerank import nightly
+    from fusionrank.index.build import load_index
+
+    settings = night["settings"]
+    # a margin no model reaches: the night must rank in retrieval order and say why
+    strict = settings.model_copy(update={"rerank": settings.rerank.model_copy(update={"min_valid_gain": 1e6})})
+    later = END + dt.timedelta(days=2)
+    Path(layout(settings).index(later)).parent.mkdir(parents=True, exist_ok=True)
+    ctx = make_context(strict, END, night["spark"])
+    index = load_index(ctx.index_path())
+    ctx_later = make_context(strict, later, night["spark"])
+    ctx_later.index_path = ctx.index_path
+    ctx_later.training_events = ctx.training_events
+    ctx_later.for_date = ctx.for_date
+    folder, counts = nightly.train_nightly(ctx_later, index, ctx.spec.behaviour_dim)
+    assert folder is None and counts["rerank"] == "rejected", counts
+    assert "does not beat retrieval order" in counts["rerank_reason"]
+    assert nightly.model_version("v1", folder) == "v1"
+    meta = json.loads((Path(layout(settings).reranker(later)) / rk.META_FILE).read_text())
+    assert meta["rejected"] is True  # kept for the report, never reused as the last good model
+    ctx_after = make_context(settings, later + dt.timedelta(days=1), night["spark"])
+    assert nightly._last_good(ctx_after, index.manifest.get("model_version")) == str(layout(settings).reranker(END))
+
+
 def test_report_has_a_ranker_section(night, tmp_path):
     from fusionrank.interfaces.report import build_report
 

@@ -504,6 +504,10 @@ class RerankConfig(_Strict):
     learning_rate: float = Field(0.05, gt=0)
     num_rounds: int = Field(500, gt=0)
     early_stopping: int = Field(30, gt=0)
+    # A night's model ranks only if its validation nDCG@10 beats retrieval order's on the
+    # same slice by more than this relative margin; else the night ranks in retrieval
+    # order (the model is kept, marked rejected, for the report).
+    min_valid_gain: float = Field(0.0, ge=0)
     seed: int = 42
     num_threads: int = Field(2, gt=0)    # fixed: with deterministic=True, reruns give the same model
 

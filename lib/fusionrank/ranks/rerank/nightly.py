@@ -185,6 +185,7 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
                     "ranking in retrieval order")
         counts.update({"rerank": "fallback" if fallback else "off", "rerank_reason": str(err)})
         return (str(fallback) if fallback else None), counts
+    rejected = not model.valid_ndcg > model.valid_ndcg_retrieval * (1 + cfg.min_valid_gain)
     # Stats for applying: every training event, cutoff the hold-out start.
     apply_stats = fx.item_stats(ev, n_items, float(ev.ts.max()) + 1, **attrs)
     digest = hashlib.sha256(model.booster.model_to_string(num_iteration=model.best_iteration).encode()).hexdigest()[:12]
@@ -195,7 +196,7 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
         "trending_candidates": cfg.trending_candidates, "history": cfg.history, "recent": cfg.recent,
         "behaviour_dim": behaviour_dim, "index_model_version": version, "run_date": str(ctx.run_date),
         "label_split": cfg.label_split, "label_days": cfg.label_days, "version": f"lgbm-{digest}",
-        "top_gain": dict(list(model.gains().items())[:10])})
+        "rejected": rejected, "top_gain": dict(list(model.gains().items())[:10])})
     np.savez(f"{staging}/{rk.STATS_FILE}", **apply_stats.to_arrays())
     try:
         if uris.is_local(out):
@@ -212,6 +213,12 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
                    "rerank_valid_ndcg_retrieval": round(model.valid_ndcg_retrieval, 4)})
     log.info("rank: re-ranker %s trained on %d users (validation nDCG@10 %.4f vs retrieval order %.4f)",
              digest, model.n_users, model.valid_ndcg, model.valid_ndcg_retrieval)
+    if rejected:
+        reason = (f"validation nDCG@10 {model.valid_ndcg:.4f} does not beat retrieval order's "
+                  f"{model.valid_ndcg_retrieval:.4f} by rerank.min_valid_gain {cfg.min_valid_gain:g}")
+        log.warning("rank: re-ranker %s rejected: %s; ranking in retrieval order", digest, reason)
+        counts.update({"rerank": "rejected", "rerank_reason": reason})
+        return None, counts
     return str(out), counts
 
 
@@ -235,7 +242,7 @@ def _last_good(ctx: RunContext, version: str | None) -> str | None:
         if not name.startswith("run_date=") or name.split("=", 1)[1] >= str(ctx.run_date) or not fs.exists(meta_uri):
             continue
         meta = json.loads(fs.read_text(meta_uri))
-        if meta.get("index_model_version") == version:
+        if meta.get("index_model_version") == version and not meta.get("rejected"):
             return folder
     return None
 
