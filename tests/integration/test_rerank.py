@@ -44,6 +44,8 @@ def test_rank_stage_trains_a_reranker_that_beats_retrieval_order(night):
     assert counts["rerank"] == "trained", counts
     assert counts["rerank_users"] >= 100
     assert counts["rerank_valid_ndcg"] > counts["rerank_valid_ndcg_retrieval"] * 1.05, counts
+    # the guard's backtest (a model one label window earlier, on tonight's set) agrees
+    assert counts["rerank_backtest_ndcg"] > counts["rerank_backtest_ndcg_retrieval"], counts
     folder = Path(layout(night["settings"]).reranker(END))  # a local URI here
     meta = json.loads((folder / rk.META_FILE).read_text())
     assert meta["version"] == counts["rerank_version"] and len(meta["features"]) > 20
@@ -103,7 +105,8 @@ def test_a_model_that_loses_to_retrieval_order_on_validation_is_rejected(night):
     ctx_later.for_date = ctx.for_date
     folder, counts = nightly.train_nightly(ctx_later, index, ctx.spec.behaviour_dim)
     assert folder is None and counts["rerank"] == "rejected", counts
-    assert "does not beat retrieval order" in counts["rerank_reason"]
+    assert counts["rerank_reason"].startswith("backtest nDCG@10") and "does not beat retrieval order" in \
+        counts["rerank_reason"]
     assert nightly.model_version("v1", folder) == "v1"
     meta = json.loads((Path(layout(settings).reranker(later)) / rk.META_FILE).read_text())
     assert meta["rejected"] is True  # kept for the report, never reused as the last good model

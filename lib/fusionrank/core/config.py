@@ -508,6 +508,11 @@ class RerankConfig(_Strict):
     # same slice by more than this relative margin; else the night ranks in retrieval
     # order (the model is kept, marked rejected, for the report).
     min_valid_gain: float = Field(0.0, ge=0)
+    # What the margin is measured on: `slice`, the night's own validation users
+    # (in-distribution), or `backtest`, a model trained one label split earlier scored
+    # on the night's labelled set (the shift from training features to serving
+    # features; about twice the training time).
+    guard: Literal["slice", "backtest"] = "backtest"
     seed: int = 42
     num_threads: int = Field(2, gt=0)    # fixed: with deterministic=True, reruns give the same model
 

@@ -257,6 +257,9 @@ class _Report:
                 ("labelled candidates", meta.get("n_labels")), ("boosting rounds", meta.get("best_iteration")),
                 ("validation nDCG@10, re-ranked", meta.get("valid_ndcg")),
                 ("validation nDCG@10, retrieval order", meta.get("valid_ndcg_retrieval")),
+                ("backtest nDCG@10, re-ranked (the guard)", meta.get("backtest_ndcg")),
+                ("backtest nDCG@10, retrieval order", meta.get("backtest_ndcg_retrieval")),
+                ("rejected by the guard", meta.get("rejected")),
                 ("labels", f"{meta.get('label_split')} ({meta.get('label_days')} days)")]
         gains = sorted((meta.get("top_gain") or {}).items(), key=lambda t: -t[1])
         return (head + _table(["", "value"], rows) + "<h3>Top features by gain</h3>"

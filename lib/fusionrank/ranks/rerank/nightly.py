@@ -12,7 +12,12 @@ feature list, item stats from ALL training events, for applying) goes to
 `Layout.reranker(run_date)`; its version is recorded in model_version.
 
 Too few labels: the stage says so and uses the newest earlier artifact trained on
-the same index model version, else retrieval order (the counts name which)."""
+the same index model version, else retrieval order (the counts name which). A model
+whose nDCG@10 does not beat retrieval order's by `rerank.min_valid_gain` is saved
+marked `rejected` (the report shows it), never reused, and the night ranks in
+retrieval order. `rerank.guard` says on what: `backtest` (a model trained one label
+split earlier, scored on the night's labelled set) or `slice` (the night's own
+early-stopping users)."""
 
 from __future__ import annotations
 
@@ -154,29 +159,18 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
     try:
         if len(ev) == 0:
             raise ValueError("too few labels to train the re-ranker: no training events")
-        is_label = rk.label_split(ev, cfg.label_split, cfg.label_days, cfg.label_fraction, cfg.seed)
-        before, labels_ev = ev.take(~is_label), ev.take(is_label)
-        cutoff = float(labels_ev.ts.min()) if len(labels_ev) else float(ev.ts.max()) + 1
-        stats = fx.item_stats(before, n_items, cutoff if cfg.label_split == "days" else float(before.ts.max()) + 1,
-                              **attrs)
-        lu, li, lg = rk.grades(labels_ev)
-        with_history = np.unique(before.user[before.item >= 0])
-        users = np.intersect1d(np.unique(lu), with_history)
-        if len(users) > cfg.max_train_users:
-            users = np.sort(np.random.RandomState(cfg.seed).choice(users, cfg.max_train_users, replace=False))
-        values, labels, cands, names = [], [], [], None
-        width = 0
-        for u, cand, feats in _batches(before, users, index, stats, cfg, behaviour_dim, weights):
-            values.append(feats.values)
-            cands.append(cand)
-            labels.append(rk.label_matrix(cand, u, lu, li, lg))
-            names, width = feats.names, max(width, cand.shape[1])
-        if not values:
-            raise ValueError("too few labels to train the re-ranker: no labelled user with earlier history")
-        values, labels, cands = (_pad(values, width, 0), _pad(labels, width, 0), _pad(cands, width, -1))
-        model = rk.train_ranker(values, labels, cands, names, rk.RankerConfig(
-            num_leaves=cfg.num_leaves, learning_rate=cfg.learning_rate, num_rounds=cfg.num_rounds,
-            early_stopping=cfg.early_stopping, seed=cfg.seed, num_threads=cfg.num_threads), min_labels=cfg.min_labels)
+        values, labels, cands, names = _labelled_set(ev, cfg, cfg.seed, index, n_items, attrs, behaviour_dim,
+                                                     weights)
+        model = rk.train_ranker(values, labels, cands, names, _ranker_config(cfg, cfg.seed), min_labels=cfg.min_labels)
+        backtest = None
+        if cfg.guard == "backtest":
+            try:
+                backtest = _backtest(ev, cfg, index, n_items, attrs, behaviour_dim, weights, values, labels, cands)
+            except ValueError as err:  # too little history for a split earlier: judge on the slice
+                if "too few labels" not in str(err):
+                    raise
+                log.warning("rank: no re-ranker backtest (%s); judging it on its validation slice", err)
+                counts["rerank_backtest"] = f"skipped: {err}"
     except ValueError as err:
         if "too few labels" not in str(err):
             raise
@@ -185,7 +179,11 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
                     "ranking in retrieval order")
         counts.update({"rerank": "fallback" if fallback else "off", "rerank_reason": str(err)})
         return (str(fallback) if fallback else None), counts
-    rejected = not model.valid_ndcg > model.valid_ndcg_retrieval * (1 + cfg.min_valid_gain)
+    judged, against = (model.valid_ndcg, model.valid_ndcg_retrieval) if backtest is None else backtest
+    rejected = not judged > against * (1 + cfg.min_valid_gain)
+    if backtest is not None:
+        counts.update({"rerank_backtest_ndcg": round(backtest[0], 4),
+                       "rerank_backtest_ndcg_retrieval": round(backtest[1], 4)})
     # Stats for applying: every training event, cutoff the hold-out start.
     apply_stats = fx.item_stats(ev, n_items, float(ev.ts.max()) + 1, **attrs)
     digest = hashlib.sha256(model.booster.model_to_string(num_iteration=model.best_iteration).encode()).hexdigest()[:12]
@@ -196,7 +194,10 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
         "trending_candidates": cfg.trending_candidates, "history": cfg.history, "recent": cfg.recent,
         "behaviour_dim": behaviour_dim, "index_model_version": version, "run_date": str(ctx.run_date),
         "label_split": cfg.label_split, "label_days": cfg.label_days, "version": f"lgbm-{digest}",
-        "rejected": rejected, "top_gain": dict(list(model.gains().items())[:10])})
+        "rejected": rejected, "guard": cfg.guard,
+        "backtest_ndcg": None if backtest is None else round(backtest[0], 4),
+        "backtest_ndcg_retrieval": None if backtest is None else round(backtest[1], 4),
+        "top_gain": dict(list(model.gains().items())[:10])})
     np.savez(f"{staging}/{rk.STATS_FILE}", **apply_stats.to_arrays())
     try:
         if uris.is_local(out):
@@ -214,12 +215,62 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
     log.info("rank: re-ranker %s trained on %d users (validation nDCG@10 %.4f vs retrieval order %.4f)",
              digest, model.n_users, model.valid_ndcg, model.valid_ndcg_retrieval)
     if rejected:
-        reason = (f"validation nDCG@10 {model.valid_ndcg:.4f} does not beat retrieval order's "
-                  f"{model.valid_ndcg_retrieval:.4f} by rerank.min_valid_gain {cfg.min_valid_gain:g}")
+        what = "validation" if backtest is None else "backtest"
+        reason = (f"{what} nDCG@10 {judged:.4f} does not beat retrieval order's {against:.4f} by "
+                  f"rerank.min_valid_gain {cfg.min_valid_gain:g}")
         log.warning("rank: re-ranker %s rejected: %s; ranking in retrieval order", digest, reason)
         counts.update({"rerank": "rejected", "rerank_reason": reason})
         return None, counts
     return str(out), counts
+
+
+def _ranker_config(cfg, seed: int) -> rk.RankerConfig:
+    return rk.RankerConfig(num_leaves=cfg.num_leaves, learning_rate=cfg.learning_rate, num_rounds=cfg.num_rounds,
+                           early_stopping=cfg.early_stopping, seed=seed, num_threads=cfg.num_threads)
+
+
+def _labelled_set(ev: fx.Events, cfg, seed: int, index, n_items: int, attrs: dict, behaviour_dim: int, weights):
+    """(values, labels, cands, names) of `ev` split by `cfg.label_split`: features from
+    the events before the labels, for a bounded seeded sample of labelled users."""
+    is_label = rk.label_split(ev, cfg.label_split, cfg.label_days, cfg.label_fraction, seed)
+    before, labels_ev = ev.take(~is_label), ev.take(is_label)
+    if len(before) == 0:
+        raise ValueError("too few labels to train the re-ranker: no events before the labels")
+    cutoff = float(labels_ev.ts.min()) if len(labels_ev) else float(ev.ts.max()) + 1
+    stats = fx.item_stats(before, n_items, cutoff if cfg.label_split == "days" else float(before.ts.max()) + 1,
+                          **attrs)
+    lu, li, lg = rk.grades(labels_ev)
+    with_history = np.unique(before.user[before.item >= 0])
+    users = np.intersect1d(np.unique(lu), with_history)
+    if len(users) > cfg.max_train_users:
+        users = np.sort(np.random.RandomState(seed).choice(users, cfg.max_train_users, replace=False))
+    values, labels, cands, names = [], [], [], None
+    width = 0
+    for u, cand, feats in _batches(before, users, index, stats, cfg, behaviour_dim, weights):
+        values.append(feats.values)
+        cands.append(cand)
+        labels.append(rk.label_matrix(cand, u, lu, li, lg))
+        names, width = feats.names, max(width, cand.shape[1])
+    if not values:
+        raise ValueError("too few labels to train the re-ranker: no labelled user with earlier history")
+    return _pad(values, width, 0), _pad(labels, width, 0), _pad(cands, width, -1), names
+
+
+def _backtest(ev: fx.Events, cfg, index, n_items: int, attrs: dict, behaviour_dim: int, weights,
+              values: np.ndarray, labels: np.ndarray, cands: np.ndarray) -> tuple[float, float]:
+    """(nDCG@10 of a model trained one label split earlier, retrieval order's) on the
+    night's own labelled set. The night's model is trained on features from before its
+    labels and applied to features from all of training; a model one split earlier
+    scored on the night's set goes through that same shift, which a slice of the
+    night's own users does not (on MovieLens' random split the slice favours the model
+    while the shifted score, like the hold-out, favours retrieval order)."""
+    is_label = rk.label_split(ev, cfg.label_split, cfg.label_days, cfg.label_fraction, cfg.seed)
+    earlier = ev.take(~is_label)
+    v2, l2, c2, names = _labelled_set(earlier, cfg, cfg.seed + 1, index, n_items, attrs, behaviour_dim, weights)
+    model = rk.train_ranker(v2, l2, c2, names, _ranker_config(cfg, cfg.seed), min_labels=cfg.min_labels)
+    valid = cands >= 0
+    return (rk.ndcg_at(model.score(values), labels, valid, 10),
+            rk.ndcg_at(values[..., names.index("retrieval_score")], labels, valid, 10))
 
 
 def _pad(arrays: list[np.ndarray], width: int, fill) -> np.ndarray:
