@@ -206,6 +206,8 @@ def _reasons_batched(loaded, rows: np.ndarray, ranks: np.ndarray, item_positions
 def _take_ids(loaded, positions: np.ndarray) -> pa.Array:
     """Item ids at index `positions` (-1: null) as an Arrow string array."""
     valid = positions >= 0
+    if valid.all():  # no null to place
+        return loaded.ids_arrow.take(pa.array(positions)).cast(pa.string())
     taken = loaded.ids_arrow.take(pa.array(np.where(valid, positions, 0)))
     return pc.if_else(pa.array(valid), taken, pa.scalar(None, taken.type)).cast(pa.string())
 
