@@ -227,12 +227,29 @@ def _dictionary(indices: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), values)
 
 
+def _bounded_unique(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(values, return_inverse=True)` for integers in [-1, bound) (index
+    positions, -1: none), with a presence table of bound + 1 flags instead of a sort."""
+    values = np.asarray(values)
+    if len(values) == 0:
+        return np.unique(values, return_inverse=True)
+    shifted = values.astype(np.int64) + 1
+    if shifted.min() < 0 or shifted.max() > bound:
+        raise ValueError(f"_bounded_unique: values outside [-1, {bound})")
+    present = np.zeros(bound + 1, dtype=bool)
+    present[shifted] = True
+    distinct = np.flatnonzero(present)
+    lookup = np.empty(bound + 1, dtype=np.intp)
+    lookup[distinct] = np.arange(len(distinct))
+    return (distinct - 1).astype(values.dtype), np.take(lookup, shifted)
+
+
 def reason_columns(loaded, reasons: np.ndarray) -> tuple[pa.Array, pa.Array]:
     """(reason, reason_item_id) as dictionary arrays over the batch's distinct reason
     items: the texts are built once per distinct item, not once per row (a batch of
     512 users x k=100 rows names a few thousand history items), and the Parquet writer
     stores the dictionaries as they are instead of hashing every row's string."""
-    distinct, inverse = np.unique(reasons, return_inverse=True)
+    distinct, inverse = _bounded_unique(reasons, int(loaded.index.ntotal))
     ids = _take_ids(loaded, distinct)
     texts = reason_text(loaded, distinct, ids)  # -1 (no reason item): "close to your profile"
     if len(distinct) and distinct[0] < 0:  # the id column is null there, its dictionary has no null
