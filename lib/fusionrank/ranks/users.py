@@ -425,7 +425,9 @@ def rank_batches(users: DataFrame, index_path: str, rank_cfg, partitions: int = 
         version=version,
     )
     return ExecutorBatches(_stable_batches(users, "user_id", partitions), body, RANKED_SCHEMA, distinct="user_id",
-                           dictionary_columns=("user_id", "reason", "reason_item_id", "model_version"))
+                           dictionary_columns=("user_id", "reason", "reason_item_id", "model_version"),
+                           # Readers prune on a user's rows (and ranks); item ids span every row group.
+                           statistics_columns=("user_id", "rank"))
 
 
 def rank_users(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0, use_gpu: bool = False) -> DataFrame:
