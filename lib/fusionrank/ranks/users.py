@@ -79,7 +79,7 @@ def _list_rows(column: pa.Array, limit: int | None = None) -> tuple[np.ndarray, 
     lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     values = pc.list_flatten(column)
     rows = np.repeat(np.arange(len(lengths)), lengths)
-    if limit is not None and len(rows):
+    if limit is not None and len(rows) and int(lengths.max()) > limit:  # else nothing to cut
         starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
         keep = (np.arange(len(rows)) - starts) < limit
         rows, values = rows[keep], values.filter(pa.array(keep))
