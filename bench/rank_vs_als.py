@@ -259,7 +259,7 @@ def main(argv=None) -> int:
                 run_spans.restore()
             runs.append((result, run_spans))
         rank_seconds = sorted(r.seconds for r, _ in runs)
-        # The run of median time stands for the stage (its breakdown is printed).
+        # The middle run by time stands for the stage (its breakdown is printed).
         ranked, spans = sorted(runs, key=lambda r: r[0].seconds)[(len(runs) - 1) // 2]
         if args.breakdown:
             # The search alone: profiles -> hash-partitioned mapInArrow -> a no-op sink (no
@@ -293,7 +293,8 @@ def main(argv=None) -> int:
         print(f"\nrank stage, {len(runs)} runs (first cold, then warm): "
               + " ".join(f"{r.seconds:.2f}" for r, _ in runs)
               + f" s; min {rank_seconds[0]:.2f}, median {float(np.median(rank_seconds)):.2f}; "
-              f"warm min {min(r.seconds for r, _ in runs[1:]):.2f}. Below: the median run.")
+              f"warm min {min(r.seconds for r, _ in runs[1:]):.2f}. Below: the middle run (the faster middle one "
+              "of an even count).")
     if spans is not None:
         print(f"\nrank stage breakdown (wall seconds of the driver's calls, nested ones listed under their caller; "
               f"load average {os.getloadavg()[0]:.1f})")
