@@ -133,3 +133,84 @@ def test_attributes_name_the_reasons_and_cap_each_category(tmp_path):
         assert list(got["item_id"]) == want[:k]
         assert list(got["rank"]) == list(range(1, len(got) + 1))
     assert len(capped) < len(plain)  # the cap did bite
+
+
+def full_history_batch(loaded, n=30, length=6, seed=4):
+    """Every user with `length` known history items (the reasons' no-regather path)."""
+    batch = users_batch(loaded, n=n, seed=seed)
+    rng = np.random.default_rng(seed)
+    ids = list(loaded.ids)
+    history = [list(rng.choice(ids, size=length, replace=False)) for _ in range(n)]
+    weights = [rng.uniform(0.1, 3, size=length).astype(np.float32).tolist() for _ in range(n)]
+    return batch.set_column(2, "history_item_ids", pa.array(history, pa.list_(pa.string()))) \
+        .set_column(3, "history_weights", pa.array(weights, pa.list_(pa.float32())))
+
+
+@pytest.mark.parametrize("reason_history", [4, 6, 50])  # 4 cuts every history, 6/50 keep them whole
+def test_batched_reasons_equal_the_reference_when_every_user_has_a_history(loaded, reason_history):
+    batch = full_history_batch(loaded)
+    for k in (10, 600):  # 600: the whole index, so some users have fewer than k rows
+        got = ranking.rank_chunk(loaded, batch, k=k, max_candidates=1000, reason_history=reason_history)
+        want = reference(loaded, batch, k, reason_history)
+        assert list(zip(got.column("user_id").to_pylist(), got.column("rank").to_pylist(),
+                        got.column("item_id").to_pylist(), got.column("reason_item_id").to_pylist())) \
+            == [w[:3] + w[4:] for w in want]
+        assert got.column("reason_item_id").null_count == 0
+
+
+@pytest.mark.parametrize("values", [[], [-1], [5, -1, 3, 5, 0, -1, 9], list(range(-1, 10)), [9, 9, 9]])
+def test_bounded_unique_equals_np_unique(values):
+    values = np.asarray(values, dtype=np.int64)
+    distinct, inverse = ranking._bounded_unique(values, 10)
+    want_distinct, want_inverse = np.unique(values, return_inverse=True)
+    assert distinct.dtype == want_distinct.dtype and inverse.dtype == want_inverse.dtype
+    np.testing.assert_array_equal(distinct, want_distinct)
+    np.testing.assert_array_equal(inverse, want_inverse)
+
+
+def test_bounded_unique_refuses_values_outside_its_bound():
+    with pytest.raises(ValueError, match="outside"):
+        ranking._bounded_unique(np.array([0, 10]), 10)
+    with pytest.raises(ValueError, match="outside"):
+        ranking._bounded_unique(np.array([-2, 3]), 10)
+
+
+def test_take_ids_with_and_without_nulls(loaded):
+    every = ranking._take_ids(loaded, np.array([3, 0, 3, 599]))
+    assert every.type == pa.string() and every.to_pylist() == [loaded.ids[3], loaded.ids[0], loaded.ids[3], loaded.ids[599]]
+    some = ranking._take_ids(loaded, np.array([-1, 7, -1, 2]))
+    assert some.type == pa.string() and some.to_pylist() == [None, loaded.ids[7], None, loaded.ids[2]]
+    assert ranking._take_ids(loaded, np.zeros(0, np.int64)).to_pylist() == []
+
+
+def test_positions_look_up_each_distinct_id_once_and_keep_order(loaded):
+    ids = pa.array([loaded.ids[5], "not-in-index", None, loaded.ids[5], loaded.ids[0], None], pa.string())
+    got = ranking._positions(loaded, ids)
+    assert got.dtype == np.int64 and got.tolist() == [5, -1, -1, 5, 0, -1]
+    np.testing.assert_array_equal(got[[0, 1, 3, 4]], loaded.position_of(np.array(ids.to_pylist(), object)[[0, 1, 3, 4]]))
+    assert ranking._positions(loaded, pa.array([], pa.string())).tolist() == []
+
+
+def test_ranked_files_keep_statistics_for_user_and_rank_only(tmp_path):
+    from functools import partial
+
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from fusionrank.storage import store
+
+    ids = [f"m{i:03d}" for i in range(200)]
+    built = index.build(batches(ids, clustered(200, seed=8)), np.zeros((0, 32)), 32, 200, IndexConfig(type="flat"),
+                        tmp_path / "idx", "v", "d")
+    produce = partial(ranking.rank_partition, index_path=built.path, k=10, max_candidates=1000,
+                      reason_history=5, search_batch=16)
+    reports = list(store.write_batches_partition(
+        iter([users_batch(index.load_index(built.path))]), produce, str(tmp_path / "out"), to_arrow_schema(ranking.RANKED_SCHEMA),
+        distinct="user_id", dictionary_columns=("user_id", "reason", "reason_item_id", "model_version"),
+        statistics_columns=("user_id", "rank")))
+    path = reports[0].column("path")[0].as_py()
+    group = pq.read_metadata(path).row_group(0)
+    with_stats = {group.column(i).path_in_schema for i in range(group.num_columns) if group.column(i).is_stats_set}
+    assert with_stats == {"user_id", "rank"}
+    table = pq.read_table(path)
+    assert table.num_rows == reports[0].column("rows")[0].as_py() > 0
+    assert table.column("user_id").to_pylist() == sorted(table.column("user_id").to_pylist())

@@ -740,7 +740,7 @@ class LoadedIndex:
     def reconstruct(self, positions: np.ndarray) -> np.ndarray:
         """Vectors at index `positions` (a row gather when the dense copy is kept)."""
         if self.dense is not None:
-            return self.dense[np.asarray(positions, dtype=np.int64)]
+            return np.take(self.dense, np.asarray(positions, dtype=np.int64), axis=0)  # a faster row gather than [ ]
         return reconstruct(self.index, positions)
 
     def vectors(self, item_ids: list[str]) -> tuple[np.ndarray, list[str]]:

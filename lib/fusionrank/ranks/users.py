@@ -79,7 +79,7 @@ def _list_rows(column: pa.Array, limit: int | None = None) -> tuple[np.ndarray, 
     lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     values = pc.list_flatten(column)
     rows = np.repeat(np.arange(len(lengths)), lengths)
-    if limit is not None and len(rows):
+    if limit is not None and len(rows) and int(lengths.max()) > limit:  # else nothing to cut
         starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
         keep = (np.arange(len(rows)) - starts) < limit
         rows, values = rows[keep], values.filter(pa.array(keep))
@@ -124,6 +124,21 @@ def _cap_per_category(keep: np.ndarray, codes: np.ndarray, max_per_category: int
     keep[rows[over], cols[over]] = False
 
 
+def _positions(loaded, ids: pa.Array) -> np.ndarray:
+    """`loaded.position_of` of an Arrow string array, looked up once per distinct id: a
+    batch's users share many history and seen items, and each lookup turns an Arrow
+    string into a Python one before hashing it."""
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.int64)
+    encoded = pc.dictionary_encode(ids)
+    distinct = loaded.position_of(encoded.dictionary.to_numpy(zero_copy_only=False))
+    codes = encoded.indices
+    if codes.null_count:  # a null id is unknown
+        distinct = np.append(distinct, np.int64(-1))
+        codes = pc.fill_null(codes, len(distinct) - 1)
+    return np.take(distinct, codes.to_numpy(zero_copy_only=False))
+
+
 def _reasons_batched(loaded, rows: np.ndarray, ranks: np.ndarray, item_positions: np.ndarray, n_users: int,
                      k: int, chunk: pa.RecordBatch, reason_history: int) -> np.ndarray:
     """Index position of each recommendation's reason item (-1: none), as `pick_reasons`
@@ -135,28 +150,40 @@ def _reasons_batched(loaded, rows: np.ndarray, ranks: np.ndarray, item_positions
         return reason
     if len(w_rows) != len(hist_rows) or (w_rows != hist_rows).any():
         raise ValueError("user_profiles: history_item_ids and history_weights differ in length")
-    hist_pos = loaded.position_of(hist_ids.to_numpy(zero_copy_only=False))
+    hist_pos = _positions(loaded, hist_ids)
+    hist_w = hist_w.to_numpy(zero_copy_only=False).astype(np.float32)
     known = hist_pos >= 0
-    hist_rows, hist_pos = hist_rows[known], hist_pos[known]
-    hist_w = hist_w.to_numpy(zero_copy_only=False).astype(np.float32)[known]
+    if not known.all():
+        hist_rows, hist_pos, hist_w = hist_rows[known], hist_pos[known], hist_w[known]
     if len(hist_rows) == 0:
         return reason
     counts = np.bincount(hist_rows, minlength=n_users)
-    slot = np.arange(len(hist_rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     width, dim = int(counts.max()), loaded.index.d
-    # (user, slot) -> history entry, as one gather: a user's unused slots repeat their
-    # slot 0 (an equal value never wins argmax over the earlier real slot, so no -inf
-    # masking pass is needed); users without history get a zero row (masked below).
-    source = np.full(n_users * width, len(hist_rows), dtype=np.int64)
-    source[hist_rows.astype(np.int64) * width + slot] = np.arange(len(hist_rows))
-    first = np.repeat(np.cumsum(counts) - counts, width)
-    unused = (source == len(hist_rows)) & np.repeat(counts > 0, width)
-    source[unused] = first[unused]
-    hist_vecs = np.concatenate([loaded.reconstruct(hist_pos), np.zeros((1, dim), np.float32)])[source]
-    hist_vecs = hist_vecs.reshape(n_users, width, dim)
-    weights = np.append(hist_w, np.float32(0))[source].reshape(n_users, width)
-    hist_at = np.append(hist_pos, -1)[source].reshape(n_users, width)
-    if len(rows) == n_users * k:  # every user has k results: rows and ranks are already in place
+    everyone = bool((counts > 0).all())
+    if (counts == width).all():  # every user has `width` history items: already (user, slot) ordered
+        hist_vecs = loaded.reconstruct(hist_pos).reshape(n_users, width, dim)
+        weights = hist_w.reshape(n_users, width)
+        hist_at = hist_pos.reshape(n_users, width)
+    else:
+        slot = np.arange(len(hist_rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        # (user, slot) -> history entry, as one gather: a user's unused slots repeat their
+        # slot 0 (an equal value never wins argmax over the earlier real slot, so no -inf
+        # masking pass is needed); users without history get a zero row (masked below).
+        source = np.full(n_users * width, len(hist_rows), dtype=np.int64)
+        source[hist_rows.astype(np.int64) * width + slot] = np.arange(len(hist_rows))
+        first = np.repeat(np.cumsum(counts) - counts, width)
+        unused = (source == len(hist_rows)) & np.repeat(counts > 0, width)
+        source[unused] = first[unused]
+        vecs = loaded.reconstruct(hist_pos)
+        if everyone:  # every slot names a history entry: no zero row needed
+            hist_vecs = np.take(vecs, source, axis=0)
+        else:
+            hist_vecs = np.take(np.concatenate([vecs, np.zeros((1, dim), np.float32)]), source, axis=0)
+        hist_vecs = hist_vecs.reshape(n_users, width, dim)
+        weights = np.take(np.append(hist_w, np.float32(0)), source).reshape(n_users, width)
+        hist_at = np.take(np.append(hist_pos, -1), source).reshape(n_users, width)
+    full = len(rows) == n_users * k  # every user has k results: rows and ranks are already in place
+    if full:
         cand_vecs = loaded.reconstruct(item_positions).reshape(n_users, k, dim)
     else:
         cand_vecs = np.zeros((n_users * k, dim), dtype=np.float32)
@@ -165,14 +192,22 @@ def _reasons_batched(loaded, rows: np.ndarray, ranks: np.ndarray, item_positions
     contribution = np.matmul(cand_vecs, hist_vecs.transpose(0, 2, 1))
     contribution *= weights[:, None, :]
     best = contribution.argmax(axis=2)  # (users, k): slot of the best history item
-    has_history = counts[rows] > 0
-    reason[has_history] = hist_at[rows[has_history], best[rows[has_history], ranks[has_history] - 1]]
+    if full and everyone:
+        return np.take_along_axis(hist_at, best, axis=1).ravel()
+    at = rows.astype(np.int64)
+    slot_of = np.take(best.ravel(), at * k + (ranks - 1))
+    if everyone:
+        return np.take(hist_at.ravel(), at * width + slot_of)
+    has_history = np.take(counts, rows) > 0
+    reason[has_history] = np.take(hist_at.ravel(), (at * width + slot_of)[has_history])
     return reason
 
 
 def _take_ids(loaded, positions: np.ndarray) -> pa.Array:
     """Item ids at index `positions` (-1: null) as an Arrow string array."""
     valid = positions >= 0
+    if valid.all():  # no null to place
+        return loaded.ids_arrow.take(pa.array(positions)).cast(pa.string())
     taken = loaded.ids_arrow.take(pa.array(np.where(valid, positions, 0)))
     return pc.if_else(pa.array(valid), taken, pa.scalar(None, taken.type)).cast(pa.string())
 
@@ -192,12 +227,29 @@ def _dictionary(indices: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), values)
 
 
+def _bounded_unique(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(values, return_inverse=True)` for integers in [-1, bound) (index
+    positions, -1: none), with a presence table of bound + 1 flags instead of a sort."""
+    values = np.asarray(values)
+    if len(values) == 0:
+        return np.unique(values, return_inverse=True)
+    shifted = values.astype(np.int64) + 1
+    if shifted.min() < 0 or shifted.max() > bound:
+        raise ValueError(f"_bounded_unique: values outside [-1, {bound})")
+    present = np.zeros(bound + 1, dtype=bool)
+    present[shifted] = True
+    distinct = np.flatnonzero(present)
+    lookup = np.empty(bound + 1, dtype=np.intp)
+    lookup[distinct] = np.arange(len(distinct))
+    return (distinct - 1).astype(values.dtype), np.take(lookup, shifted)
+
+
 def reason_columns(loaded, reasons: np.ndarray) -> tuple[pa.Array, pa.Array]:
     """(reason, reason_item_id) as dictionary arrays over the batch's distinct reason
     items: the texts are built once per distinct item, not once per row (a batch of
     512 users x k=100 rows names a few thousand history items), and the Parquet writer
     stores the dictionaries as they are instead of hashing every row's string."""
-    distinct, inverse = np.unique(reasons, return_inverse=True)
+    distinct, inverse = _bounded_unique(reasons, int(loaded.index.ntotal))
     ids = _take_ids(loaded, distinct)
     texts = reason_text(loaded, distinct, ids)  # -1 (no reason item): "close to your profile"
     if len(distinct) and distinct[0] < 0:  # the id column is null there, its dictionary has no null
@@ -232,7 +284,7 @@ def rank_chunk(loaded, chunk: pa.RecordBatch, k: int, max_candidates: int, reaso
     sources = None
     if reranker is not None:
         scores, positions, sources = rerank.rerank_chunk(loaded, reranker, chunk, positions)
-    seen_pos = loaded.position_of(seen_ids.to_numpy(zero_copy_only=False))
+    seen_pos = _positions(loaded, seen_ids)
     rows, cols, ranks = _drop_and_cut(positions, seen_rows[seen_pos >= 0], seen_pos[seen_pos >= 0], k,
                                       loaded.category_codes, max_per_category if diverse else 0)
     if len(rows) == 0:
@@ -373,7 +425,9 @@ def rank_batches(users: DataFrame, index_path: str, rank_cfg, partitions: int = 
         version=version,
     )
     return ExecutorBatches(_stable_batches(users, "user_id", partitions), body, RANKED_SCHEMA, distinct="user_id",
-                           dictionary_columns=("user_id", "reason", "reason_item_id", "model_version"))
+                           dictionary_columns=("user_id", "reason", "reason_item_id", "model_version"),
+                           # Readers prune on a user's rows (and ranks); item ids span every row group.
+                           statistics_columns=("user_id", "rank"))
 
 
 def rank_users(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0, use_gpu: bool = False) -> DataFrame:

@@ -93,6 +93,10 @@ class ExecutorBatches:
     # Columns to dictionary-encode in the Parquet files (None: all, pyarrow's default):
     # naming only the low-cardinality ones saves hashing millions of unique strings.
     dictionary_columns: tuple[str, ...] | None = None
+    # Columns whose min/max statistics the Parquet footers keep (None: all, pyarrow's
+    # default): statistics of columns no reader prunes on (ids spread over every row
+    # group, scores, texts) only cost writer time. Delta's own stats are in the log.
+    statistics_columns: tuple[str, ...] | None = None
 
     def to_dataframe(self) -> DataFrame:
         return self.frame.mapInArrow(partial(plain_batches, produce=self.produce), self.schema)
@@ -142,7 +146,8 @@ ROW_GROUP_ROWS = 256 * 1024
 
 def write_batches_partition(batches: Iterator[pa.RecordBatch], produce, folder: str,
                             schema: pa.Schema, distinct: str | None = None,
-                            dictionary_columns: tuple[str, ...] | None = None) -> Iterator[pa.RecordBatch]:
+                            dictionary_columns: tuple[str, ...] | None = None,
+                            statistics_columns: tuple[str, ...] | None = None) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: this task's produced batches -> one Parquet file in `folder`
     (any URI, written through the fs layer; none when it produced no rows); yields
     (path, rows, bytes, distinct) of the file."""
@@ -163,7 +168,8 @@ def write_batches_partition(batches: Iterator[pa.RecordBatch], produce, folder: 
             # No stored Arrow schema: readers see the table's plain types, not dictionaries.
             writer = pq.ParquetWriter(inner, table.schema, filesystem=filesystem,
                                       use_dictionary=True if dictionary_columns is None else list(dictionary_columns),
-                                      store_schema=not dictionary_columns)
+                                      store_schema=not dictionary_columns,
+                                      write_statistics=True if statistics_columns is None else list(statistics_columns))
         writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         pending.clear()
 
@@ -307,7 +313,7 @@ class TableStore:
 
         body = partial(write_batches_partition, produce=batches.produce, folder=folder,
                        schema=to_arrow_schema(batches.schema, timezone="UTC"), distinct=batches.distinct,
-                       dictionary_columns=batches.dictionary_columns)
+                       dictionary_columns=batches.dictionary_columns, statistics_columns=batches.statistics_columns)
         files = [row.asDict() for row in batches.frame.mapInArrow(body, FILE_REPORT_DDL).collect()]
         self.last_write = {"rows": sum(f["rows"] for f in files),
                            "distinct": sum(f["distinct"] for f in files) if batches.distinct else None}
