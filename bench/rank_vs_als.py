@@ -11,12 +11,21 @@ Synthetic clustered factors (dim 64) for U users x I items, k=100, in one run:
       and rank (Spark, index loading, seen-item filtering, reasons, writing
       recs_user_topk as Delta), from item_embeddings / user_profiles Delta tables.
 
+  (e) with --rerank: the same rank stage with the learned second stage on
+      (rerank.enabled: trained on the driver from events_clean, applied in the rank pass).
+      The users' histories then become real training events (each user's items drawn
+      from its own cluster, popular items more often, over the 30 days before the
+      hold-out) and the catalog gets categories, brands, prices and ages, so the
+      ranker has features and labels; (d) runs on the same tables (its seen-item
+      filter then removes the history from the lists, so its recall@100 is below (c)'s).
+
 recs_item_similar is skipped (rank.write_similar: false) unless --with-similar, in which
 case the rank stage includes it. Recall@100 is measured against (b) on all users for
 (c) and on --recall-users sampled users for (d), read back from recs_user_topk.
 
     python bench/rank_vs_als.py --users 50000 --items 20000
     python bench/rank_vs_als.py --skip-als --breakdown --rank-runs 3   # the stage 3 times: min / median
+    python bench/rank_vs_als.py --users 200000 --items 100000 --rerank  # (e): with the re-ranker
 """
 
 from __future__ import annotations
@@ -39,9 +48,11 @@ sys.path.insert(0, str(ROOT / "lib"))
 RUN_DATE = dt.date(2026, 1, 15)
 
 
-def clustered_factors(n: int, dim: int, centres: np.ndarray, rng, spread: float) -> np.ndarray:
-    vectors = centres[rng.integers(0, len(centres), n)] + spread * rng.normal(size=(n, dim))
-    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+def clustered_factors(n: int, dim: int, centres: np.ndarray, rng, spread: float) -> tuple[np.ndarray, np.ndarray]:
+    """(unit vectors, each one's cluster)."""
+    cluster = rng.integers(0, len(centres), n)
+    vectors = centres[cluster] + spread * rng.normal(size=(n, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), cluster
 
 
 def vector_column(vectors: np.ndarray) -> pa.Array:
@@ -80,7 +91,32 @@ def als_seconds(spark, users: np.ndarray, items: np.ndarray, k: int, work: Path)
     return time.perf_counter() - started
 
 
-def write_tables(spark, store, users: np.ndarray, items: np.ndarray, work: Path, history: int, seed: int) -> None:
+def behaviour(user_cluster: np.ndarray, item_cluster: np.ndarray, history: int, rng) -> np.ndarray:
+    """(users, history) item numbers: 80% from the user's own cluster, popular items
+    (a Zipf-like weight per item) more often, 20% anywhere; distinct per user."""
+    n_items = len(item_cluster)
+    popularity = 1.0 / (1.0 + rng.permutation(n_items)) ** 0.7
+    hist = rng.integers(0, n_items, size=(len(user_cluster), history))
+    own = rng.random(size=hist.shape) < 0.8
+    for c in np.unique(user_cluster):
+        members = np.flatnonzero(item_cluster == c)
+        rows = np.flatnonzero(user_cluster == c)
+        if len(members) == 0 or len(rows) == 0:
+            continue
+        p = popularity[members] / popularity[members].sum()
+        picks = members[rng.choice(len(members), size=(len(rows), history), p=p)]
+        hist[rows] = np.where(own[rows], picks, hist[rows])
+    hist.sort(axis=1)  # repeats of an item: keep one, fill with a random other
+    dup = np.zeros_like(hist, dtype=bool)
+    dup[:, 1:] = hist[:, 1:] == hist[:, :-1]
+    hist[dup] = rng.integers(0, n_items, size=int(dup.sum()))
+    return rng.permuted(hist, axis=1)
+
+
+def write_tables(spark, store, users: np.ndarray, items: np.ndarray, work: Path, history: int, seed: int,
+                 clusters: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """The stage's input tables. With `clusters` (user's, item's) the histories are
+    events_clean rows and the catalog has attributes (the re-ranker's inputs)."""
     from pyspark.sql import functions as F
 
     from fusionrank.core import catalog as schemas
@@ -97,14 +133,24 @@ def write_tables(spark, store, users: np.ndarray, items: np.ndarray, work: Path,
                     replace={"run_date": RUN_DATE} if "run_date" in schema.fieldNames() else None)
 
     n_items, n_users = len(items), len(users)
-    load(pa.table({"item_id": item_ids, "title": pa.array([f"item {i}" for i in range(n_items)]),
-                   "content_hash": item_ids, "run_date": pa.array([RUN_DATE] * n_items)}),
-         "catalog_clean", schemas.CATALOG_CLEAN)
+    catalog = {"item_id": item_ids, "title": pa.array([f"item {i}" for i in range(n_items)]),
+               "content_hash": item_ids, "run_date": pa.array([RUN_DATE] * n_items)}
+    if clusters is not None:
+        item_cluster = clusters[1]
+        catalog.update({
+            "category": pa.array([f"c{c // 16} > c{c}" for c in item_cluster]),
+            "brand": pa.array([f"b{b}" for b in rng.integers(0, 2000, n_items)]),
+            "price": pa.array(np.round(np.exp(rng.normal(3.5, 0.8, n_items)), 2)),
+            "updated_at": pa.array(((dt.datetime(2025, 12, 31, tzinfo=dt.timezone.utc).timestamp()
+                                     - rng.integers(0, 365 * 86400, n_items)) * 1_000_000).astype(np.int64),
+                                   pa.int64()).cast(pa.timestamp("us", tz="UTC"))})
+    load(pa.table(catalog), "catalog_clean", schemas.CATALOG_CLEAN)
     load(pa.table({"item_id": item_ids, "content_hash": item_ids, "model_version": pa.array(["bench"] * n_items),
                    "fused_vec": vector_column(items), "rec_vec": vector_column(items),  # whichever the index reads
                    "run_date": pa.array([RUN_DATE] * n_items)}),
          "item_embeddings", schemas.ITEM_EMBEDDINGS)
-    hist = rng.integers(0, n_items, size=(n_users, history))
+    hist = rng.integers(0, n_items, size=(n_users, history)) if clusters is None else \
+        behaviour(clusters[0], clusters[1], history, rng)
     hist_offsets = pa.array(np.arange(0, n_users * history + 1, history, dtype=np.int32))
     load(pa.table({"user_id": user_ids, "run_date": pa.array([RUN_DATE] * n_users), "profile_vec": vector_column(users),
                    "history_len": pa.array(np.full(n_users, history, dtype=np.int32)),
@@ -112,11 +158,23 @@ def write_tables(spark, store, users: np.ndarray, items: np.ndarray, work: Path,
                    "history_weights": pa.ListArray.from_arrays(
                        hist_offsets, pa.array(rng.uniform(0.5, 2, n_users * history).astype(np.float32)))}),
          "user_profiles", schemas.USER_PROFILES)
-    # One training event of a user without a profile: the stage's seen-item join runs, and
-    # no ranked user has seen items, so its lists compare with ALS's unfiltered ones.
-    when = dt.datetime(2025, 12, 1, tzinfo=dt.timezone.utc)
-    load(pa.table({"user_id": ["nobody"], "event_type": ["view"], "item_id": ["i0000000"],
-                   "event_ts": pa.array([when], pa.timestamp("us", tz="UTC")), "event_date": [when.date()]}),
+    if clusters is None:
+        # One training event of a user without a profile: the stage's seen-item join runs, and
+        # no ranked user has seen items, so its lists compare with ALS's unfiltered ones.
+        when = dt.datetime(2025, 12, 1, tzinfo=dt.timezone.utc)
+        load(pa.table({"user_id": ["nobody"], "event_type": ["view"], "item_id": ["i0000000"],
+                       "event_ts": pa.array([when], pa.timestamp("us", tz="UTC")), "event_date": [when.date()]}),
+             "events_clean", schemas.EVENTS_CLEAN)
+        return
+    # Every history item is an event of the 30 days before the hold-out (run date - 14 days).
+    end = dt.datetime.combine(RUN_DATE, dt.time(), dt.timezone.utc) - dt.timedelta(days=15)
+    seconds = (end.timestamp() - rng.uniform(0, 30 * 86400, n_users * history)).astype(np.int64)
+    kinds = np.array(["view", "click", "add_to_cart", "purchase"])
+    ts = pa.array(seconds * 1_000_000, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    load(pa.table({"user_id": user_ids.take(pa.array(np.repeat(np.arange(n_users), history))),
+                   "event_type": pa.array(kinds[rng.choice(4, n_users * history, p=[0.5, 0.3, 0.12, 0.08])]),
+                   "item_id": item_ids.take(pa.array(hist.ravel())), "event_ts": ts,
+                   "event_date": ts.cast(pa.date32())}),
          "events_clean", schemas.EVENTS_CLEAN)
 
 
@@ -185,6 +243,8 @@ def main(argv=None) -> int:
     parser.add_argument("--recall-users", type=int, default=2000)
     parser.add_argument("--with-similar", action="store_true", help="rank stage also writes recs_item_similar")
     parser.add_argument("--skip-als", action="store_true")
+    parser.add_argument("--rerank", action="store_true",
+                        help="also run the rank stage with the re-ranker (e); histories become training events")
     parser.add_argument("--breakdown", action="store_true", help="also time rank_users' search alone")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir, removed)")
     parser.add_argument("--rank-runs", type=int, default=1,
@@ -203,9 +263,9 @@ def main(argv=None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="rank_vs_als-"))
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(args.clusters, args.dim))
-    items = clustered_factors(args.items, args.dim, centres, rng, args.spread)
-    users = clustered_factors(args.users, args.dim, centres, rng, args.spread)
-    settings = load_config(ROOT / "conf" / "local.yaml", overrides={
+    items, item_cluster = clustered_factors(args.items, args.dim, centres, rng, args.spread)
+    users, user_cluster = clustered_factors(args.users, args.dim, centres, rng, args.spread)
+    overrides = {
         "spark": {"master": f"local[{args.cores}]", "ui_enabled": False, "driver_memory": "6g",
                   "conf": {"spark.sql.shuffle.partitions": str(args.cores),
                            "spark.sql.execution.arrow.maxRecordsPerBatch": "4096"}},
@@ -213,7 +273,9 @@ def main(argv=None) -> int:
         "index": {"type": args.index_type, "nlist": args.nlist, "nprobe": args.nprobe, "flat_max_items": 0,
                   "self_check_k": args.k},
         "rank": {"k": args.k, "max_candidates": args.k + 100, "write_similar": args.with_similar},
-    })
+        "rerank": {"enabled": False},
+    }
+    settings = load_config(ROOT / "conf" / "local.yaml", overrides=overrides)
     spark = get_session(settings)
     ctx = make_context(settings, RUN_DATE, spark)
     print(f"{args.users} users x {args.items} items, dim {args.dim}, k={args.k}, {args.cores} cores, "
@@ -234,7 +296,8 @@ def main(argv=None) -> int:
         flat_s = time.perf_counter() - started
         rows.append(("(b) FAISS exact, one process", flat_s, 1.0))
 
-        write_tables(spark, ctx.store, users, items, work, args.history, seed=1)
+        write_tables(spark, ctx.store, users, items, work, args.history, seed=1,
+                     clusters=(user_cluster, item_cluster) if args.rerank else None)
         built = run_stage("build_index", settings, RUN_DATE, ctx=ctx)
         manifest = index_mod.read_manifest(ctx.index_path())
         print(f"  build_index {built.seconds:.1f}s: {built.counts}", flush=True)
@@ -274,16 +337,37 @@ def main(argv=None) -> int:
                 .write.format("noop").mode("overwrite").save()
             search_only = time.perf_counter() - started
         sample = np.sort(np.random.default_rng(2).choice(args.users, min(args.recall_users, args.users), replace=False))
-        wanted = [f"u{u:07d}" for u in sample]
-        recs = (ctx.store.read("recs_user_topk", where={"run_date": RUN_DATE}).where(
-            __import__("pyspark.sql.functions", fromlist=["col"]).col("user_id").isin(wanted))
-            .select("user_id", "item_id").toPandas())
-        by_user = recs.groupby("user_id")["item_id"].apply(lambda s: {int(i[1:]) for i in s}).to_dict()
-        rank_recall = sum(len(by_user.get(f"u{u:07d}", set()) & set(truth[u])) for u in sample) / float(len(sample) * args.k)
+
+        def stage_recall(run_ctx) -> float:
+            wanted = [f"u{u:07d}" for u in sample]
+            recs = (run_ctx.store.read("recs_user_topk", where={"run_date": RUN_DATE}).where(
+                __import__("pyspark.sql.functions", fromlist=["col"]).col("user_id").isin(wanted))
+                .select("user_id", "item_id").toPandas())
+            by_user = recs.groupby("user_id")["item_id"].apply(lambda s: {int(i[1:]) for i in s}).to_dict()
+            return sum(len(by_user.get(f"u{u:07d}", set()) & set(truth[u])) for u in sample) / float(len(sample) * args.k)
+
         rows.append((f"(d) fusionrank rank stage{' (+ similar items)' if args.with_similar else ''}", ranked.seconds,
-                     rank_recall))
+                     stage_recall(ctx)))
         if args.breakdown:
             rows.append(("(d0) rank_users search alone (noop sink, separate run)", search_only, float("nan")))
+        if args.rerank:
+            from fusionrank.ranks.rerank import nightly
+
+            rerank_settings = load_config(ROOT / "conf" / "local.yaml", overrides={
+                **overrides, "rerank": {"enabled": True, "num_threads": args.cores}})
+            rerank_ctx = make_context(rerank_settings, RUN_DATE, spark)
+            training = Spans()
+            training.wrap(nightly, "train_nightly", "train")
+            try:
+                reranked = run_stage("rank", rerank_settings, RUN_DATE, ctx=rerank_ctx)
+            finally:
+                training.restore()
+            counts = {k: v for k, v in reranked.counts.items() if k.startswith("rerank")}
+            print(f"  rank with the re-ranker {reranked.seconds:.1f}s (training on the driver "
+                  f"{training.seconds['train']:.1f}s): {counts}", flush=True)
+            applied = "applied" if counts.get("rerank") == "trained" else f"NOT applied: {counts.get('rerank')}"
+            rows.append((f"(e) rank stage + re-ranker ({applied})", reranked.seconds, stage_recall(rerank_ctx)))
+            rows.append(("(e1)   of which training the re-ranker (driver)", training.seconds["train"], float("nan")))
     finally:
         spark.stop()
         if not args.work:
@@ -308,6 +392,9 @@ def main(argv=None) -> int:
         print(f"{name:<58}{seconds:>9.2f}{args.users / seconds:>11.0f}{speed:>9}{recall:>12.3f}")
     print(f"{'build_index stage (separately, not in (d))':<58}{built.seconds:>9.2f}"
           f"{'':>11}{'':>9}{manifest['self_check']['recall_at_k']:>12.3f}  (self-check recall@{manifest['self_check']['k']})")
+    if args.rerank:
+        print("(e)'s recall@100 is against the exact search of the profile: the re-ranker reorders "
+              "a wider candidate set by other signals, so it is low by design; (d) and (e) remove seen items.")
     print(f"\nindex: {manifest['type']} nlist={manifest.get('nlist')} nprobe={manifest.get('nprobe')} "
           f"shards={manifest.get('shards')}; rank stage / in-process ANN search (d)/(c): {ranked.seconds / ivf_s:.1f}x; "
           f"recs_item_similar {'included' if args.with_similar else 'skipped (rank.write_similar: false)'}")

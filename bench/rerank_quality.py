@@ -4,7 +4,7 @@ Datasets and splits (every row of the table measured in this one run):
   ml-random   MovieLens-100k, Recommenders protocol: per-user random 75/25, seeds 42, 43, 44
   ml-temporal MovieLens-100k, each user's last 20% of events held out
   shop        the synthetic shop (`fusionrank.raw.synth.generate`, 20k items x 20k users,
-              60 days, seeds 1 and 2), the last 14 days held out; relevant = items a user
+              60 days, seeds 1 and 2 or --shop-seeds), the last 14 days held out; relevant = items a user
               interacted with in the hold-out and not in training; purchase-only nDCG@10
               counts only the purchased ones. Scored on a seeded sample of 3,000 of the
               users (validation and test alike), the ranker trained on up to 20,000 (as
@@ -36,7 +36,7 @@ uses a hashed bag of words of title and description instead of MiniLM (same
 reason). EASE on the shop is fitted on the 8,000 most interacted training items
 (a dense 20k x 20k inverse does not fit the budget); the others score 0 for it.
 
-Usage: python bench/rerank_quality.py [--quick] [--shop-dir DIR]
+Usage: python bench/rerank_quality.py [--quick] [--shop-dir DIR] [--shop-seeds 1,2,3,4] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -437,6 +437,7 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="datasets run in this many processes")
     parser.add_argument("--train-users", type=int, default=0,
                         help="users the shop's ranker trains on (default 20,000 as rerank.max_train_users; MovieLens: all)")
+    parser.add_argument("--shop-seeds", default="1,2", help="comma list of synthetic shop seeds")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -470,7 +471,7 @@ def main(argv=None) -> int:
         from fusionrank.raw.synth import generate
 
         items, users = (4000, 4000) if args.quick else (args.shop_items, args.shop_users)
-        for seed in ([1] if args.quick else [1, 2]):
+        for seed in ([1] if args.quick else [int(x) for x in args.shop_seeds.split(",")]):
             folder = args.shop_dir / f"items{items}-users{users}-seed{seed}"
             if not (folder / "synth.json").exists():
                 generate(folder, items=items, users=users, days=60, seed=seed, images="none")
@@ -504,9 +505,11 @@ def main(argv=None) -> int:
             print(f"| {dataset} (x{len(runs)}) | {method} | {nd.mean():.4f} | {spread} | {rc.mean():.4f} | {buy_s} | "
                   f"{(nd.mean() / base - 1) * 100:+.1f}% |")
             summary[f"{dataset}/{method}"] = {"ndcg": nd.tolist(), "recall": rc.tolist(), "buy_ndcg": buy}
-    if "ml-random" in results:
-        per_seed = [(r["retrieval + re-ranker"]["ndcg"], r["EASE"]["ndcg"]) for r, _ in results["ml-random"]]
-        print("ml-random per seed (re-ranker as served, EASE): " + ", ".join(f"{a:.4f}/{b:.4f}" for a, b in per_seed))
+    for dataset, runs in results.items():
+        per_seed = [(r["retrieval + re-ranker"]["ndcg"], r["EASE"]["ndcg"], r["retrieval only"]["ndcg"])
+                    for r, _ in runs]
+        print(f"{dataset} per seed (re-ranker as served / EASE / retrieval): "
+              + ", ".join(f"{a:.4f}/{b:.4f}/{c:.4f}" for a, b, c in per_seed))
     for dataset, runs in results.items():
         print(f"{dataset}: re-ranker rejected by the backtest guard in {sum(i['ranker_rejected'] for _, i in runs)} "
               f"of {len(runs)} runs")
