@@ -36,7 +36,12 @@ uses a hashed bag of words of title and description instead of MiniLM (same
 reason). EASE on the shop is fitted on the 8,000 most interacted training items
 (a dense 20k x 20k inverse does not fit the budget); the others score 0 for it.
 
-Usage: python bench/rerank_quality.py [--quick] [--shop-dir DIR] [--shop-seeds 1,2,3,4] [--jobs 2]
+--interests N (profiles.interests): each user's history is also clustered into up to N
+interest vectors (fusionrank.profiles.interests), each retrieving its own
+--interest-candidates unseen items (rerank.interest_candidates) for the re-ranker;
+"retrieval only" stays the single profile's list.
+
+Usage: python bench/rerank_quality.py [--quick] [--shop-dir DIR] [--shop-seeds 1,2,3,4] [--jobs 2] [--interests 3]
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
+from fusionrank.profiles import interests as multi  # noqa: E402
 from fusionrank.ranks.rerank import features as fx  # noqa: E402
 from fusionrank.ranks.rerank import ranker as rk  # noqa: E402
 
@@ -262,12 +268,26 @@ def retrieval_topn(profile_x, vectors: np.ndarray, seen, users: np.ndarray, n: i
     return out, prof
 
 
+def exact_search(vectors: np.ndarray):
+    """search(queries, k) -> (scores, positions), best first, as LoadedIndex.search."""
+    def search(queries, k):
+        s = queries @ vectors.T
+        k = min(k, s.shape[1])
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, 1)
+        return np.take_along_axis(s, top, 1), top
+    return search
+
+
 # -- one dataset split ----------------------------------------------------------------------------
 class Split:
     """Everything the re-ranker needs of a (train, target) pair."""
 
-    def __init__(self, data: Data, train: fx.Events, lae: Lae, rank: int, l2: float, half_life, users):
+    def __init__(self, data: Data, train: fx.Events, lae: Lae, rank: int, l2: float, half_life, users,
+                 interests: int = 1, interest_candidates: int = 50):
         self.data, self.train = data, train
+        self.interests, self.interest_candidates = interests, interest_candidates
         self.vectors = lae.item_vectors(rank, l2)
         self.profile_x = lae.profiles(half_life)
         seen = interaction_matrix(train, data.n_users, data.n_items)
@@ -283,7 +303,13 @@ class Split:
             u = self.users[start:start + size]
             ub = fx.user_batch_from_events(self.train, u, self.prof[start:start + size], event_weights,
                                            text_vectors=tv)
-            cand, flags = fx.candidates(self.ann[start:start + size], ub, self.stats)
+            extra = None
+            if self.interests > 1:  # as apply.with_interests: the space is all behaviour (plain sums)
+                hist_vectors = self.vectors[np.maximum(ub.hist, 0)]
+                ub.interests = multi.interest_vectors(ub.hist, ub.hist_w, hist_vectors, self.vectors.shape[1],
+                                                      self.interests)
+                extra = fx.interest_ann(exact_search(self.vectors), ub, self.interest_candidates, len(self.vectors))
+            cand, flags = fx.candidates(self.ann[start:start + size], ub, self.stats, interest=extra)
             feats = fx.compute_features(cand, flags, ub, self.stats, lambda p: self.vectors[p],
                                         text=lambda p: tv[p])
             yield u, cand, feats
@@ -314,7 +340,8 @@ def featurize(sp: Split, label_ev: fx.Events | None):
 
 
 def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ranks, l2s, half_lives, lams,
-                leaves_grid, max_train_users: int, seed: int = 42, max_eval_users: int = 0, log=print):
+                leaves_grid, max_train_users: int, seed: int = 42, max_eval_users: int = 0, interests: int = 1,
+                interest_candidates: int = 50, log=print):
     started = time.perf_counter()
     ev = data.events
     train, test = ev.take(~test_mask), ev.take(test_mask)
@@ -349,7 +376,8 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
     rng = np.random.RandomState(seed)
     t_users = labelled_users if len(labelled_users) <= max_train_users else \
         np.sort(rng.choice(labelled_users, max_train_users, False))
-    sp = Split(data, inner, lae_inner, rank, l2, hl, t_users)
+    multi_args = dict(interests=interests, interest_candidates=interest_candidates)
+    sp = Split(data, inner, lae_inner, rank, l2, hl, t_users, **multi_args)
     values, labels, cands, names = featurize(sp, val)
     best_model = None
     for leaves, lr in leaves_grid:
@@ -366,7 +394,7 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
     b_users = np.array(sorted(relevant(inner2, val2)), np.int64)
     if len(b_users) > max_train_users:
         b_users = np.sort(np.random.RandomState(seed + 3).choice(b_users, max_train_users, False))
-    sp2 = Split(data, inner2, Lae(inner2, data.n_users, data.n_items, rank), rank, l2, hl, b_users)
+    sp2 = Split(data, inner2, Lae(inner2, data.n_users, data.n_items, rank), rank, l2, hl, b_users, **multi_args)
     v2, l2_, c2, _ = featurize(sp2, val2)
     early = rk.train_ranker(v2, l2_, c2, names, rk.RankerConfig(num_leaves=model.params["num_leaves"],
                                                                 learning_rate=model.params["learning_rate"], seed=seed))
@@ -384,7 +412,7 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
         rel = {u: rel[u] for u in users.tolist() if u in rel}
         rel_buy = {u: rel_buy[u] for u in users.tolist() if u in rel_buy}
     lae = Lae(train, data.n_users, data.n_items, max(ranks))
-    sp = Split(data, train, lae, rank, l2, hl, users)
+    sp = Split(data, train, lae, rank, l2, hl, users, **multi_args)
     retrieval = {int(u): sp.ann[i, :K] for i, u in enumerate(users)}
     unguarded = {}
     for u, cand, feats in sp.batches():
@@ -400,7 +428,7 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
     for label, recs in (("TopPop", pop), (f"EASE", ease), ("retrieval only", retrieval),
                         ("retrieval + re-ranker", reranked), ("re-ranker, never rejected", unguarded)):
         rows[label] = {**score_lists(recs, rel), "buy_ndcg": score_lists(recs, rel_buy)["ndcg"] if rel_buy else None}
-    info = {"lae_rank": rank, "lae_l2": l2, "half_life": hl, "ease_lambda": lam,
+    info = {"interests": interests, "lae_rank": rank, "lae_l2": l2, "half_life": hl, "ease_lambda": lam,
             "ranker_leaves": model.params["num_leaves"], "ranker_lr": model.params["learning_rate"],
             "ranker_rounds": model.best_iteration, "ranker_valid_ndcg": round(model.valid_ndcg, 4),
             "retrieval_valid_ndcg_on_slice": round(model.valid_ndcg_retrieval, 4), "ranker_rejected": rejected,
@@ -439,6 +467,10 @@ def main(argv=None) -> int:
                         help="users the shop's ranker trains on (default 20,000 as rerank.max_train_users; MovieLens: all)")
     parser.add_argument("--shop-seeds", default="1,2", help="comma list of synthetic shop seeds")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--interests", type=int, default=1,
+                        help="interest vectors per user for the re-ranker's candidates (profiles.interests)")
+    parser.add_argument("--interest-candidates", type=int, default=50,
+                        help="unseen candidates per interest vector (rerank.interest_candidates)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     only = set(filter(None, args.only.split(",")))
@@ -456,6 +488,8 @@ def main(argv=None) -> int:
                          max_train_users=2000, max_eval_users=2000)
     if args.train_users:
         shop_grid["max_train_users"] = args.train_users
+    for grid in (ml_grid, shop_grid):
+        grid.update(interests=args.interests, interest_candidates=args.interest_candidates)
     # (dataset, label, data source, split mode, seed, grid): independent tasks, run in
     # `--jobs` processes (each loads its own data).
     tasks = []
@@ -489,6 +523,9 @@ def main(argv=None) -> int:
     results = {d: results[d] for d in order if d in results}
 
     print()
+    if args.interests > 1:
+        print(f"The re-ranker's candidates include {args.interest_candidates} per interest vector, up to "
+              f"{args.interests} per user (profiles.interests).")
     print("All hyperparameters (LAE rank/l2/half-life, EASE lambda, ranker leaves/learning rate/rounds) were chosen "
           "on a validation split carved from the training events only; the test split was scored once.")
     print(f"| dataset | method | nDCG@{K} | spread | Recall@{K} | purchase nDCG@{K} | vs retrieval |")

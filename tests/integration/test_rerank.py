@@ -135,3 +135,27 @@ def test_show_user_lists_each_recommendations_top_features(night):
     names = set(json.loads((Path(layout(night["settings"]).reranker(END)) / rk.META_FILE).read_text())["features"])
     assert {f["feature"] for fs in features for f in fs} <= names
     assert "top features" in render_user(shown)
+
+
+def test_a_night_with_interest_vectors_trains_and_records_them(night):
+    from fusionrank.core.context import make_context
+    from fusionrank.index.build import load_index
+    from fusionrank.ranks.rerank import nightly
+
+    settings = night["settings"]
+    multi = settings.model_copy(update={
+        "profiles": settings.profiles.model_copy(update={"interests": 3}),
+        "rerank": settings.rerank.model_copy(update={"guard": "slice", "interest_candidates": 20})})
+    later = END + dt.timedelta(days=5)
+    Path(layout(settings).index(later)).parent.mkdir(parents=True, exist_ok=True)
+    ctx = make_context(multi, END, night["spark"])
+    index = load_index(ctx.index_path())
+    ctx_later = make_context(multi, later, night["spark"])
+    ctx_later.index_path = ctx.index_path
+    ctx_later.training_events = ctx.training_events
+    ctx_later.for_date = ctx.for_date
+    _, counts = nightly.train_nightly(ctx_later, index, ctx.spec.behaviour_dim)
+    assert counts["rerank"] in ("trained", "rejected"), counts
+    meta = json.loads((Path(layout(settings).reranker(later)) / rk.META_FILE).read_text())
+    assert meta["interests"] == 3 and meta["interest_candidates"] == 20
+    assert meta["features"][-2:] == ["from_interest", "max_interest_score"]

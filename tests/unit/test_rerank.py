@@ -169,3 +169,172 @@ def test_too_few_labels_is_a_clear_error(tmp_path):
         rk.train_ranker(values, labels, cand, names, rk.RankerConfig())
     with pytest.raises(FileNotFoundError, match="incomplete"):
         rk.load_ranker(tmp_path)
+
+
+def _brute_search(vecs):
+    """An exact inner-product search over `vecs`, as LoadedIndex.search answers."""
+    def search(queries, k):
+        scores = queries @ vecs.T
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, 1), order
+    return search
+
+
+def test_interest_candidates_come_after_the_anns_before_cooccurrence():
+    ev, stats, vecs, ub = _batch()
+    ann = np.array([[2, 5, -1], [4, -1, -1]])
+    interest = np.array([[5, 0, 3], [-1, 5, 2]])  # user 0: 5 also from ANN, 0 seen; user 1: 3 seen
+    cand, flags = fx.candidates(ann, ub, stats, n_cooc=5, n_trend=5, interest=interest)
+    row0 = [c for c in cand[0].tolist() if c >= 0]
+    assert row0[:3] == [2, 5, 3] and 0 not in row0 and 1 not in row0
+    f = dict(zip(cand[0].tolist(), flags[0].tolist()))
+    assert f[5] & fx.FROM_ANN and f[5] & fx.FROM_INTEREST
+    assert f[3] & fx.FROM_INTEREST and not f[3] & fx.FROM_ANN
+    assert not f[2] & fx.FROM_INTEREST
+    row1 = [c for c in cand[1].tolist() if c >= 0]
+    assert row1[:3] == [4, 5, 2] and 3 not in row1
+    # without interests: what candidates gave before them
+    plain, plain_flags = fx.candidates(ann, ub, stats, n_cooc=5, n_trend=5)
+    assert not (plain_flags & fx.FROM_INTEREST).any()
+    assert set(plain[0].tolist()) <= set(cand[0].tolist())
+
+
+def test_interest_ann_searches_each_interest_once_and_skips_seen_and_empty_rows():
+    ev, stats, vecs, ub = _batch()
+    ub.interests = np.zeros((2, 2, 6), np.float32)
+    ub.interests[0, 0] = vecs[0] + 0.5 * vecs[2]   # nearest: 0 (seen), 2
+    ub.interests[0, 1] = vecs[4] + 0.1 * vecs[5]   # nearest: 4, 5
+    ub.interests[1, 0] = vecs[3] + 0.2 * vecs[4]   # nearest: 3 (seen), 4; user 1's second: none
+    calls = []
+
+    def search(queries, k):
+        calls.append(len(queries))
+        return _brute_search(vecs)(queries, k)
+
+    out = fx.interest_ann(search, ub, per_interest=2, n_items=6)
+    assert calls == [3]  # one search for the batch, zero rows left out
+    assert out.shape == (2, 4)
+    assert out[0, :2].tolist() == [2, 4] and out[0, 3] == 5  # interleaved by rank
+    assert out[1, 0] == 4 and out[1, 1] == -1 and 3 not in out[1].tolist()
+    assert fx.interest_ann(search, fx.UserBatch(**{**ub.__dict__, "interests": None}), 2, 6) is None
+
+
+def test_interest_features_are_always_there():
+    ev, stats, vecs, ub = _batch()
+    cand = np.array([[2, 5, -1], [4, 2, -1]])
+    flags = np.array([[fx.FROM_ANN, fx.FROM_INTEREST, 0], [fx.FROM_ANN | fx.FROM_INTEREST, fx.FROM_COOC, 0]])
+    single = fx.compute_features(cand, flags, ub, stats, lambda p: vecs[p])
+    col = {n: i for i, n in enumerate(single.names)}
+    assert single.names[-2:] == ["from_interest", "max_interest_score"]
+    v = single.values
+    assert v[0, :, col["from_interest"]].tolist() == [0, 1, 0] and v[1, 0, col["from_interest"]] == 1
+    # one interest: the profile's score
+    np.testing.assert_array_equal(v[..., col["max_interest_score"]], v[..., col["retrieval_score"]])
+    ub.interests = np.zeros((2, 2, 6), np.float32)
+    ub.interests[0, 0], ub.interests[0, 1] = vecs[5] * 2, vecs[0]
+    multi = fx.compute_features(cand, flags, ub, stats, lambda p: vecs[p])
+    assert multi.values[0, 1, col["max_interest_score"]] == 2.0  # item 5 against its interest
+    assert multi.values[0, 0, col["max_interest_score"]] == pytest.approx(0.9)  # item 2 against item 0's
+    assert np.all(multi.values[1, :, col["max_interest_score"]] == 0)  # user 1 has no interest vectors
+    np.testing.assert_array_equal(multi.values[..., :-1], single.values[..., :-1])
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A flat index of 240 items in 12 clusters and 90 users who each like 3 clusters
+    (30 days of events; the last 7 are the labels)."""
+    from fusionrank.core.config import IndexConfig
+    from fusionrank.index import build as index_build
+
+    rng = np.random.default_rng(7)
+    n_items, dim, n_clusters = 240, 16, 12
+    cluster = np.arange(n_items) % n_clusters
+    centres = rng.normal(size=(n_clusters, dim))
+    vecs = centres[cluster] + 0.4 * rng.normal(size=(n_items, dim))
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    ids = [f"i{i:03d}" for i in range(n_items)]
+    built = index_build.build(iter([(ids, vecs)]), np.zeros((0, dim)), dim, n_items, IndexConfig(type="flat"),
+                              tmp_path_factory.mktemp("interests") / "idx", "v", "d")
+    index = index_build.load_index(built.path)
+    rows = []
+    for u in range(90):
+        liked = rng.choice(n_clusters, 3, replace=False)
+        for _ in range(24):
+            c = liked[rng.integers(0, 3)]
+            item = int(c + n_clusters * min(int(rng.exponential(4)), n_items // n_clusters - 1))
+            rows.append((u, item, float(rng.uniform(0, 30)), ["view", "click", "purchase"][rng.integers(0, 3)]))
+    return index, _events(rows), {"category": cluster}
+
+
+def _train_shop(shop, tmp_path, interests):
+    from fusionrank.core.config import ProfilesConfig, RerankConfig
+    from fusionrank.ranks.rerank import nightly
+
+    index, ev, attrs = shop
+    cfg = RerankConfig(candidates=20, interest_candidates=8, cooc_candidates=10, trending_candidates=5,
+                       history=20, recent=3, min_labels=10, guard="slice")
+    weights = nightly.profile_weights(ProfilesConfig())
+    values, labels, cands, names = nightly._labelled_set(ev, cfg, 1, index, index.index.ntotal, attrs, 0, weights,
+                                                         interests)
+    model = rk.train_ranker(values, labels, cands, names,
+                            rk.RankerConfig(num_rounds=10, min_data_in_leaf=5, num_threads=1), min_labels=10)
+    folder = tmp_path / f"reranker-{interests}"
+    model.save(folder, extra={"candidates": cfg.candidates, "cooc_candidates": cfg.cooc_candidates,
+                              "trending_candidates": cfg.trending_candidates, "history": cfg.history,
+                              "recent": cfg.recent, "interests": interests,
+                              "interest_candidates": cfg.interest_candidates, "behaviour_dim": 0})
+    np.savez(folder / rk.STATS_FILE, **fx.item_stats(ev, index.index.ntotal, float(ev.ts.max()) + 1,
+                                                     **attrs).to_arrays())
+    return values, cands, names, folder, cfg, weights
+
+
+def test_training_with_interests_adds_their_candidates_and_nothing_else(shop, tmp_path):
+    v1, c1, names, _, _, _ = _train_shop(shop, tmp_path, 1)
+    v3, c3, names3, _, _, _ = _train_shop(shop, tmp_path, 3)
+    assert names == names3
+    col = {n: i for i, n in enumerate(names)}
+    assert np.all(v1[..., col["from_interest"]] == 0)
+    np.testing.assert_array_equal(v1[..., col["max_interest_score"]], v1[..., col["retrieval_score"]])
+    assert v3[..., col["from_interest"]].sum() > len(c3)  # several per user
+    for a, b in zip(c1, c3):  # the same users: every candidate of interests 1 is still there
+        assert set(a[a >= 0].tolist()) <= set(b[b >= 0].tolist())
+    assert (v3[..., col["max_interest_score"]] >= v3[..., col["retrieval_score"]] - 1e-5).mean() > 0.5
+
+
+def test_rank_pass_applies_a_model_trained_with_interests(shop, tmp_path):
+    import pyarrow as pa
+
+    from fusionrank.ranks.rerank import apply, nightly
+
+    index, ev, attrs = shop
+    _, _, _, folder, cfg, weights = _train_shop(shop, tmp_path, 3)
+    rr = apply.load_reranker(str(folder))
+    assert rr.meta["interests"] == 3
+    users = np.arange(40)
+    ub = fx.user_batch_from_events(ev, users, np.zeros((40, 1), np.float32), weights, cfg.history, cfg.recent)
+    ub.profile = nightly._profiles(ub, index, 0)
+    hist_ids = [[index.ids[p] for p in row if p >= 0] for row in ub.hist]
+    seen = [[] for _ in users]
+    for r, p in zip(ub.seen_rows, ub.seen_items):
+        seen[r].append(index.ids[p])
+    chunk = pa.RecordBatch.from_pydict({
+        "user_id": [f"u{u}" for u in users], "profile_vec": ub.profile.tolist(), "history_item_ids": hist_ids,
+        "history_weights": [[float(w) for w in row if w > 0] for row in ub.hist_w], "seen": seen,
+        "recent_item_ids": [[index.ids[p] for p in row if p >= 0] for row in ub.recent],
+        "type_mix": ub.type_mix.tolist()})
+    _, positions = index.search(ub.profile, cfg.candidates + max(len(s) for s in seen))
+    scores, top, (flags, cooc_item) = apply.rerank_chunk(index, rr, chunk, positions.astype(np.int64),
+                                                         rows_per_pass=16)
+    assert top.shape == flags.shape and (flags & fx.FROM_INTEREST).any()
+    only_interest = (flags & fx.FROM_INTEREST > 0) & (flags & fx.FROM_ANN == 0)
+    assert only_interest.any()
+    for u in range(len(users)):
+        row = top[u][top[u] >= 0]
+        assert not set(index.ids[row]) & set(seen[u]) and len(set(row.tolist())) == len(row)
+        assert np.all(np.diff(scores[u][top[u] >= 0]) <= 0)
+    # an interest's candidate keeps its history-item reason, whatever else found it
+    pick = np.array([fx.FROM_INTEREST | fx.FROM_TREND, fx.FROM_TREND, fx.FROM_INTEREST | fx.FROM_COOC])
+    text, ids = apply.source_reasons(index, pa.array(["similar to A", "similar to B", "similar to C"]),
+                                     pa.array(["a", "b", "c"]), pick, np.array([-1, -1, 5]))
+    assert text.to_pylist() == ["similar to A", "trending in your categories", "similar to C"]
+    assert ids.to_pylist() == ["a", None, "c"]

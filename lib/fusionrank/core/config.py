@@ -437,6 +437,10 @@ class ProfilesConfig(_Strict):
     half_life_days: float | None = Field(30.0, gt=0)
     decay_from: Literal["user_last_event", "run_date"] = "user_last_event"
     max_history: int = Field(200, gt=0)
+    # Interest vectors per user for the learned second stage (rerank): clusters of the
+    # history, each retrieving its own candidates. Computed at rank time from the
+    # profile's history, so user_profiles keeps one vector. 1: the single profile only.
+    interests: int = Field(1, ge=1, le=16)
 
     @field_validator("event_weights")
     @classmethod
@@ -490,6 +494,8 @@ class RerankConfig(_Strict):
     candidates: int = Field(200, gt=0, le=5000)
     cooc_candidates: int = Field(50, ge=0)
     trending_candidates: int = Field(20, ge=0)
+    # ANN candidates per interest vector (profiles.interests > 1), unioned with the above.
+    interest_candidates: int = Field(50, ge=0)
     history: int = Field(50, gt=0)        # history items the attention feature looks at
     recent: int = Field(5, gt=0)          # most recent items for co-occurrence
     # Labels: the last label_days days of training (days), each user's last

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from fusionrank.core import uri as uris
 from fusionrank.index.build import arrow_vectors
+from fusionrank.profiles import interests as multi
 from fusionrank.ranks.rerank import features as fx
 from fusionrank.ranks.rerank import ranker as rk
 from fusionrank.storage import fs
@@ -94,9 +95,35 @@ def user_batch(index, chunk: pa.RecordBatch, history: int, recent: int) -> fx.Us
                         seen_rows=srows[spos >= 0], seen_items=spos[spos >= 0])
 
 
+def history_vectors(index, users: fx.UserBatch) -> np.ndarray:
+    """(U, H, d) the index's vectors of the users' history positions (padding: item 0's)."""
+    return index.reconstruct(np.maximum(users.hist, 0).ravel()).reshape(users.hist.shape[0], users.hist.shape[1], -1)
+
+
+def with_interests(index, users: fx.UserBatch, behaviour_dim: int, n_interests: int, per_interest: int,
+                   vectors: np.ndarray | None = None) -> np.ndarray | None:
+    """Sets `users.interests` (profiles.interests vectors from the history) and returns
+    their ANN candidates (`fx.interest_ann`); None with one interest, which leaves the
+    batch as it was. Training (nightly._batches) and the rank pass call it alike."""
+    if n_interests <= 1 or per_interest <= 0:
+        return None
+    set_interests(index, users, behaviour_dim, n_interests, vectors)
+    return fx.interest_ann(index.search, users, per_interest, int(index.index.ntotal))
+
+
+def set_interests(index, users: fx.UserBatch, behaviour_dim: int, n_interests: int,
+                  vectors: np.ndarray | None = None) -> None:
+    if n_interests > 1:
+        vectors = history_vectors(index, users) if vectors is None else vectors
+        users.interests = multi.interest_vectors(users.hist, users.hist_w, vectors, behaviour_dim, n_interests)
+
+
 def featurize(index, rr_meta: dict, stats: fx.ItemStats, ann: np.ndarray, users: fx.UserBatch):
+    # Artifacts saved before interests existed: one (the single profile).
+    interest = with_interests(index, users, int(rr_meta["behaviour_dim"]), int(rr_meta.get("interests", 1)),
+                              int(rr_meta.get("interest_candidates", 0)))
     cand, flags = fx.candidates(ann, users, stats, int(rr_meta["cooc_candidates"]),
-                                int(rr_meta["trending_candidates"]))
+                                int(rr_meta["trending_candidates"]), interest=interest)
     feats = fx.compute_features(cand, flags, users, stats, index.reconstruct, int(rr_meta["behaviour_dim"]))
     return cand, flags, feats
 
@@ -129,9 +156,11 @@ def rerank_chunk(index, rr: LoadedReranker, chunk: pa.RecordBatch, positions: np
 
 def source_reasons(index, text: pa.Array, reason_ids: pa.Array, flags: np.ndarray, cooc_item: np.ndarray):
     """Reasons of candidates the index did not retrieve: 'bought together with <recent
-    item>' (co-occurrence) or 'trending in your categories' (no reason item)."""
-    cooc = ((flags & fx.FROM_ANN) == 0) & ((flags & fx.FROM_COOC) > 0) & (cooc_item >= 0)
-    trend = ((flags & fx.FROM_ANN) == 0) & ~cooc & ((flags & fx.FROM_TREND) > 0)
+    item>' (co-occurrence) or 'trending in your categories' (no reason item). One an
+    interest vector retrieved is the index's too: it keeps its history-item reason."""
+    retrieved = (flags & (fx.FROM_ANN | fx.FROM_INTEREST)) > 0
+    cooc = ~retrieved & ((flags & fx.FROM_COOC) > 0) & (cooc_item >= 0)
+    trend = ~retrieved & ~cooc & ((flags & fx.FROM_TREND) > 0)
     if not (cooc.any() or trend.any()):
         return text, reason_ids
     safe = pa.array(np.maximum(cooc_item, 0))
@@ -150,6 +179,8 @@ def explain(index, rr: LoadedReranker, chunk: pa.RecordBatch, item_ids: list[str
     users = user_batch(index, chunk.slice(0, 1), int(rr.meta.get("history", 50)), int(rr.meta.get("recent", 5)))
     cand = index.position_of(np.asarray(item_ids, dtype=object)).reshape(1, -1)
     flags = np.full(cand.shape, fx.FROM_ANN, np.int64)
+    # max_interest_score as the rank pass computed it
+    set_interests(index, users, int(rr.meta["behaviour_dim"]), int(rr.meta.get("interests", 1)))
     feats = fx.compute_features(cand, flags, users, rr.stats, index.reconstruct, int(rr.meta["behaviour_dim"]))
     contrib = rr.model.booster.predict(feats.values[0], pred_contrib=True)[:, :-1]  # last column: bias
     out = {}

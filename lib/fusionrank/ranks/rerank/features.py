@@ -13,7 +13,8 @@ Inputs
   every category.
 - `UserBatch`: per user the profile vector, the history (positions, weights; the
   profile's, heaviest first), the most recent items (positions, newest first), the
-  event-type mix, and the seen items.
+  event-type mix, the seen items, and optionally the interest vectors
+  (`profiles.interests` > 1, from fusionrank.profiles.interests).
 - `vectors(positions) -> (.., d)`: the ranking-space vectors; the first
   `behaviour_dim` components are the behaviour part, the rest the content part;
   optional per-modality content vectors (`text`, `image`) for their own similarity.
@@ -35,8 +36,9 @@ EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "search")
 TYPE_CODE = {name: i for i, name in enumerate(EVENT_TYPES)}
 GRADE = np.array([1, 2, 3, 4, 0, 0], dtype=np.int32)  # rating: by value, search: none
 
-# Candidate sources (bit flags).
-FROM_ANN, FROM_COOC, FROM_TREND = 1, 2, 4
+# Candidate sources (bit flags). FROM_INTEREST: the ANN results of one of the user's
+# interest vectors (profiles.interests > 1).
+FROM_ANN, FROM_COOC, FROM_TREND, FROM_INTEREST = 1, 2, 4, 8
 
 DAY = 86_400.0
 
@@ -258,6 +260,7 @@ class UserBatch:
     seen_items: np.ndarray     # and item position
     text_profile: np.ndarray | None = None   # (U, dt) mean text vector of the history
     image_profile: np.ndarray | None = None  # (U, di)
+    interests: np.ndarray | None = None      # (U, N, d) interest vectors, zero rows: none
 
     @property
     def n(self) -> int:
@@ -279,12 +282,45 @@ def pad_lists(rows: np.ndarray, values: np.ndarray, n_rows: int, width: int | No
     return out
 
 
+def interest_ann(search: Callable, users: UserBatch, per_interest: int, n_items: int) -> np.ndarray | None:
+    """(U, N x per_interest) the first `per_interest` unseen ANN results of each of the
+    users' interest vectors (`users.interests`; zero rows search nothing), interleaved
+    by rank (each interest's best, then each one's second, ...), -1 pad. One
+    `search(queries, k) -> (scores, positions)` call for the whole batch over an index
+    of `n_items`."""
+    if users.interests is None or per_interest <= 0:
+        return None
+    n_users, n_interests, dim = users.interests.shape
+    flat = users.interests.reshape(-1, dim)
+    asked = np.flatnonzero(np.abs(flat).sum(axis=1) > 0)
+    out = np.full((n_users * n_interests, per_interest), -1, np.int64)
+    if len(asked) == 0:
+        return out.reshape(n_users, n_interests, per_interest).transpose(0, 2, 1).reshape(n_users, -1)
+    seen_counts = np.bincount(users.seen_rows, minlength=n_users) if len(users.seen_rows) else np.zeros(n_users, int)
+    fetch = min(int(n_items), per_interest + int(seen_counts.max(initial=0)))  # room for the seen ones
+    _, found = search(np.ascontiguousarray(flat[asked], np.float32), fetch)
+    found = np.asarray(found, np.int64)
+    user_of = asked // n_interests
+    # drop seen items (and FAISS's -1), keep the first `per_interest` of each row
+    n = int(max(found.max(initial=0), users.seen_items.max(initial=0))) + 1
+    keep = found >= 0
+    if len(users.seen_rows):
+        key = user_of[:, None] * n + np.maximum(found, 0)
+        keep &= ~np.isin(key, users.seen_rows.astype(np.int64) * n + users.seen_items)
+    rank = np.cumsum(keep, axis=1) - 1
+    keep &= rank < per_interest
+    r, c = np.nonzero(keep)
+    out[asked[r], rank[r, c]] = found[r, c]
+    return out.reshape(n_users, n_interests, per_interest).transpose(0, 2, 1).reshape(n_users, -1)
+
+
 def candidates(ann: np.ndarray, users: UserBatch, stats: ItemStats, n_cooc: int = 50, n_trend: int = 20,
-               width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               width: int | None = None, interest: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(U, W) candidate positions (-1 pad) and their source flags: the ANN results
-    `ann` (U, A), the items co-occurring most with the user's recent items and the
-    trending items of the user's top two categories (by history weight), unioned,
-    seen items removed. ANN candidates keep their order first."""
+    `ann` (U, A), the interest vectors' ANN results `interest` (U, B; `interest_ann`),
+    the items co-occurring most with the user's recent items and the trending items
+    of the user's top two categories (by history weight), unioned, seen items
+    removed. ANN candidates keep their order first, then the interests'."""
     n_users = users.n
     parts_rows, parts_items, parts_flag, parts_order = [], [], [], []
 
@@ -296,6 +332,8 @@ def candidates(ann: np.ndarray, users: UserBatch, stats: ItemStats, n_cooc: int 
         parts_order.append(base + c)
 
     add(ann, FROM_ANN, 0)
+    if interest is not None:
+        add(interest, FROM_INTEREST, 500_000)
     if n_cooc > 0:
         # co-occurrence with the recent items (counts), and with the whole history
         # (cosine-normalised, weighted like the profile: an item-kNN score)
@@ -417,7 +455,7 @@ def feature_names(behaviour_dim: int, has_text: bool, has_image: bool) -> list[s
               "cooc_recent", "cooc_last_item", "cooc_history_cosine", "popularity", "trend_7d_30d", "age_days", "category_share",
               "brand_share", "pop_in_category", "category_share_x_pop_in_category", "same_category_as_last", "price_vs_user", "abs_price_vs_user", "purchase_rate",
               "query_ctr", "user_purchase_share", "user_click_share", "user_history_len", "from_ann",
-              "from_cooc", "from_trending"]
+              "from_cooc", "from_trending", "from_interest", "max_interest_score"]
     return names
 
 
@@ -426,7 +464,15 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
                      text: Callable[[np.ndarray], np.ndarray] | None = None,
                      image: Callable[[np.ndarray], np.ndarray] | None = None,
                      temperature: float = 0.1) -> Features:
-    """Features of every (user, candidate) of `cand` (U, W)."""
+    """Features of every (user, candidate) of `cand` (U, W).
+
+    The list is the same whatever `profiles.interests` is: `from_interest` (the
+    FROM_INTEREST flag) and `max_interest_score` (the candidate's largest inner
+    product with the user's interest vectors) are always there; without interest
+    vectors (`users.interests` None, profiles.interests 1) the first is 0 and the
+    second equals retrieval_score, the profile being the one interest. Both come last,
+    so every other column keeps its place. Models saved before these two existed fail
+    apply's feature-name check (retrain)."""
     n_users, width = cand.shape
     valid = cand >= 0
     pos = np.maximum(cand, 0)
@@ -525,13 +571,23 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
     cols += [np.repeat(mix[:, [TYPE_CODE["purchase"]]] + mix[:, [TYPE_CODE["add_to_cart"]]], width, 1),
              np.repeat(mix[:, [TYPE_CODE["click"]]], width, 1),
              np.repeat(np.log1p((users.hist >= 0).sum(axis=1, keepdims=True)).astype(np.float32), width, 1)]
-    cols += [(flags & FROM_ANN > 0), (flags & FROM_COOC > 0), (flags & FROM_TREND > 0)]
+    cols += [(flags & FROM_ANN > 0), (flags & FROM_COOC > 0), (flags & FROM_TREND > 0), (flags & FROM_INTEREST > 0)]
+    cols.append(cols[0] if users.interests is None else _max_interest_score(cvec, users.interests.astype(np.float32)))
     values = np.stack([np.asarray(c, np.float32) for c in cols], axis=2)
     values[~valid] = 0
     names = feature_names(behaviour_dim, text is not None, image is not None)
     if values.shape[2] != len(names):
         raise AssertionError(f"{values.shape[2]} feature columns for {len(names)} names")
     return Features(values, names, reason, np.where(valid, cooc_reason, -1))
+
+
+def _max_interest_score(cvec: np.ndarray, interests: np.ndarray) -> np.ndarray:
+    """(U, W) largest inner product of each candidate with the user's interest vectors
+    (zero rows are no interest; 0 for a user without any)."""
+    scores = np.einsum("uwd,und->uwn", cvec, interests)
+    present = (np.abs(interests).sum(axis=2) > 0)[:, None, :]
+    best = np.where(present, scores, -np.inf).max(axis=2)
+    return np.where(np.isfinite(best), best, 0)
 
 
 def _rows_of(values: np.ndarray, keys: np.ndarray) -> np.ndarray:

@@ -6,7 +6,8 @@ Training (`train_nightly`): the training events (a seeded user sample above
 index positions. Labels are the last `rerank.label_days` days of training (or the
 split `rerank.label_split` names); features come from the events before them: item
 stats, profiles (the same weights and decay as build_profiles, over the index's
-vectors) and the index's own ANN search. A bounded sample of labelled users trains
+vectors) and the index's own ANN search (of the profile and, with
+`profiles.interests` > 1, of each interest vector, as the rank pass does). A bounded sample of labelled users trains
 LightGBM LambdaRank with early stopping on a user slice. The artifact (model,
 feature list, item stats from ALL training events, for applying) goes to
 `Layout.reranker(run_date)`; its version is recorded in model_version.
@@ -36,6 +37,8 @@ from pyspark.sql import functions as F
 from fusionrank.core import uri as uris
 from fusionrank.core.catalog import layout
 from fusionrank.core.context import RunContext
+from fusionrank.profiles import interests as multi
+from fusionrank.ranks.rerank import apply as rerank_apply
 from fusionrank.ranks.rerank import features as fx
 from fusionrank.ranks.rerank import ranker as rk
 from fusionrank.storage import fs
@@ -118,13 +121,10 @@ def profile_weights(profiles_cfg):
     return weights
 
 
-def _profiles(ub: fx.UserBatch, index, behaviour_dim: int) -> np.ndarray:
+def _profiles(ub: fx.UserBatch, index, behaviour_dim: int, vectors: np.ndarray | None = None) -> np.ndarray:
     """Weighted sums of the history vectors, content part L2-normalised (pool_user)."""
-    vec = index.reconstruct(np.maximum(ub.hist, 0).ravel()).reshape(ub.hist.shape[0], ub.hist.shape[1], -1)
-    summed = (vec * np.where(ub.hist >= 0, ub.hist_w, 0)[..., None]).sum(axis=1)
-    content = summed[:, behaviour_dim:]
-    content /= np.maximum(np.linalg.norm(content, axis=1, keepdims=True), 1e-12)
-    return np.concatenate([summed[:, :behaviour_dim], content], axis=1).astype(np.float32)
+    vec = rerank_apply.history_vectors(index, ub) if vectors is None else vectors
+    return multi.pool(vec, np.where(ub.hist >= 0, ub.hist_w, 0), behaviour_dim)
 
 
 def _ann(index, ub: fx.UserBatch, candidates: int) -> np.ndarray:
@@ -135,14 +135,16 @@ def _ann(index, ub: fx.UserBatch, candidates: int) -> np.ndarray:
 
 
 def _batches(ev: fx.Events, users: np.ndarray, index, stats: fx.ItemStats, cfg, behaviour_dim: int, weights,
-             size: int = 128):
+             size: int = 128, interests: int = 1):
     for start in range(0, len(users), size):
         u = users[start:start + size]
         ub = fx.user_batch_from_events(ev, u, np.zeros((len(u), 1), np.float32), weights, cfg.history, cfg.recent)
-        ub.profile = _profiles(ub, index, behaviour_dim)
+        vectors = rerank_apply.history_vectors(index, ub)
+        ub.profile = _profiles(ub, index, behaviour_dim, vectors)
+        extra = rerank_apply.with_interests(index, ub, behaviour_dim, interests, cfg.interest_candidates, vectors)
         # the full history (not only the `history` heaviest) is seen
         cand, flags = fx.candidates(_ann(index, ub, cfg.candidates), ub, stats, cfg.cooc_candidates,
-                                    cfg.trending_candidates)
+                                    cfg.trending_candidates, interest=extra)
         yield u, cand, fx.compute_features(cand, flags, ub, stats, index.reconstruct, behaviour_dim)
 
 
@@ -156,16 +158,18 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
     attrs = _item_attributes(ctx, index)
     n_items = int(index.index.ntotal)
     weights = profile_weights(ctx.settings.profiles)
+    interests = ctx.settings.profiles.interests
     try:
         if len(ev) == 0:
             raise ValueError("too few labels to train the re-ranker: no training events")
         values, labels, cands, names = _labelled_set(ev, cfg, cfg.seed, index, n_items, attrs, behaviour_dim,
-                                                     weights)
+                                                     weights, interests)
         model = rk.train_ranker(values, labels, cands, names, _ranker_config(cfg, cfg.seed), min_labels=cfg.min_labels)
         backtest = None
         if cfg.guard == "backtest":
             try:
-                backtest = _backtest(ev, cfg, index, n_items, attrs, behaviour_dim, weights, values, labels, cands)
+                backtest = _backtest(ev, cfg, index, n_items, attrs, behaviour_dim, weights, values, labels, cands,
+                                     interests)
             except ValueError as err:  # too little history for a split earlier: judge on the slice
                 if "too few labels" not in str(err):
                     raise
@@ -192,6 +196,7 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
     model.save(staging, extra={
         "candidates": cfg.candidates, "cooc_candidates": cfg.cooc_candidates,
         "trending_candidates": cfg.trending_candidates, "history": cfg.history, "recent": cfg.recent,
+        "interests": interests, "interest_candidates": cfg.interest_candidates,
         "behaviour_dim": behaviour_dim, "index_model_version": version, "run_date": str(ctx.run_date),
         "label_split": cfg.label_split, "label_days": cfg.label_days, "version": f"lgbm-{digest}",
         "rejected": rejected, "guard": cfg.guard,
@@ -229,7 +234,8 @@ def _ranker_config(cfg, seed: int) -> rk.RankerConfig:
                            early_stopping=cfg.early_stopping, seed=seed, num_threads=cfg.num_threads)
 
 
-def _labelled_set(ev: fx.Events, cfg, seed: int, index, n_items: int, attrs: dict, behaviour_dim: int, weights):
+def _labelled_set(ev: fx.Events, cfg, seed: int, index, n_items: int, attrs: dict, behaviour_dim: int, weights,
+                  interests: int = 1):
     """(values, labels, cands, names) of `ev` split by `cfg.label_split`: features from
     the events before the labels, for a bounded seeded sample of labelled users."""
     is_label = rk.label_split(ev, cfg.label_split, cfg.label_days, cfg.label_fraction, seed)
@@ -246,7 +252,7 @@ def _labelled_set(ev: fx.Events, cfg, seed: int, index, n_items: int, attrs: dic
         users = np.sort(np.random.RandomState(seed).choice(users, cfg.max_train_users, replace=False))
     values, labels, cands, names = [], [], [], None
     width = 0
-    for u, cand, feats in _batches(before, users, index, stats, cfg, behaviour_dim, weights):
+    for u, cand, feats in _batches(before, users, index, stats, cfg, behaviour_dim, weights, interests=interests):
         values.append(feats.values)
         cands.append(cand)
         labels.append(rk.label_matrix(cand, u, lu, li, lg))
@@ -257,7 +263,7 @@ def _labelled_set(ev: fx.Events, cfg, seed: int, index, n_items: int, attrs: dic
 
 
 def _backtest(ev: fx.Events, cfg, index, n_items: int, attrs: dict, behaviour_dim: int, weights,
-              values: np.ndarray, labels: np.ndarray, cands: np.ndarray) -> tuple[float, float]:
+              values: np.ndarray, labels: np.ndarray, cands: np.ndarray, interests: int = 1) -> tuple[float, float]:
     """(nDCG@10 of a model trained one label split earlier, retrieval order's) on the
     night's own labelled set. The night's model is trained on features from before its
     labels and applied to features from all of training; a model one split earlier
@@ -266,7 +272,8 @@ def _backtest(ev: fx.Events, cfg, index, n_items: int, attrs: dict, behaviour_di
     while the shifted score, like the hold-out, favours retrieval order)."""
     is_label = rk.label_split(ev, cfg.label_split, cfg.label_days, cfg.label_fraction, cfg.seed)
     earlier = ev.take(~is_label)
-    v2, l2, c2, names = _labelled_set(earlier, cfg, cfg.seed + 1, index, n_items, attrs, behaviour_dim, weights)
+    v2, l2, c2, names = _labelled_set(earlier, cfg, cfg.seed + 1, index, n_items, attrs, behaviour_dim, weights,
+                                      interests)
     model = rk.train_ranker(v2, l2, c2, names, _ranker_config(cfg, cfg.seed), min_labels=cfg.min_labels)
     valid = cands >= 0
     return (rk.ndcg_at(model.score(values), labels, valid, 10),
