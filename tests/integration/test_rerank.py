@@ -111,7 +111,16 @@ def test_a_model_that_loses_to_retrieval_order_on_validation_is_rejected(night):
     meta = json.loads((Path(layout(settings).reranker(later)) / rk.META_FILE).read_text())
     assert meta["rejected"] is True  # kept for the report, never reused as the last good model
     ctx_after = make_context(settings, later + dt.timedelta(days=1), night["spark"])
-    assert nightly._last_good(ctx_after, index.manifest.get("model_version")) == str(layout(settings).reranker(END))
+    version, dim = index.manifest.get("model_version"), ctx.spec.behaviour_dim
+    assert nightly._last_good(ctx_after, version, dim) == str(layout(settings).reranker(END))
+    # a model on other features (an older release's) is never reused: the rank pass would stop on it
+    good = Path(layout(settings).reranker(END)) / rk.META_FILE
+    saved = good.read_text()
+    try:
+        good.write_text(json.dumps({**json.loads(saved), "features": json.loads(saved)["features"][:-1]}))
+        assert nightly._last_good(ctx_after, version, dim) is None
+    finally:
+        good.write_text(saved)
 
 
 def test_report_has_a_ranker_section(night, tmp_path):

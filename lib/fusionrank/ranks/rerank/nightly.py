@@ -178,7 +178,7 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
     except ValueError as err:
         if "too few labels" not in str(err):
             raise
-        fallback = _last_good(ctx, version)
+        fallback = _last_good(ctx, version, behaviour_dim)
         log.warning("rank: %s; %s", err, f"using the re-ranker of {fallback}" if fallback else
                     "ranking in retrieval order")
         counts.update({"rerank": "fallback" if fallback else "off", "rerank_reason": str(err)})
@@ -291,17 +291,24 @@ def _pad(arrays: list[np.ndarray], width: int, fill) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _last_good(ctx: RunContext, version: str | None) -> str | None:
-    """The newest earlier re-ranker trained on an index of the same model version."""
+def _last_good(ctx: RunContext, version: str | None, behaviour_dim: int) -> str | None:
+    """The newest earlier re-ranker trained on an index of the same model version, not
+    rejected, and on the features the rank pass computes today (a model saved by an
+    older release would stop the rank pass at its feature-name check)."""
     root = uris.parent(layout(ctx.settings).reranker(ctx.run_date))
+    features = fx.feature_names(behaviour_dim, False, False)  # the rank pass has no per-modality vectors
     for name in sorted(fs.listdir(root), reverse=True):
         folder = uris.join(root, name)
         meta_uri = uris.join(folder, rk.META_FILE)
         if not name.startswith("run_date=") or name.split("=", 1)[1] >= str(ctx.run_date) or not fs.exists(meta_uri):
             continue
         meta = json.loads(fs.read_text(meta_uri))
-        if meta.get("index_model_version") == version and not meta.get("rejected"):
-            return folder
+        if meta.get("index_model_version") != version or meta.get("rejected"):
+            continue
+        if meta.get("features") != features:
+            log.warning("rank: the re-ranker of %s has other features than this release computes; not reused", name)
+            continue
+        return folder
     return None
 
 
