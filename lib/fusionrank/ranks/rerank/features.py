@@ -403,13 +403,17 @@ def _cooc_scores(recent: np.ndarray, stats: ItemStats, weights: np.ndarray | Non
     return uniq // n, uniq % n, summed
 
 
-def _lookup(sparse, cand: np.ndarray, n: int) -> np.ndarray:
-    """(U, W) values of a sparse (row, item, value) triple at the candidates (0 absent)."""
+def _lookup(sparse, cand: np.ndarray, n: int, presorted: bool = True) -> np.ndarray:
+    """(U, W) values of a sparse (row, item, value) triple at the candidates (0 absent;
+    items distinct within a row). `presorted`: the triple is in (row, item) order."""
     out = np.zeros(cand.shape, np.float32)
-    if sparse is None:
+    if sparse is None or len(sparse[0]) == 0:
         return out
     rows, items, vals = sparse
-    key = rows.astype(np.int64) * n + items  # sorted (from np.unique)
+    key = rows.astype(np.int64) * n + items  # sorted (from np.unique) when presorted
+    if not presorted:
+        order = np.argsort(key, kind="stable")
+        key, vals = key[order], vals[order]
     ckey = np.arange(cand.shape[0], dtype=np.int64)[:, None] * n + np.maximum(cand, 0)
     at = np.searchsorted(key, ckey)
     hit = (at < len(key)) & (key[np.minimum(at, len(key) - 1)] == ckey) & (cand >= 0)
@@ -531,10 +535,12 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
         rec = users.recent[:, j]
         if not (rec >= 0).any():
             continue
-        neigh = stats.cooc_items[np.maximum(rec, 0)]                       # (U, M)
-        cnt = np.where((rec >= 0)[:, None], stats.cooc_counts[np.maximum(rec, 0)], 0)
-        match = (cand[:, :, None] == neigh[:, None, :]) & valid[:, :, None] & (neigh[:, None, :] >= 0)
-        c = (match * cnt[:, None, :]).sum(axis=2)
+        neigh = stats.cooc_items[np.maximum(rec, 0)]                       # (U, M), distinct per row
+        listed = (rec >= 0)[:, None] & (neigh >= 0)
+        rows = np.nonzero(listed)[0]
+        # the count of each candidate in its user's list: a sorted-key lookup, not a (U, W, M) match
+        c = _lookup((rows, neigh[listed], stats.cooc_counts[np.maximum(rec, 0)][listed]), cand,
+                    max(stats.n, int(neigh.max(initial=0)) + 1, int(cand.max(initial=0)) + 1), presorted=False)
         cooc_sum += c
         if j == 0:
             cooc_last = c
