@@ -174,6 +174,9 @@ def run_fusionrank(spark, train: list[dict], catalog: Path, work: Path, override
         "rank": {"write_similar": False},
         # The split is random in time, so recency says nothing here: no time decay.
         "profiles": {"half_life_days": None},
+        # ... and the re-ranker learns from (and its guard judges on) labels carved the
+        # way the test is: a random 20% of each user's training events, not the last days.
+        "rerank": {"label_split": "random"},
     }
     settings = load_config(ROOT / "conf" / "local.yaml", overrides=deep_merge(base, overrides or {}))
     ctx = make_context(settings, run_date, spark)
