@@ -66,23 +66,29 @@ def test_rank_pass_applies_it(night):
     assert reasons.str.startswith("similar to").mean() > 0.3
 
 
-def test_too_few_labels_falls_back_to_the_last_good_model(night):
+def _train_a_later_night(night, settings, days: int):
+    """train_nightly for END + `days` under `settings`, on the first night's index and
+    data (its model version matches; only the settings differ): (folder, counts, index, ctx)."""
     from fusionrank.core.context import make_context
-    from fusionrank.ranks.rerank import nightly
     from fusionrank.index.build import load_index
+    from fusionrank.ranks.rerank import nightly
 
-    settings = night["settings"]
-    strict = settings.model_copy(update={"rerank": settings.rerank.model_copy(update={"min_labels": 10 ** 9})})
-    later = END + dt.timedelta(days=1)
+    later = END + dt.timedelta(days=days)
     Path(layout(settings).index(later)).parent.mkdir(parents=True, exist_ok=True)
-    ctx = make_context(strict, END, night["spark"])
+    ctx = make_context(settings, END, night["spark"])
     index = load_index(ctx.index_path())
-    ctx_later = make_context(strict, later, night["spark"])
-    ctx_later.index_path = ctx.index_path  # the same index: its model version matches
-    # the later night's own data is the first night's: only the label floor differs
+    ctx_later = make_context(settings, later, night["spark"])
+    ctx_later.index_path = ctx.index_path
     ctx_later.training_events = ctx.training_events
     ctx_later.for_date = ctx.for_date
     folder, counts = nightly.train_nightly(ctx_later, index, ctx.spec.behaviour_dim)
+    return folder, counts, index, ctx
+
+
+def test_too_few_labels_falls_back_to_the_last_good_model(night):
+    settings = night["settings"]
+    strict = settings.model_copy(update={"rerank": settings.rerank.model_copy(update={"min_labels": 10 ** 9})})
+    folder, counts, _, _ = _train_a_later_night(night, strict, days=1)  # only the label floor differs
     assert counts["rerank"] == "fallback" and "too few labels" in counts["rerank_reason"]
     assert folder == str(layout(settings).reranker(END))
 
@@ -90,20 +96,12 @@ def test_too_few_labels_falls_back_to_the_last_good_model(night):
 def test_a_model_that_loses_to_retrieval_order_on_validation_is_rejected(night):
     from fusionrank.core.context import make_context
     from fusionrank.ranks.rerank import nightly
-    from fusionrank.index.build import load_index
 
     settings = night["settings"]
     # a margin no model reaches: the night must rank in retrieval order and say why
     strict = settings.model_copy(update={"rerank": settings.rerank.model_copy(update={"min_valid_gain": 1e6})})
     later = END + dt.timedelta(days=2)
-    Path(layout(settings).index(later)).parent.mkdir(parents=True, exist_ok=True)
-    ctx = make_context(strict, END, night["spark"])
-    index = load_index(ctx.index_path())
-    ctx_later = make_context(strict, later, night["spark"])
-    ctx_later.index_path = ctx.index_path
-    ctx_later.training_events = ctx.training_events
-    ctx_later.for_date = ctx.for_date
-    folder, counts = nightly.train_nightly(ctx_later, index, ctx.spec.behaviour_dim)
+    folder, counts, index, ctx = _train_a_later_night(night, strict, days=2)
     assert folder is None and counts["rerank"] == "rejected", counts
     assert counts["rerank_reason"].startswith("backtest nDCG@10") and "does not beat retrieval order" in \
         counts["rerank_reason"]
@@ -147,25 +145,13 @@ def test_show_user_lists_each_recommendations_top_features(night):
 
 
 def test_a_night_with_interest_vectors_trains_and_records_them(night):
-    from fusionrank.core.context import make_context
-    from fusionrank.index.build import load_index
-    from fusionrank.ranks.rerank import nightly
-
     settings = night["settings"]
     multi = settings.model_copy(update={
         "profiles": settings.profiles.model_copy(update={"interests": 3}),
         "rerank": settings.rerank.model_copy(update={"guard": "slice", "interest_candidates": 20})})
-    later = END + dt.timedelta(days=5)
-    Path(layout(settings).index(later)).parent.mkdir(parents=True, exist_ok=True)
-    ctx = make_context(multi, END, night["spark"])
-    index = load_index(ctx.index_path())
-    ctx_later = make_context(multi, later, night["spark"])
-    ctx_later.index_path = ctx.index_path
-    ctx_later.training_events = ctx.training_events
-    ctx_later.for_date = ctx.for_date
-    _, counts = nightly.train_nightly(ctx_later, index, ctx.spec.behaviour_dim)
+    _, counts, _, _ = _train_a_later_night(night, multi, days=5)
     assert counts["rerank"] in ("trained", "rejected"), counts
-    meta = json.loads((Path(layout(settings).reranker(later)) / rk.META_FILE).read_text())
+    meta = json.loads((Path(layout(settings).reranker(END + dt.timedelta(days=5))) / rk.META_FILE).read_text())
     assert meta["interests"] == 3 and meta["interest_candidates"] == 20
     assert meta["features"][-2:] == ["from_interest", "max_interest_score"]
 
