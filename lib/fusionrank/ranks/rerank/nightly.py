@@ -7,8 +7,9 @@ index positions. Labels are the last `rerank.label_days` days of training (or th
 split `rerank.label_split` names); features come from the events before them: item
 stats, profiles (the same weights and decay as build_profiles, over the index's
 vectors) and the index's own ANN search (of the profile and, with
-`profiles.interests` > 1, of each interest vector, as the rank pass does). A bounded sample of labelled users trains
-LightGBM LambdaRank with early stopping on a user slice. The artifact (model,
+`profiles.interests` > 1, of each interest vector, as the rank pass does). A
+bounded sample of labelled users trains LightGBM LambdaRank with early stopping on
+a user slice. The artifact (model,
 feature list, item stats from ALL training events, for applying) goes to
 `Layout.reranker(run_date)`; its version is recorded in model_version.
 
