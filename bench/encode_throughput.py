@@ -132,7 +132,7 @@ def _encoders(opts: dict):
     image = opts["image"]
     image_encoder = None
     if image:
-        image_encoder = models.get_image_encoder(image["backend"], image["path"], device="cpu",
+        image_encoder = models.get_image_encoder(image["backend"], models.worker_image_model(image), device="cpu",
                                                  image_size=image["image_size"], dtype=image["dtype"])
     return encoder, image_encoder
 

@@ -2,8 +2,8 @@
 
     python bench/int8_sweep.py [--threads 1]
 
-Every recipe (per-channel or per-tensor weights, reduce_range, s8/u8 weights, sensitive
-MatMul layers left in float32) is measured against float32 torch vectors of the same
+Every recipe (per-channel or per-tensor weights, reduce_range, SmoothQuant's alpha,
+per-token activation scales, sensitive MatMul layers left in float32) is measured against float32 torch vectors of the same
 texts: mean cosine, neighbour recall@10 and items per CPU second (one process,
 `--threads` threads), beside torch float32, torch bfloat16 and torch int8
 (`quantize_dynamic`).
@@ -34,17 +34,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from encode_throughput import item_texts, read_jsonl, recall_at  # noqa: E402
 
-BASE = {"per_channel": True, "reduce_range": False, "weight_type": "QInt8", "exclude": []}
+BASE = {"per_channel": True, "reduce_range": False, "weight_type": "QInt8", "exclude": [], "smooth_alpha": None,
+        "per_token": []}
+FFN_OUT = r"layer\.\d+/output/dense"
 RECIPES = {
     "per-channel s8": BASE,
     "per-tensor s8": dict(BASE, per_channel=False),
     "per-channel s8 reduce_range": dict(BASE, reduce_range=True),
-    "per-channel u8": dict(BASE, weight_type="QUInt8"),
-    "fp32 last FFN out": dict(BASE, exclude=[r"layer\.5/output/dense"]),
-    "fp32 all FFN out": dict(BASE, exclude=[r"layer\.\d+/output/dense"]),
-    "fp32 all attn out": dict(BASE, exclude=[r"attention/output/dense"]),
-    "fp32 last layer": dict(BASE, exclude=[r"layer\.5/"]),
-    "fp32 first layer": dict(BASE, exclude=[r"layer\.0/"]),
+    "fp32 all FFN out": dict(BASE, exclude=[FFN_OUT]),
+    "per-token FFN out": dict(BASE, per_token=[FFN_OUT]),
+    "smooth 0.5": dict(BASE, smooth_alpha=0.5),
+    "smooth 0.7": dict(BASE, smooth_alpha=0.7),
+    "smooth 0.8": dict(BASE, smooth_alpha=0.8),
+    "smooth 0.7, fp32 FFN out": dict(BASE, smooth_alpha=0.7, exclude=[FFN_OUT]),
+    "smooth 0.6, per-token FFN out": dict(BASE, smooth_alpha=0.6, per_token=[FFN_OUT]),
+    "smooth 0.7, per-token FFN out": dict(BASE, smooth_alpha=0.7, per_token=[FFN_OUT]),
+    "smooth 0.8, per-token FFN out": dict(BASE, smooth_alpha=0.8, per_token=[FFN_OUT]),
+    "smooth 0.5, per-token all": dict(BASE, smooth_alpha=0.5, per_token=["."]),
+    "smooth 0.6, per-token all": dict(BASE, smooth_alpha=0.6, per_token=["."]),
+    "smooth 0.7, per-token all": dict(BASE, smooth_alpha=0.7, per_token=["."]),
+    "smooth 0.8, per-token all": dict(BASE, smooth_alpha=0.8, per_token=["."]),
 }
 
 
@@ -67,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--speed-items", type=int, default=400, help="tuning texts timed per recipe")
     parser.add_argument("--shop-items", type=int, default=1000)
+    parser.add_argument("--recipes", default="", help="recipe names to run, separated by semicolons (default: all)")
     args = parser.parse_args(argv)
 
     import torch
@@ -108,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         _, rate = timed(enc(encoder), speed_texts, repeat)
         print(f"{label:<30} {cos:>9.4f} {rec:>14.3f} {rate:>9.1f} {rate / fp32_rate:>7.2f}x", flush=True)
     picked, picked_key = None, None
+    chosen = [r.strip() for r in args.recipes.split(";") if r.strip()]
     for label, quant in RECIPES.items():
+        if chosen and label not in chosen:
+            continue
         session = ort_int8.OrtSession(ort_int8.ensure_model(path, digest, quant), threads=args.threads)
         ort_enc = models.TextEncoder.__new__(models.TextEncoder)
         ort_enc.__dict__.update(fp32.__dict__, session=session, model=None)

@@ -116,7 +116,10 @@ def test_int8_text_vectors_stay_within_the_cosine_bound(vectors, onnx_cache):
     assert int8.session is not None and int8.model is None  # ONNX Runtime, torch weights dropped
     assert Path(int8.session.path).is_relative_to(onnx_cache)
     ops = [node.op_type for node in onnx.load(str(int8.session.path)).graph.node]
-    assert ops.count("MatMulInteger") == 36 and "DynamicQuantizeLinear" in ops  # 6 layers x 6 Linears
+    # 6 layers x 6 Linears: 30 with one activation scale per batch (each smoothed apart), the
+    # 6 FFN outputs with one per token
+    assert ops.count("MatMulInteger") == 36 and ops.count("DynamicQuantizeLinear") == 30
+    assert ops.count("ReduceMax") == 6
     assert b.shape == a.shape == (len(TEXTS), 384) and b.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
     cosine = (a * b).sum(axis=1)
@@ -131,10 +134,10 @@ def test_int8_keeps_each_texts_nearest_neighbours(vectors):
     near_a = np.argsort(-(a @ a.T), axis=1)[:, 1:k + 1]
     near_b = np.argsort(-(b @ b.T), axis=1)[:, 1:k + 1]
     recall = np.mean([len(set(x) & set(y)) / k for x, y in zip(near_a, near_b)])
-    # A regression guard, not the issue's bar (recall@10 >= 0.95, which no int8 recipe
-    # met on MovieLens: bench/int8_sweep.py). Near-tie texts: ORT int8 gives 0.893 here,
-    # torch's quantize_dynamic passed the earlier 0.9 bound; a broken quantisation falls far below.
-    assert recall >= 0.85, f"int8 neighbour recall@{k} {recall:.3f}"
+    # A regression guard on near-tie texts (the issue's bar, recall@10 >= 0.95 on whole
+    # catalogs, is bench/int8_sweep.py's and bench/encode_throughput.py's): the plain
+    # per-batch recipe gave 0.893 here, smoothed with float32 FFN outputs 0.95+.
+    assert recall >= 0.92, f"int8 neighbour recall@{k} {recall:.3f}"
 
 
 def test_model_version_differs_by_dtype(tmp_path):
@@ -156,7 +159,53 @@ def test_the_int8_model_is_built_once_per_cache(vectors, onnx_cache):
     assert again == built and built.stat().st_mtime_ns == stamp  # reused, not rebuilt
     recipe = json.loads((built.parent / "recipe.json").read_text())
     assert recipe["layers"] == 36 and recipe["quant"] == ort_int8.QUANT
+    assert recipe["excluded"] == [] and len(recipe["per_token"]) == 6
+    assert recipe["smoothed"] == 36  # every Linear smoothed at export
     assert not list(built.parent.glob(".*.onnx"))  # no half-written files left behind
+
+
+def test_smoothing_leaves_the_float_model_unchanged():
+    """SmoothQuant moves scale between activations and weights: exact in float arithmetic."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = models.default_text_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    model = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True).eval()
+    model.pooler = None  # as export_float does: the encoder pools itself
+    batch = tokenizer(MOVIELENS[:6], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        before = model(**batch).last_hidden_state
+        assert ort_int8.smooth_linears(model, tokenizer, 0.7) == 36
+        after = model(**batch).last_hidden_state
+    linears = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 36 and all(name.endswith(".lin") for name in linears)  # each inside a smoother
+    torch.testing.assert_close(after, before, atol=2e-4, rtol=1e-4)
+
+
+def test_per_token_quantisation_tracks_a_float_matmul_with_one_outlier_row():
+    """A row 1,000x larger than the rest would flatten the others under one per-batch
+    scale; with a scale per row every row keeps int8 precision."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 16)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="/layer.0/output/dense/MatMul")],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])],
+                              [numpy_helper.from_array(w, "w")])
+    ort_int8.quantize_per_token(graph, {"/layer.0/output/dense/MatMul"})
+    assert [n.op_type for n in graph.node].count("MatMulInteger") == 1
+    assert "w" not in {init.name for init in graph.initializer}  # the float weight is gone
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.normal(size=(5, 64)).astype(np.float32)
+    x[0] *= 1000.0
+    got, want = session.run(None, {"x": x})[0], x @ w
+    for row in range(5):  # each row within 2% of its own size
+        assert np.abs(got[row] - want[row]).max() <= 0.02 * np.abs(want[row]).max(), row
 
 
 def test_a_failed_export_names_the_model_folder(tmp_path, monkeypatch):

@@ -44,15 +44,24 @@ log = logging.getLogger("fusionrank.vectors.ort_int8")
 
 # The quantisation recipe (part of the cache key and of model_version through the dtype).
 # Chosen on a tuning slice (MovieLens items with odd ids) by bench/int8_sweep.py's fixed
-# rule and confirmed on MovieLens even ids and the synthetic shop. No recipe reached
-# neighbour recall@10 0.95 on MovieLens at >= 2x fp32; leaving layers in float32 costs
-# more speed than it buys recall (all FFN outputs float32: 0.891 at 1.5x).
+# rule and confirmed on MovieLens even ids and the synthetic shop.
+#  - smooth_alpha: SmoothQuant (Xiao et al., 2022). A BERT's activations have a few
+#    channels far larger than the rest, so one int8 scale per batch wastes most of its
+#    range on them. Each Linear's input channel j is divided by s_j and its weight row
+#    multiplied by s_j (the product is unchanged in exact arithmetic), with
+#    s_j = max|x_j|^a / max|w_j|^(1-a) measured on CALIBRATION_TEXTS at export. None: off.
+#  - per_token: regexes over MatMul node names quantised with one activation scale per
+#    token (row) instead of per batch: the FFN output layers, whose GELU inputs vary by
+#    token far more than by channel. Symmetric u8 with zero point 128, so ONNX Runtime's
+#    fast u8 x s8 kernel still runs.
+#  - exclude: regexes over MatMul node names kept in float32; empty: all quantised.
 QUANT = {
     "per_channel": True,
     "reduce_range": False,
     "weight_type": "QInt8",
-    # regexes over MatMul node names kept in float32 (sensitive layers); empty: all quantised
     "exclude": [],
+    "smooth_alpha": 0.7,
+    "per_token": [r"layer\.\d+/output/dense"],
 }
 EXPORT_VERSION = 1  # bump when the exported graph changes
 OPSET = 17
@@ -82,14 +91,122 @@ def backend_id(quant: dict | None = None) -> str:
 # -- export (runs in its own process) ----------------------------------------------------
 
 
-def export_float(model_path: Path, out: Path) -> None:
-    """Export encoder + masked mean pooling + L2 normalisation to `out` (float32 ONNX)."""
+# Calibration for smoothing: varied catalog-like texts (products, books, films, noisy
+# listings), none from a bench or test catalog. Only each channel's largest magnitude is
+# read from them, and a BERT's outlier channels are the same whatever the text.
+CALIBRATION_TEXTS = (
+    "Stainless steel water bottle, 750 ml, keeps drinks cold for 24 hours.",
+    "Wireless noise-cancelling headphones with 30-hour battery life and fast charging.",
+    "The Old Man and the Sea (1952). Novel. A fisherman's long struggle with a giant marlin.",
+    "Men's running shoes. Breathable mesh upper, cushioned sole. Colour: navy blue. Size 42.",
+    "Organic green tea, 100 bags. Grocery > Beverages > Tea.",
+    "Kids' wooden puzzle with 24 pieces, animals of the farm, ages 3 and up.",
+    "4K Ultra HD smart TV, 55 inch, HDR10, three HDMI ports, built-in streaming apps.",
+    "Casablanca (1942). Drama, Romance, War. Black and white classic.",
+    "Cast iron skillet, pre-seasoned, 12 inch. Home & Kitchen > Cookware.",
+    "USB-C charging cable, 2 m, braided nylon, supports 100 W power delivery.",
+    "Women's wool coat, double-breasted, camel, machine washable at 30 degrees.",
+    "Introduction to Algorithms, third edition. Textbook. Computer science.",
+    "Garden hose 25 m with spray nozzle and wall-mounted reel.",
+    "Vitamin D3 supplement, 1000 IU, 365 softgels.",
+    "Electric toothbrush with pressure sensor and two replacement heads.",
+    "Jazz at the Philharmonic: live recordings, remastered, two CDs.",
+    "Yoga mat, non-slip, 6 mm thick, purple, with carrying strap.",
+    "Laptop backpack with padded compartment for 15.6 inch notebooks, water-resistant.",
+    "Blade Runner (1982). Sci-Fi, Thriller. Directed by Ridley Scott.",
+    "LEGO building set, 1,200 pieces, space station with minifigures.",
+    "Dog food, grain-free, salmon and sweet potato, 12 kg bag.",
+    "Acoustic guitar, spruce top, mahogany back, with gig bag and tuner.",
+    "Office chair with lumbar support, adjustable armrests, mesh back, black.",
+    "Hand cream with shea butter, fragrance free, 75 ml tube.",
+    "Board game for 2-4 players: trade, build and settle an island. Ages 10+.",
+    "Mountain bike, aluminium frame, 21 speeds, front suspension, 27.5 inch wheels.",
+    "Espresso machine, 15 bar pump, milk frother, stainless steel.",
+    "A thriller about a detective who returns to her home town to solve a cold case.",
+    "Cotton bed sheets, king size, 400 thread count, white.",
+    "Smartphone case, shockproof, clear, compatible with the latest models.",
+    "Toy Story (1995). Animation, Children's, Comedy.",
+    "LED desk lamp with wireless charger and five brightness levels.",
+    "Perfume for women, floral notes of jasmine and rose, 50 ml eau de parfum.",
+    "Hiking boots, waterproof leather, Vibram sole, brown, men's size 44.",
+    "Cookbook: 100 quick vegetarian dinners in thirty minutes or less.",
+    "Baby stroller, lightweight, one-hand fold, reclining seat, grey.",
+    "Bluetooth speaker, portable, waterproof IPX7, 12 hours of play.",
+    "Documentary series about the oceans and the creatures that live in the deep.",
+    "Watercolour paint set, 36 colours, with two brushes and a palette.",
+    "Car phone holder for the air vent, magnetic, 360-degree rotation.",
+    "SALE! 50% off winter jackets - limited time only!!!",
+    "sz M blk tshirt 100% cotton",
+    "Item 48213: replacement filter cartridge, pack of 3, fits model XR-200.",
+    "Pride and Prejudice by Jane Austen. Paperback, 432 pages. Classic romance.",
+    "Gaming mouse, 16000 DPI, RGB lighting, eight programmable buttons.",
+    "Ceramic flower pot with drainage hole and saucer, 20 cm, terracotta.",
+    "Protein powder, chocolate flavour, whey isolate, 2 kg.",
+    "Silent wall clock, modern minimalist design, 30 cm, wood and white.",
+)
+
+
+def smooth_linears(model, tokenizer, alpha: float) -> int:
+    """SmoothQuant in place: every nn.Linear becomes `linear(x / s)` with weight `W * s`
+    (per input channel), `s` from CALIBRATION_TEXTS; returns how many were smoothed."""
     import torch
-    from transformers import AutoModel
+
+    peak: dict[str, torch.Tensor] = {}
+
+    def record(name):
+        def hook(_module, inputs, _output):
+            x = inputs[0].detach().abs().reshape(-1, inputs[0].shape[-1]).amax(dim=0)
+            peak[name] = torch.maximum(peak[name], x) if name in peak else x
+        return hook
+
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    hooks = [m.register_forward_hook(record(name)) for name, m in linears.items()]
+    with torch.inference_mode():
+        for start in range(0, len(CALIBRATION_TEXTS), 16):
+            batch = tokenizer(list(CALIBRATION_TEXTS[start:start + 16]), padding=True, truncation=True,
+                              max_length=128, return_tensors="pt")
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    for hook in hooks:
+        hook.remove()
+
+    class Smoothed(torch.nn.Module):
+        def __init__(self, linear, scale):
+            super().__init__()
+            self.register_buffer("inverse", (1.0 / scale).float())
+            self.lin = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+            with torch.no_grad():
+                self.lin.weight.copy_(linear.weight * scale[None, :])
+                if linear.bias is not None:
+                    self.lin.bias.copy_(linear.bias)
+
+        def forward(self, x):
+            return self.lin(x * self.inverse)
+
+    done = 0
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            if name in linears and name in peak:
+                weight_peak = child.weight.detach().abs().amax(dim=0).clamp(min=1e-5)
+                scale = (peak[name].clamp(min=1e-5).pow(alpha) / weight_peak.pow(1 - alpha)).clamp(min=1e-5)
+                setattr(parent, child_name, Smoothed(child, scale))
+                done += 1
+    return done
+
+
+def export_float(model_path: Path, out: Path, smooth_alpha: float | None = None) -> int:
+    """Export encoder + masked mean pooling + L2 normalisation to `out` (float32 ONNX),
+    smoothed for int8 when `smooth_alpha` is set; returns how many Linears were smoothed."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(str(model_path), local_files_only=True, use_safetensors=True).eval()
     if getattr(model, "pooler", None) is not None:
         model.pooler = None
+    smoothed = 0
+    if smooth_alpha is not None:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+        smoothed = smooth_linears(model, tokenizer, float(smooth_alpha))
     uses_types = "token_type_ids" in model.forward.__code__.co_varnames
 
     class Pooled(torch.nn.Module):
@@ -112,6 +229,7 @@ def export_float(model_path: Path, out: Path) -> None:
                           output_names=["vectors"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
                                         "attention_mask": {0: "batch", 1: "tokens"}, "vectors": {0: "batch"}})
+    return smoothed
 
 
 def quantize(float_path: Path, out: Path, quant: dict) -> dict:
@@ -125,11 +243,68 @@ def quantize(float_path: Path, out: Path, quant: dict) -> dict:
     # only MatMuls with a constant weight are layers (attention's QK^T and PV are not)
     layers = [n.name for n in graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)]
     excluded = [name for name in layers if any(re.search(pattern, name) for pattern in quant["exclude"])]
+    per_token = [name for name in layers if name not in excluded
+                 and any(re.search(pattern, name) for pattern in quant.get("per_token", []))]
     quantize_dynamic(str(float_path), str(out), per_channel=quant["per_channel"],
                      reduce_range=quant["reduce_range"], weight_type=getattr(QuantType, quant["weight_type"]),
                      op_types_to_quantize=["MatMul"],
-                     nodes_to_exclude=excluded + [m for m in matmuls if m not in layers])
-    return {"layers": len(layers), "excluded": excluded}
+                     nodes_to_exclude=excluded + per_token + [m for m in matmuls if m not in layers])
+    if per_token:
+        model = onnx.load(str(out))
+        quantize_per_token(model.graph, set(per_token))
+        onnx.save(model, str(out))
+    return {"layers": len(layers), "excluded": excluded, "per_token": per_token}
+
+
+def quantize_per_token(graph, names: set[str]) -> None:
+    """Replace the float MatMul nodes `names` (constant weights) in `graph` by int8 ones with
+    one symmetric activation scale per row (token) and one weight scale per output column:
+    y = (q(x) - 128) @ q(W) * s_row * s_col, where q(x) = round(x / s_row) + 128 as u8."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = {init.name: init for init in graph.initializer}
+    nodes = []
+    quantized: dict[str, tuple[str, str, str]] = {}  # activation -> (its u8 codes, its row scales)
+    for node in graph.node:
+        if node.name not in names:
+            nodes.append(node)
+            continue
+        x, weight_name = node.input
+        p = node.name.strip("/").replace("/", "_") + "_pt"
+        w = numpy_helper.to_array(weights[weight_name]).astype(np.float32)
+        w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0).astype(np.float32)
+        w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+        graph.initializer.extend([numpy_helper.from_array(w_q, p + "_w"),
+                                  numpy_helper.from_array(w_scale, p + "_w_scale")])
+        if x not in quantized:  # layers reading the same activation (Q, K, V) share its codes
+            graph.initializer.extend([
+                numpy_helper.from_array(np.array(1e-12, np.float32), p + "_eps"),
+                numpy_helper.from_array(np.array(127.0, np.float32), p + "_127"),
+                numpy_helper.from_array(np.array(128.0, np.float32), p + "_128"),
+                numpy_helper.from_array(np.array(128, np.uint8), p + "_zero")])
+            nodes += [
+                helper.make_node("Abs", [x], [p + "_abs"]),
+                helper.make_node("ReduceMax", [p + "_abs"], [p + "_peak"], axes=[-1], keepdims=1),
+                helper.make_node("Max", [p + "_peak", p + "_eps"], [p + "_peak_pos"]),
+                helper.make_node("Div", [p + "_peak_pos", p + "_127"], [p + "_scale"]),
+                helper.make_node("Div", [x, p + "_scale"], [p + "_scaled"]),
+                helper.make_node("Round", [p + "_scaled"], [p + "_rounded"]),
+                helper.make_node("Add", [p + "_rounded", p + "_128"], [p + "_shifted"]),
+                helper.make_node("Cast", [p + "_shifted"], [p + "_q"], to=TensorProto.UINT8),
+            ]
+            quantized[x] = (p + "_q", p + "_scale", p + "_zero")
+        codes, scale, zero = quantized[x]
+        nodes += [
+            helper.make_node("MatMulInteger", [codes, p + "_w", zero], [p + "_acc"]),
+            helper.make_node("Cast", [p + "_acc"], [p + "_acc_f"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [p + "_acc_f", scale], [p + "_rows"]),
+            helper.make_node("Mul", [p + "_rows", p + "_w_scale"], list(node.output), name=node.name),
+        ]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for n in graph.node for name in n.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)  # the float weights the int8 ones replaced
 
 
 def build(model_path: Path, folder: Path, quant: dict) -> None:
@@ -137,13 +312,13 @@ def build(model_path: Path, folder: Path, quant: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".float.{os.getpid()}.onnx"
     started = time.perf_counter()
-    export_float(model_path, tmp)
+    smoothed = export_float(model_path, tmp, quant.get("smooth_alpha"))
     exported = time.perf_counter()
     part = folder / f".int8.{os.getpid()}.onnx"
     info = quantize(tmp, part, quant)
     os.replace(tmp, folder / "model.float32.onnx")
     os.replace(part, folder / "model.int8.onnx")
-    info.update(quant=quant, model=str(model_path), export_s=round(exported - started, 2),
+    info.update(quant=quant, model=str(model_path), smoothed=smoothed, export_s=round(exported - started, 2),
                 quantize_s=round(time.perf_counter() - exported, 2))
     (folder / "recipe.json").write_text(json.dumps(info, indent=1))
 
