@@ -20,12 +20,14 @@ features from training-minus-validation and labels from the validation events; a
 test time its features come from the whole training split. The test split is
 looked at once, for the table.
 
-"retrieval + re-ranker" is what the stage serves: the ranker, unless its guard
-(rerank.guard: backtest) rejects it, then retrieval order. The backtest trains a
-model one split earlier (features from inner2, labels from val2, carved from the
-inner events as val from train) and scores it and retrieval order on the ranker's own
-training set, which goes through the same feature shift as the test.
-"re-ranker, never rejected" is the ranker whatever the guard says.
+"retrieval + re-ranker" is what the stage serves: the ranker blended with retrieval
+order (z(model) + w z(retrieval score) per user, w from rerank.retrieval_blends, 0: the
+model alone), unless its guard (rerank.guard: backtest) rejects it, then retrieval
+order. The backtest trains a model one split earlier (features from inner2, labels
+from val2, carved from the inner events as val from train) and scores it, at each
+blend weight, and retrieval order on the ranker's own training set, which goes
+through the same feature shift as the test; the best weight is served.
+"re-ranker, never rejected" is the ranker alone (w = 0) whatever the guard says.
 
 Retrieval is today's ranking space computed in-process with numpy (not Spark, to
 fit a 2-core machine): the low-rank linear autoencoder of vectors/behaviour.py
@@ -68,6 +70,7 @@ DAY = 86_400.0
 EVENT_WEIGHTS = {"view": 0.25, "click": 0.5, "add_to_cart": 1.5, "purchase": 3.0, "rating": 1.0, "search": 0.0}
 RATING_OFFSET, RATING_SCALE = -7.0, 10.0
 CANDIDATES = 200
+BLENDS = (0.0, 0.5, 1.0, 2.0)  # rerank.retrieval_blends' default
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -399,8 +402,12 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
     early = rk.train_ranker(v2, l2_, c2, names, rk.RankerConfig(num_leaves=model.params["num_leaves"],
                                                                 learning_rate=model.params["learning_rate"], seed=seed))
     del v2, l2_, c2, sp2
-    backtest = (rk.ndcg_at(early.score(values), labels, cands >= 0, K),
-                rk.ndcg_at(values[..., names.index("retrieval_score")], labels, cands >= 0, K))
+    # The blend weight of retrieval order (rerank.retrieval_blends) is the backtest's best, as in the stage.
+    early_scores, early_retrieval = early.score(values), values[..., names.index("retrieval_score")]
+    by_blend = {w: rk.ndcg_at(rk.blend(early_scores, early_retrieval, cands >= 0, w), labels, cands >= 0, K)
+                for w in BLENDS}
+    weight = max(by_blend, key=lambda w: (by_blend[w], -w))
+    backtest = (by_blend[weight], rk.ndcg_at(early_retrieval, labels, cands >= 0, K))
     del values, labels, cands, sp, lae_inner
 
     # test
@@ -414,14 +421,19 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
     lae = Lae(train, data.n_users, data.n_items, max(ranks))
     sp = Split(data, train, lae, rank, l2, hl, users, **multi_args)
     retrieval = {int(u): sp.ann[i, :K] for i, u in enumerate(users)}
-    unguarded = {}
+    unguarded, blended = {}, {}
+    r_col = names.index("retrieval_score")
     for u, cand, feats in sp.batches():
-        top, _, _ = rk.rerank_order(model.score(feats.values), cand, K)
+        scores = model.score(feats.values)
+        top, _, _ = rk.rerank_order(scores, cand, K)
         unguarded.update({int(x): top[i] for i, x in enumerate(u)})
-    # As the nightly stage: a model that does not beat retrieval order on the backtest
-    # (rerank.min_valid_gain 0) is rejected and the night ranks in retrieval order.
+        top, _, _ = rk.rerank_order(rk.blend(scores, feats.values[..., r_col], cand >= 0, weight), cand, K)
+        blended.update({int(x): top[i] for i, x in enumerate(u)})
+    # As the nightly stage: a model (blended at the backtest's weight) that does not beat
+    # retrieval order on the backtest (rerank.min_valid_gain 0) is rejected and the
+    # night ranks in retrieval order.
     rejected = not backtest[0] > backtest[1]
-    reranked = retrieval if rejected else unguarded
+    reranked = retrieval if rejected else blended
     ease = Ease(train, data.n_users, data.n_items).recs(lam, users)
     pop = toppop(train, data.n_users, data.n_items, users)
     rows = {}
@@ -433,6 +445,7 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
             "ranker_rounds": model.best_iteration, "ranker_valid_ndcg": round(model.valid_ndcg, 4),
             "retrieval_valid_ndcg_on_slice": round(model.valid_ndcg_retrieval, 4), "ranker_rejected": rejected,
             "backtest_ndcg": round(backtest[0], 4), "backtest_ndcg_retrieval": round(backtest[1], 4),
+            "retrieval_blend": weight, "backtest_by_blend": {str(w): round(v, 4) for w, v in by_blend.items()},
             "train_users": model.n_users, "seconds": round(time.perf_counter() - started, 1),
             "top_gain": list(model.gains())[:6]}
     log(f"  {name}: {json.dumps(info)}", flush=True)

@@ -49,6 +49,13 @@ def test_rank_stage_trains_a_reranker_that_beats_retrieval_order(night):
     folder = Path(layout(night["settings"]).reranker(END))  # a local URI here
     meta = json.loads((folder / rk.META_FILE).read_text())
     assert meta["version"] == counts["rerank_version"] and len(meta["features"]) > 20
+    # the blend weight served is the backtest's best of rerank.retrieval_blends
+    blends = night["settings"].rerank.retrieval_blends
+    assert meta["retrieval_blend"] == counts["rerank_retrieval_blend"] and meta["retrieval_blend"] in blends
+    by_blend = dict(part.split(": ") for part in counts["rerank_backtest_by_blend"].split(", "))
+    assert len(by_blend) == len(blends)
+    assert float(by_blend[f"{meta['retrieval_blend']:g}"]) == counts["rerank_backtest_ndcg"]
+    assert counts["rerank_backtest_ndcg"] == max(float(v) for v in by_blend.values())
     assert (folder / rk.MODEL_FILE).exists() and (folder / rk.STATS_FILE).exists()
 
 

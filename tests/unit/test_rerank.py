@@ -338,3 +338,28 @@ def test_rank_pass_applies_a_model_trained_with_interests(shop, tmp_path):
                                      pa.array(["a", "b", "c"]), pick, np.array([-1, -1, 5]))
     assert text.to_pylist() == ["similar to A", "trending in your categories", "similar to C"]
     assert ids.to_pylist() == ["a", None, "c"]
+
+
+def test_blend_standardises_each_user_over_its_valid_candidates():
+    model = np.array([[3.0, 1.0, 2.0, 99.0], [0.2, 0.1, 0.3, 0.0]], np.float32)
+    retrieval = np.array([[0.1, 0.9, 0.6, -9.0], [0.5, 0.6, 0.1, 0.0]], np.float32)
+    valid = np.array([[True, True, True, False], [True, True, True, True]])
+    assert rk.blend(model, retrieval, valid, 0.0) is model  # weight 0: the model alone
+    mixed = rk.blend(model, retrieval, valid, 1.0)
+    # user 0: the padded candidate's huge score does not move the others' standardisation
+    z = lambda a: (a - a.mean()) / a.std()  # noqa: E731
+    np.testing.assert_allclose(mixed[0, :3], z(model[0, :3].astype(np.float64)) + z(retrieval[0, :3]), rtol=1e-5)
+    top, _, _ = rk.rerank_order(mixed, np.array([[0, 1, 2, -1], [0, 1, 2, 3]]), 3)
+    assert top[0].tolist() == [2, 0, 1]  # second for both orders, first blended; then the model breaks the tie
+    heavy = rk.blend(model, retrieval, valid, 100.0)  # a large weight is retrieval order
+    assert np.argsort(-heavy[1]).tolist()[:3] == np.argsort(-retrieval[1]).tolist()[:3]
+    constant = rk.blend(np.ones((1, 3), np.float32), retrieval[:1, :3], valid[:1, :3], 1.0)
+    assert np.isfinite(constant).all()  # a flat row (sd 0) stays finite
+
+
+def test_retrieval_blends_must_be_non_negative(tmp_path):
+    from tests.conftest import make_settings
+
+    assert make_settings(tmp_path, rerank={"retrieval_blends": [1, 0, 1]}).rerank.retrieval_blends == [0.0, 1.0]
+    with pytest.raises(Exception, match="retrieval_blends"):
+        make_settings(tmp_path, rerank={"retrieval_blends": [-1.0]})

@@ -519,8 +519,20 @@ class RerankConfig(_Strict):
     # on the night's labelled set (the shift from training features to serving
     # features; about twice the training time).
     guard: Literal["slice", "backtest"] = "backtest"
+    # Weights of retrieval order blended into the model's order, chosen on the backtest:
+    # score = z(model) + w * z(retrieval score), z a per-user standardisation over the
+    # candidates. 0 is the model alone; the guard then compares the best blend with
+    # retrieval order. Without a backtest the model ranks alone.
+    retrieval_blends: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0])
     seed: int = 42
     num_threads: int = Field(2, gt=0)    # fixed: with deterministic=True, reruns give the same model
+
+    @field_validator("retrieval_blends")
+    @classmethod
+    def _blends(cls, value: list[float]) -> list[float]:
+        if not value or any(w < 0 for w in value):
+            raise ValueError("rerank.retrieval_blends: a non-empty list of weights >= 0")
+        return sorted(set(float(w) for w in value))
 
 
 class QueryConfig(_Strict):

@@ -258,6 +258,7 @@ class _Report:
                 ("validation nDCG@10, re-ranked", meta.get("valid_ndcg")),
                 ("validation nDCG@10, retrieval order", meta.get("valid_ndcg_retrieval")),
                 ("backtest nDCG@10, re-ranked (the guard)", meta.get("backtest_ndcg")),
+                ("weight of retrieval order blended in (0: the model alone)", meta.get("retrieval_blend")),
                 ("backtest nDCG@10, retrieval order", meta.get("backtest_ndcg_retrieval")),
                 ("rejected by the guard", meta.get("rejected")),
                 ("labels", f"{meta.get('label_split')} ({meta.get('label_days')} days)")]

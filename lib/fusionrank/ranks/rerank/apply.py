@@ -142,7 +142,11 @@ def rerank_chunk(index, rr: LoadedReranker, chunk: pa.RecordBatch, positions: np
         cand, flags, feats = featurize(index, rr.meta, rr.stats, ann.astype(np.int64), users)
         if feats.names != rr.model.names:
             raise ValueError(f"re-ranker expects features {rr.model.names}, the rank pass computes {feats.names}")
-        top, scores, order = rk.rerank_order(rr.model.score(feats.values), cand, cand.shape[1])
+        scores = rr.model.score(feats.values)
+        weight = float(rr.meta.get("retrieval_blend", 0.0))  # older artifacts: the model alone
+        if weight:
+            scores = rk.blend(scores, feats.values[..., feats.names.index("retrieval_score")], cand >= 0, weight)
+        top, scores, order = rk.rerank_order(scores, cand, cand.shape[1])
         parts.append((scores.astype(np.float32), top, np.take_along_axis(flags, order, 1),
                       np.take_along_axis(feats.cooc_reason, order, 1)))
     width = max(p[1].shape[1] for p in parts)

@@ -184,11 +184,17 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
                     "ranking in retrieval order")
         counts.update({"rerank": "fallback" if fallback else "off", "rerank_reason": str(err)})
         return (str(fallback) if fallback else None), counts
-    judged, against = (model.valid_ndcg, model.valid_ndcg_retrieval) if backtest is None else backtest
+    weight = 0.0  # of retrieval order in the served score (rk.blend): the backtest's best
+    if backtest is None:
+        judged, against = model.valid_ndcg, model.valid_ndcg_retrieval
+    else:
+        by_weight, against = backtest
+        weight = max(by_weight, key=lambda w: (by_weight[w], -w))  # ties: the least blended
+        judged = by_weight[weight]
+        counts.update({"rerank_backtest_ndcg": round(judged, 4), "rerank_backtest_ndcg_retrieval": round(against, 4),
+                       "rerank_retrieval_blend": weight,
+                       "rerank_backtest_by_blend": ", ".join(f"{w:g}: {v:.4f}" for w, v in by_weight.items())})
     rejected = not judged > against * (1 + cfg.min_valid_gain)
-    if backtest is not None:
-        counts.update({"rerank_backtest_ndcg": round(backtest[0], 4),
-                       "rerank_backtest_ndcg_retrieval": round(backtest[1], 4)})
     # Stats for applying: every training event, cutoff the hold-out start.
     apply_stats = fx.item_stats(ev, n_items, float(ev.ts.max()) + 1, **attrs)
     digest = hashlib.sha256(model.booster.model_to_string(num_iteration=model.best_iteration).encode()).hexdigest()[:12]
@@ -201,8 +207,9 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
         "behaviour_dim": behaviour_dim, "index_model_version": version, "run_date": str(ctx.run_date),
         "label_split": cfg.label_split, "label_days": cfg.label_days, "version": f"lgbm-{digest}",
         "rejected": rejected, "guard": cfg.guard,
-        "backtest_ndcg": None if backtest is None else round(backtest[0], 4),
-        "backtest_ndcg_retrieval": None if backtest is None else round(backtest[1], 4),
+        "backtest_ndcg": None if backtest is None else round(judged, 4),
+        "backtest_ndcg_retrieval": None if backtest is None else round(against, 4),
+        "retrieval_blend": weight,
         "top_gain": dict(list(model.gains().items())[:10])})
     np.savez(f"{staging}/{rk.STATS_FILE}", **apply_stats.to_arrays())
     try:
@@ -264,9 +271,11 @@ def _labelled_set(ev: fx.Events, cfg, seed: int, index, n_items: int, attrs: dic
 
 
 def _backtest(ev: fx.Events, cfg, index, n_items: int, attrs: dict, behaviour_dim: int, weights,
-              values: np.ndarray, labels: np.ndarray, cands: np.ndarray, interests: int = 1) -> tuple[float, float]:
-    """(nDCG@10 of a model trained one label split earlier, retrieval order's) on the
-    night's own labelled set. The night's model is trained on features from before its
+              values: np.ndarray, labels: np.ndarray, cands: np.ndarray, interests: int = 1
+              ) -> tuple[dict[float, float], float]:
+    """({blend weight: nDCG@10 of a model trained one label split earlier, blended with
+    retrieval order at that weight}, retrieval order's nDCG@10) on the night's own
+    labelled set. The night's model is trained on features from before its
     labels and applied to features from all of training; a model one split earlier
     scored on the night's set goes through that same shift, which a slice of the
     night's own users does not (on MovieLens' random split the slice favours the model
@@ -277,8 +286,9 @@ def _backtest(ev: fx.Events, cfg, index, n_items: int, attrs: dict, behaviour_di
                                       interests)
     model = rk.train_ranker(v2, l2, c2, names, _ranker_config(cfg, cfg.seed), min_labels=cfg.min_labels)
     valid = cands >= 0
-    return (rk.ndcg_at(model.score(values), labels, valid, 10),
-            rk.ndcg_at(values[..., names.index("retrieval_score")], labels, valid, 10))
+    scores, retrieval = model.score(values), values[..., names.index("retrieval_score")]
+    blends = {w: rk.ndcg_at(rk.blend(scores, retrieval, valid, w), labels, valid, 10) for w in cfg.retrieval_blends}
+    return blends, rk.ndcg_at(retrieval, labels, valid, 10)
 
 
 def _pad(arrays: list[np.ndarray], width: int, fill) -> np.ndarray:

@@ -230,6 +230,22 @@ def train_ranker(values: np.ndarray, labels: np.ndarray, cand: np.ndarray, names
     return model
 
 
+def blend(scores: np.ndarray, retrieval: np.ndarray, valid: np.ndarray, weight: float) -> np.ndarray:
+    """z(scores) + weight * z(retrieval), z standardising each row over its valid
+    candidates; weight 0 returns `scores` itself (the model alone)."""
+    if weight == 0:
+        return scores
+
+    def z(a: np.ndarray) -> np.ndarray:
+        a = a.astype(np.float64)
+        n = np.maximum(valid.sum(axis=1, keepdims=True), 1)
+        mean = np.where(valid, a, 0).sum(axis=1, keepdims=True) / n
+        sd = np.sqrt(np.where(valid, (a - mean) ** 2, 0).sum(axis=1, keepdims=True) / n)
+        return (a - mean) / np.where(sd > 0, sd, 1.0)
+
+    return (z(scores) + weight * z(retrieval)).astype(np.float32)
+
+
 def rerank_order(scores: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(U, k) positions (-1 pad) and their scores, best first, ties by candidate order."""
     s = np.where(cand >= 0, scores, -np.inf)
