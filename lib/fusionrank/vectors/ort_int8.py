@@ -251,7 +251,8 @@ def quantize(float_path: Path, out: Path, quant: dict) -> dict:
     # only MatMuls with a constant weight are layers (attention's QK^T and PV are not)
     layers = [n.name for n in graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)]
     excluded = [name for name in layers if any(re.search(pattern, name) for pattern in quant["exclude"])]
-    per_token = [name for name in layers if name not in excluded
+    right_weight = {n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights}  # x @ W
+    per_token = [name for name in layers if name not in excluded and name in right_weight
                  and any(re.search(pattern, name) for pattern in quant.get("per_token", []))]
     quantize_dynamic(str(float_path), str(out), per_channel=quant["per_channel"],
                      reduce_range=quant["reduce_range"], weight_type=getattr(QuantType, quant["weight_type"]),
