@@ -100,6 +100,15 @@ def test_too_few_labels_falls_back_to_the_last_good_model(night):
     assert folder == str(layout(settings).reranker(END))
 
 
+def test_a_model_trained_on_too_few_users_never_serves(night):
+    settings = night["settings"]
+    strict = settings.model_copy(update={"rerank": settings.rerank.model_copy(update={"min_serve_users": 10 ** 6})})
+    folder, counts, _, _ = _train_a_later_night(night, strict, days=3)
+    assert folder is None and counts["rerank"] == "rejected", counts
+    assert "fewer than rerank.min_serve_users 1000000" in counts["rerank_reason"], counts
+    assert counts["rerank_users"] >= 100  # it was trained, and reported, but does not rank
+
+
 def test_a_model_that_loses_to_retrieval_order_on_validation_is_rejected(night):
     from fusionrank.core.context import make_context
     from fusionrank.ranks.rerank import nightly

@@ -514,6 +514,10 @@ class RerankConfig(_Strict):
     # same slice by more than this relative margin; else the night ranks in retrieval
     # order (the model is kept, marked rejected, for the report).
     min_valid_gain: float = Field(0.0, ge=0)
+    # A model trained on fewer labelled users never serves, whatever its guard says:
+    # a backtest on a few dozen users is noise (the demo night: 32 users, a blend that
+    # won its backtest and lost on the hold-out).
+    min_serve_users: int = Field(100, ge=0)
     # What the margin is measured on: `slice`, the night's own validation users
     # (in-distribution), or `backtest`, a model trained one label split earlier scored
     # on the night's labelled set (the shift from training features to serving

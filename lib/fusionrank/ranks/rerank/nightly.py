@@ -195,6 +195,8 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
                        "rerank_retrieval_blend": weight,
                        "rerank_backtest_by_blend": ", ".join(f"{w:g}: {v:.4f}" for w, v in by_weight.items())})
     rejected = not judged > against * (1 + cfg.min_valid_gain)
+    too_few_users = model.n_users < cfg.min_serve_users
+    rejected = rejected or too_few_users
     # Stats for applying: every training event, cutoff the hold-out start.
     apply_stats = fx.item_stats(ev, n_items, float(ev.ts.max()) + 1, **attrs)
     digest = hashlib.sha256(model.booster.model_to_string(num_iteration=model.best_iteration).encode()).hexdigest()[:12]
@@ -229,8 +231,10 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
              digest, model.n_users, model.valid_ndcg, model.valid_ndcg_retrieval)
     if rejected:
         what = "validation" if backtest is None else "backtest"
-        reason = (f"{what} nDCG@10 {judged:.4f} does not beat retrieval order's {against:.4f} by "
-                  f"rerank.min_valid_gain {cfg.min_valid_gain:g}")
+        reason = (f"trained on {model.n_users} labelled users, fewer than rerank.min_serve_users "
+                  f"{cfg.min_serve_users}: too few to trust its {what}") if too_few_users else \
+            (f"{what} nDCG@10 {judged:.4f} does not beat retrieval order's {against:.4f} by "
+             f"rerank.min_valid_gain {cfg.min_valid_gain:g}")
         log.warning("rank: re-ranker %s rejected: %s; ranking in retrieval order", digest, reason)
         counts.update({"rerank": "rejected", "rerank_reason": reason})
         return None, counts
