@@ -61,6 +61,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
+from fusionrank.core.config import RerankConfig  # noqa: E402
 from fusionrank.profiles import interests as multi  # noqa: E402
 from fusionrank.ranks.rerank import features as fx  # noqa: E402
 from fusionrank.ranks.rerank import ranker as rk  # noqa: E402
@@ -70,7 +71,7 @@ DAY = 86_400.0
 EVENT_WEIGHTS = {"view": 0.25, "click": 0.5, "add_to_cart": 1.5, "purchase": 3.0, "rating": 1.0, "search": 0.0}
 RATING_OFFSET, RATING_SCALE = -7.0, 10.0
 CANDIDATES = 200
-BLENDS = (0.0, 0.5, 1.0, 2.0)  # rerank.retrieval_blends' default
+BLENDS = tuple(RerankConfig().retrieval_blends)  # the stage's default grid, owned by the config
 
 
 # -- data ---------------------------------------------------------------------------------------

@@ -273,7 +273,7 @@ def quantize_per_token(graph, names: set[str]) -> None:
 
     weights = {init.name: init for init in graph.initializer}
     nodes = []
-    quantized: dict[str, tuple[str, str, str]] = {}  # activation -> (its u8 codes, its row scales)
+    quantized: dict[str, tuple[str, str, str]] = {}  # activation -> (u8 codes, row scales, zero point)
     for node in graph.node:
         if node.name not in names:
             nodes.append(node)
