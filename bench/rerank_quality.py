@@ -303,9 +303,10 @@ class Split:
 
     def batches(self, size: int = 512):
         tv = self.data.text
+        grouped = fx.EventsByUser(self.train)  # as nightly._batches: each batch takes its users' rows
         for start in range(0, len(self.users), size):
             u = self.users[start:start + size]
-            ub = fx.user_batch_from_events(self.train, u, self.prof[start:start + size], event_weights,
+            ub = fx.user_batch_from_events(grouped, u, self.prof[start:start + size], event_weights,
                                            text_vectors=tv)
             extra = None
             if self.interests > 1:  # as apply.with_interests: the space is all behaviour (plain sums)

@@ -363,3 +363,29 @@ def test_retrieval_blends_must_be_non_negative(tmp_path):
     assert make_settings(tmp_path, rerank={"retrieval_blends": [1, 0, 1]}).rerank.retrieval_blends == [0.0, 1.0]
     with pytest.raises(Exception, match="retrieval_blends"):
         make_settings(tmp_path, rerank={"retrieval_blends": [-1.0]})
+
+
+def test_user_batches_from_grouped_events_are_the_same():
+    """EventsByUser (the training loop's per-user index) gives exactly the batch a scan
+    of every event gives, whatever the users' order and with unknown users."""
+    rng = np.random.RandomState(3)
+    n = 400
+    ev = fx.Events(user=rng.randint(0, 30, n).astype(np.int64), item=rng.randint(-1, 25, n).astype(np.int64),
+                   ts=rng.randint(0, 40 * DAY, n).astype(np.int64), kind=rng.randint(0, 5, n).astype(np.int8),
+                   value=rng.uniform(1, 5, n))
+    weights = lambda e: 1.0 + e.value  # noqa: E731  (non-integer sums: order-sensitive)
+    grouped = fx.EventsByUser(ev)
+    for users in (np.array([3, 1, 17, 99, 0]), np.arange(30), np.array([99])):
+        prof = np.zeros((len(users), 2), np.float32)
+        plain = fx.user_batch_from_events(ev, users, prof, weights, max_history=6, recent=3)
+        fast = fx.user_batch_from_events(grouped, users, prof, weights, max_history=6, recent=3)
+        for name in ("hist", "hist_w", "recent", "type_mix", "seen_rows", "seen_items"):
+            np.testing.assert_array_equal(getattr(fast, name), getattr(plain, name), err_msg=name)
+
+
+def test_history_knn_is_computed_once_per_batch_and_stats():
+    ev, stats, vecs, ub = _batch()
+    first = fx.history_knn(ub, stats)
+    assert fx.history_knn(ub, stats) is first
+    other = fx.item_stats(ev, 6, cutoff=2 * DAY)  # other stats: recomputed
+    assert fx.history_knn(ub, other) is not first
