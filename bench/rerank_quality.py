@@ -405,7 +405,7 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
                                                                 learning_rate=model.params["learning_rate"], seed=seed))
     del v2, l2_, c2, sp2
     # The blend weight of retrieval order (rerank.retrieval_blends) is the backtest's best, as in the stage.
-    early_scores, early_retrieval = early.score(values), values[..., names.index("retrieval_score")]
+    early_scores, early_retrieval = early.score(values, cands >= 0), values[..., names.index("retrieval_score")]
     by_blend = {w: rk.ndcg_at(rk.blend(early_scores, early_retrieval, cands >= 0, w), labels, cands >= 0, K)
                 for w in BLENDS}
     weight = max(by_blend, key=lambda w: (by_blend[w], -w))
@@ -426,7 +426,7 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
     unguarded, blended = {}, {}
     r_col = names.index("retrieval_score")
     for u, cand, feats in sp.batches():
-        scores = model.score(feats.values)
+        scores = model.score(feats.values, cand >= 0)
         top, _, _ = rk.rerank_order(scores, cand, K)
         unguarded.update({int(x): top[i] for i, x in enumerate(u)})
         top, _, _ = rk.rerank_order(rk.blend(scores, feats.values[..., r_col], cand >= 0, weight), cand, K)

@@ -161,6 +161,12 @@ def test_train_ranker_beats_retrieval_order_and_is_deterministic(tmp_path):
     np.testing.assert_allclose(loaded.score(values[:5]), model.score(values[:5]), rtol=1e-6)
     top, scores, _ = rk.rerank_order(loaded.score(values[:2]), cand[:2], 5)
     assert top.shape == (2, 5) and np.all(np.diff(scores, axis=1) <= 0)
+    # only the valid entries are predicted: the same values there, 0 on the padding
+    valid = np.random.RandomState(1).rand(5, values.shape[1]) < 0.7
+    partial = model.score(values[:5], valid)
+    np.testing.assert_array_equal(partial[valid], model.score(values[:5])[valid])
+    assert np.all(partial[~valid] == 0)
+    assert np.all(model.score(values[:5], np.zeros((5, values.shape[1]), bool)) == 0)
 
 
 def test_too_few_labels_is_a_clear_error(tmp_path):

@@ -142,7 +142,7 @@ def rerank_chunk(index, rr: LoadedReranker, chunk: pa.RecordBatch, positions: np
         cand, flags, feats = featurize(index, rr.meta, rr.stats, ann.astype(np.int64), users)
         if feats.names != rr.model.names:
             raise ValueError(f"re-ranker expects features {rr.model.names}, the rank pass computes {feats.names}")
-        scores = rr.model.score(feats.values)
+        scores = rr.model.score(feats.values, cand >= 0)
         weight = float(rr.meta.get("retrieval_blend", 0.0))  # older artifacts: the model alone
         if weight:
             scores = rk.blend(scores, feats.values[..., feats.names.index("retrieval_score")], cand >= 0, weight)

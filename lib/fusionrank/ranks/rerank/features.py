@@ -317,6 +317,9 @@ def interest_ann(search: Callable, users: UserBatch, per_interest: int, n_items:
     return out.reshape(n_users, n_interests, per_interest).transpose(0, 2, 1).reshape(n_users, -1)
 
 
+_ORDER_BITS = 22  # candidates' source order keys (below 2_100_000) fit in this many bits
+
+
 def candidates(ann: np.ndarray, users: UserBatch, stats: ItemStats, n_cooc: int = 50, n_trend: int = 20,
                width: int | None = None, interest: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(U, W) candidate positions (-1 pad) and their source flags: the ANN results
@@ -360,20 +363,26 @@ def candidates(ann: np.ndarray, users: UserBatch, stats: ItemStats, n_cooc: int 
     order_key = np.concatenate(parts_order)
     n = max(stats.n, int(items.max(initial=0)) + 1)
     key = rows.astype(np.int64) * n + items
-    # drop seen
-    if len(users.seen_rows):
-        seen_key = users.seen_rows.astype(np.int64) * n + users.seen_items
-        keep = ~np.isin(key, seen_key)
-        rows, items, flags, order_key, key = rows[keep], items[keep], flags[keep], order_key[keep], key[keep]
-    # union: one row per (user, item), flags OR-ed, first occurrence's order
-    uniq, inverse = np.unique(key, return_inverse=True)
-    merged = np.zeros(len(uniq), np.int64)
-    np.bitwise_or.at(merged, inverse, flags)
-    first = np.full(len(uniq), np.iinfo(np.int64).max)
-    np.minimum.at(first, inverse, order_key)
+    # Union: one entry per (user, item), flags OR-ed, the order of its first source; one
+    # sort by (key, order) does it (both packed in one int64 where they fit).
+    if int(key.max(initial=0)) < (1 << (62 - _ORDER_BITS)) and int(order_key.max(initial=0)) < (1 << _ORDER_BITS):
+        order = np.argsort((key << _ORDER_BITS) | order_key)
+    else:
+        order = np.lexsort((order_key, key))
+    key, flags, order_key = key[order], flags[order], order_key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
+    merged = np.bitwise_or.reduceat(flags, starts) if len(starts) else np.zeros(0, np.int64)
+    first, uniq = order_key[starts], key[starts]
+    if len(users.seen_rows) and len(uniq):  # drop seen
+        seen_key = np.unique(users.seen_rows.astype(np.int64) * n + users.seen_items)
+        at = np.minimum(np.searchsorted(seen_key, uniq), len(seen_key) - 1)
+        keep = seen_key[at] != uniq
+        uniq, merged, first = uniq[keep], merged[keep], first[keep]
     u_rows = (uniq // n).astype(np.int64)
     u_items = uniq % n
-    order = np.lexsort((first, u_rows))
+    # by user, then source order (unique within a user: one item per source column)
+    order = (np.argsort((u_rows << _ORDER_BITS) | first) if int(first.max(initial=0)) < (1 << _ORDER_BITS)
+             else np.lexsort((first, u_rows)))
     cand = pad_lists(u_rows[order], u_items[order], n_users, width)
     flag = pad_lists(u_rows[order], merged[order], n_users, cand.shape[1], fill=0)
     return cand, flag

@@ -291,7 +291,7 @@ def _backtest(ev: fx.Events, cfg, index, n_items: int, attrs: dict, behaviour_di
                                       interests)
     model = rk.train_ranker(v2, l2, c2, names, _ranker_config(cfg, cfg.seed), min_labels=cfg.min_labels)
     valid = cands >= 0
-    scores, retrieval = model.score(values), values[..., names.index("retrieval_score")]
+    scores, retrieval = model.score(values, valid), values[..., names.index("retrieval_score")]
     blends = {w: rk.ndcg_at(rk.blend(scores, retrieval, valid, w), labels, valid, 10) for w in cfg.retrieval_blends}
     return blends, rk.ndcg_at(retrieval, labels, valid, 10)
 

@@ -123,11 +123,20 @@ class TrainedRanker:
     n_labels: int
     params: dict = field(default_factory=dict)
 
-    def score(self, values: np.ndarray) -> np.ndarray:
-        """(U, W, F) -> (U, W) scores."""
+    def score(self, values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """(U, W, F) -> (U, W) scores; with `valid` (U, W), only those entries are
+        predicted (padding, a tenth of a batch or more, scores 0)."""
         flat = values.reshape(-1, values.shape[-1])
-        out = self.booster.predict(flat, num_iteration=self.best_iteration, num_threads=self.params.get("num_threads", 1))
-        return np.asarray(out, np.float32).reshape(values.shape[:-1])
+        keep = None if valid is None else valid.ravel()
+        if keep is not None and keep.all():
+            keep = None
+        out = np.zeros(len(flat), np.float32)
+        rows = flat if keep is None else flat[keep]
+        if len(rows):
+            predicted = self.booster.predict(rows, num_iteration=self.best_iteration,
+                                             num_threads=self.params.get("num_threads", 1))
+            out[slice(None) if keep is None else keep] = predicted
+        return out.reshape(values.shape[:-1])
 
     def gains(self) -> dict[str, float]:
         g = self.booster.feature_importance("gain", iteration=self.best_iteration)
@@ -224,7 +233,7 @@ def train_ranker(values: np.ndarray, labels: np.ndarray, cand: np.ndarray, names
     best = int(booster.best_iteration or cfg.num_rounds)
     model = TrainedRanker(booster, names, best, 0.0, 0.0, int(tr.sum()), int((labels[tr] > 0).sum()), params)
     vv = cand[is_valid] >= 0
-    model.valid_ndcg = ndcg_at(model.score(values[is_valid]), labels[is_valid], vv, cfg.eval_at)
+    model.valid_ndcg = ndcg_at(model.score(values[is_valid], vv), labels[is_valid], vv, cfg.eval_at)
     model.valid_ndcg_retrieval = ndcg_at(values[is_valid][..., names.index("retrieval_score")], labels[is_valid],
                                          vv, cfg.eval_at)
     return model
