@@ -60,7 +60,16 @@ RECIPES = {
     "smooth 0.6, per-token all": dict(BASE, smooth_alpha=0.6, per_token=["."]),
     "smooth 0.7, per-token all": dict(BASE, smooth_alpha=0.7, per_token=["."]),
     "smooth 0.8, per-token all": dict(BASE, smooth_alpha=0.8, per_token=["."]),
+    # Between "per-token FFN out" and "per-token all": which other layers pay for their cost.
+    "smooth 0.7, per-token FFN in+out": dict(BASE, smooth_alpha=0.7,
+                                             per_token=[FFN_OUT, r"layer\.\d+/intermediate/dense"]),
+    "smooth 0.7, per-token FFN out+attn out": dict(BASE, smooth_alpha=0.7,
+                                                   per_token=[FFN_OUT, r"attention/output/dense"]),
 }
+# One FFN output layer at a time back in float32 (the others per-token): each layer's share
+# of the remaining error.
+RECIPES.update({f"smooth 0.7, per-token FFN out, fp32 L{k}": dict(
+    BASE, smooth_alpha=0.7, per_token=[FFN_OUT], exclude=[rf"layer\.{k}/output/dense"]) for k in range(6)})
 
 
 def quality(ref: np.ndarray, new: np.ndarray, k: int = 10) -> tuple[float, float]:

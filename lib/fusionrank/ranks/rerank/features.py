@@ -348,10 +348,8 @@ def candidates(ann: np.ndarray, users: UserBatch, stats: ItemStats, n_cooc: int 
         for scores, base, count in sources:
             if scores is None:
                 continue
-            rows, items, vals = scores
-            order = np.lexsort((items, -vals, rows))
-            top = pad_lists(rows[order], items[order], n_users, count)
-            add(top, FROM_COOC, base)
+            rows, items = _top_per_row(*scores, n_users, count)
+            add(pad_lists(rows, items, n_users, count), FROM_COOC, base)
     if n_trend > 0 and stats.n_categories:
         cats = _top_categories(users, stats, 2)
         for j in range(cats.shape[1]):
@@ -386,6 +384,49 @@ def candidates(ann: np.ndarray, users: UserBatch, stats: ItemStats, n_cooc: int 
     cand = pad_lists(u_rows[order], u_items[order], n_users, width)
     flag = pad_lists(u_rows[order], merged[order], n_users, cand.shape[1], fill=0)
     return cand, flag
+
+
+def _top_per_row(rows: np.ndarray, items: np.ndarray, vals: np.ndarray, n_rows: int, count: int):
+    """(rows, items) of a sparse triple (sorted by row) ordered by row, then value
+    (descending), then item, keeping every entry that can be among a row's first
+    `count`: each row's count-th largest value is found by a partition, and only the
+    entries at or above it are sorted (a history's co-occurrence lists run to
+    thousands of entries per user, of which tens are kept)."""
+    sizes = np.bincount(rows, minlength=n_rows) if len(rows) else np.zeros(n_rows, np.int64)
+    if len(rows) and int(sizes.max()) > count:
+        slot = np.arange(len(rows)) - (np.cumsum(sizes) - sizes)[rows]
+        dense = np.full((n_rows, int(sizes.max())), -np.inf)
+        dense[rows, slot] = vals
+        kth = np.partition(dense, -count, axis=1)[:, -count]  # -inf for rows with fewer entries
+        keep = vals >= kth[rows]
+        rows, items, vals = rows[keep], items[keep], vals[keep]
+    order = np.lexsort((items, -vals, rows))
+    return rows[order], items[order]
+
+
+class _CandidateSlots:
+    """The valid entries of a (U, W) candidate matrix as sorted (row, item) keys: a
+    sparse (row, item, value) triple smaller than the matrix is put in place by one
+    search of its keys, without sorting the triple."""
+
+    def __init__(self, cand: np.ndarray, n: int):
+        self.shape, self.n = cand.shape, n
+        flat = np.flatnonzero(cand.ravel() >= 0)
+        keys = (flat // cand.shape[1]).astype(np.int64) * n + cand.ravel()[flat]
+        order = np.argsort(keys)
+        self.keys, self.at = keys[order], flat[order]
+
+    def scatter(self, rows: np.ndarray, items: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        """(U, W) float32: each candidate's value in the triple (items distinct within a
+        row), 0 where absent."""
+        out = np.zeros(self.shape, np.float32)
+        if len(rows) == 0 or len(self.keys) == 0:
+            return out
+        key = rows.astype(np.int64) * self.n + items
+        pos = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
+        hit = self.keys[pos] == key
+        out.ravel()[self.at[pos[hit]]] = vals[hit]
+        return out
 
 
 def history_knn(users: UserBatch, stats: ItemStats):
@@ -553,6 +594,7 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
     cooc_last = np.zeros((n_users, width), np.float32)
     cooc_best = np.zeros((n_users, width), np.float32)
     cooc_reason = np.full((n_users, width), -1, np.int64)
+    slots = _CandidateSlots(cand, max(stats.n, int(cand.max(initial=0)) + 1))
     for j in range(users.recent.shape[1]):
         rec = users.recent[:, j]
         if not (rec >= 0).any():
@@ -561,8 +603,7 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
         listed = (rec >= 0)[:, None] & (neigh >= 0)
         rows = np.nonzero(listed)[0]
         # the count of each candidate in its user's list: a sorted-key lookup, not a (U, W, M) match
-        c = _lookup((rows, neigh[listed], stats.cooc_counts[np.maximum(rec, 0)][listed]), cand,
-                    max(stats.n, int(neigh.max(initial=0)) + 1, int(cand.max(initial=0)) + 1), presorted=False)
+        c = slots.scatter(rows, neigh[listed], stats.cooc_counts[np.maximum(rec, 0)][listed])
         cooc_sum += c
         if j == 0:
             cooc_last = c
