@@ -395,3 +395,25 @@ def test_history_knn_is_computed_once_per_batch_and_stats():
     assert fx.history_knn(ub, stats) is first
     other = fx.item_stats(ev, 6, cutoff=2 * DAY)  # other stats: recomputed
     assert fx.history_knn(ub, other) is not first
+
+
+def test_top_per_row_keeps_what_a_full_sort_would():
+    rng = np.random.RandomState(5)
+    rows = np.sort(rng.randint(0, 6, 300))
+    items = np.concatenate([rng.permutation(1000)[:n] for n in np.bincount(rows, minlength=6)])
+    vals = rng.randint(0, 4, 300).astype(np.float64)  # many ties at the cut
+    for count in (1, 3, 40, 500):
+        got_rows, got_items = fx._top_per_row(rows, items, vals, 6, count)
+        order = np.lexsort((items, -vals, rows))
+        full = fx.pad_lists(rows[order], items[order], 6, count)
+        np.testing.assert_array_equal(fx.pad_lists(got_rows, got_items, 6, count), full)
+        assert len(got_rows) < len(rows) or count >= 300  # the partition dropped what cannot make the cut
+
+
+def test_candidate_slots_place_a_sparse_triple_on_the_matrix():
+    cand = np.array([[4, 0, -1], [0, 7, 2]])
+    slots = fx._CandidateSlots(cand, 10)
+    got = slots.scatter(np.array([0, 0, 1, 1]), np.array([0, 7, 2, 0]), np.array([1.5, 9.0, 2.5, 3.0]))
+    # item 7 is not a candidate of row 0; the padding (-1) never takes item 0's value
+    np.testing.assert_array_equal(got, [[0, 1.5, 0], [3.0, 0, 2.5]])
+    np.testing.assert_array_equal(slots.scatter(np.zeros(0, int), np.zeros(0, int), np.zeros(0)), np.zeros((2, 3)))

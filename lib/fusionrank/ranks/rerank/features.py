@@ -466,17 +466,15 @@ def _cooc_scores(recent: np.ndarray, stats: ItemStats, weights: np.ndarray | Non
     return uniq // n, uniq % n, summed
 
 
-def _lookup(sparse, cand: np.ndarray, n: int, presorted: bool = True) -> np.ndarray:
+def _lookup(sparse, cand: np.ndarray, n: int) -> np.ndarray:
     """(U, W) values of a sparse (row, item, value) triple at the candidates (0 absent;
-    items distinct within a row). `presorted`: the triple is in (row, item) order."""
+    items distinct within a row), the triple in (row, item) order (as `_cooc_scores`
+    makes it): for a triple larger than the matrix; `_CandidateSlots` for a smaller one."""
     out = np.zeros(cand.shape, np.float32)
     if sparse is None or len(sparse[0]) == 0:
         return out
     rows, items, vals = sparse
-    key = rows.astype(np.int64) * n + items  # sorted (from np.unique) when presorted
-    if not presorted:
-        order = np.argsort(key, kind="stable")
-        key, vals = key[order], vals[order]
+    key = rows.astype(np.int64) * n + items  # sorted (from np.unique)
     ckey = np.arange(cand.shape[0], dtype=np.int64)[:, None] * n + np.maximum(cand, 0)
     at = np.searchsorted(key, ckey)
     hit = (at < len(key)) & (key[np.minimum(at, len(key) - 1)] == ckey) & (cand >= 0)
