@@ -29,6 +29,7 @@ import json
 import logging
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -164,19 +165,31 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
     try:
         if len(ev) == 0:
             raise ValueError("too few labels to train the re-ranker: no training events")
-        values, labels, cands, names = _labelled_set(ev, cfg, cfg.seed, index, n_items, attrs, behaviour_dim,
-                                                     weights, interests)
-        model = rk.train_ranker(values, labels, cands, names, _ranker_config(cfg, cfg.seed), min_labels=cfg.min_labels)
-        backtest = None
-        if cfg.guard == "backtest":
+        # The night's model, the backtest's model (one label split earlier) and the
+        # serving stats are independent: built side by side on the driver's cores
+        # (numpy and LightGBM release the GIL; each result is what it is alone).
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rerank-train") as pool:
+            night = pool.submit(_train_on, ev, cfg, index, n_items, attrs, behaviour_dim, weights, interests)
+            earlier = (pool.submit(_earlier_model, ev, cfg, index, n_items, attrs, behaviour_dim, weights, interests)
+                       if cfg.guard == "backtest" else None)
+            serving_stats = pool.submit(fx.item_stats, ev, n_items, float(ev.ts.max()) + 1, **attrs)
             try:
-                backtest = _backtest(ev, cfg, index, n_items, attrs, behaviour_dim, weights, values, labels, cands,
-                                     interests)
-            except ValueError as err:  # too little history for a split earlier: judge on the slice
-                if "too few labels" not in str(err):
-                    raise
-                log.warning("rank: no re-ranker backtest (%s); judging it on its validation slice", err)
-                counts["rerank_backtest"] = f"skipped: {err}"
+                model, (values, labels, cands) = night.result()
+            except BaseException:
+                for future in (earlier, serving_stats):
+                    if future is not None:
+                        future.cancel()
+                raise
+            backtest = None
+            if earlier is not None:
+                try:
+                    backtest = _backtest(earlier.result(), cfg, values, labels, cands)
+                except ValueError as err:  # too little history for a split earlier: judge on the slice
+                    if "too few labels" not in str(err):
+                        raise
+                    log.warning("rank: no re-ranker backtest (%s); judging it on its validation slice", err)
+                    counts["rerank_backtest"] = f"skipped: {err}"
+            apply_stats = serving_stats.result()
     except ValueError as err:
         if "too few labels" not in str(err):
             raise
@@ -198,8 +211,6 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
     rejected = not judged > against * (1 + cfg.min_valid_gain)
     too_few_users = model.n_users < cfg.min_serve_users
     rejected = rejected or too_few_users
-    # Stats for applying: every training event, cutoff the hold-out start.
-    apply_stats = fx.item_stats(ev, n_items, float(ev.ts.max()) + 1, **attrs)
     digest = hashlib.sha256(model.booster.model_to_string(num_iteration=model.best_iteration).encode()).hexdigest()[:12]
     # Written on the driver's disk, then published under storage.root (any filesystem).
     staging = tempfile.mkdtemp(prefix="fusionrank-reranker-")
@@ -275,22 +286,36 @@ def _labelled_set(ev: fx.Events, cfg, seed: int, index, n_items: int, attrs: dic
     return _pad(values, width, 0), _pad(labels, width, 0), _pad(cands, width, -1), names
 
 
-def _backtest(ev: fx.Events, cfg, index, n_items: int, attrs: dict, behaviour_dim: int, weights,
-              values: np.ndarray, labels: np.ndarray, cands: np.ndarray, interests: int = 1
-              ) -> tuple[dict[float, float], float]:
-    """({blend weight: nDCG@10 of a model trained one label split earlier, blended with
-    retrieval order at that weight}, retrieval order's nDCG@10) on the night's own
-    labelled set. The night's model is trained on features from before its
-    labels and applied to features from all of training; a model one split earlier
-    scored on the night's set goes through that same shift, which a slice of the
-    night's own users does not (on MovieLens' random split the slice favours the model
-    while the shifted score, like the hold-out, favours retrieval order)."""
+def _train_on(ev: fx.Events, cfg, index, n_items: int, attrs: dict, behaviour_dim: int, weights,
+              interests: int = 1):
+    """(the night's model, its labelled set (values, labels, cands))."""
+    values, labels, cands, names = _labelled_set(ev, cfg, cfg.seed, index, n_items, attrs, behaviour_dim, weights,
+                                                 interests)
+    model = rk.train_ranker(values, labels, cands, names, _ranker_config(cfg, cfg.seed), min_labels=cfg.min_labels)
+    return model, (values, labels, cands)
+
+
+def _earlier_model(ev: fx.Events, cfg, index, n_items: int, attrs: dict, behaviour_dim: int, weights,
+                   interests: int = 1) -> rk.TrainedRanker:
+    """The backtest's model: trained as the night's is, one label split earlier."""
     is_label = rk.label_split(ev, cfg.label_split, cfg.label_days, cfg.label_fraction, cfg.seed)
     earlier = ev.take(~is_label)
     v2, l2, c2, names = _labelled_set(earlier, cfg, cfg.seed + 1, index, n_items, attrs, behaviour_dim, weights,
                                       interests)
-    model = rk.train_ranker(v2, l2, c2, names, _ranker_config(cfg, cfg.seed), min_labels=cfg.min_labels)
+    return rk.train_ranker(v2, l2, c2, names, _ranker_config(cfg, cfg.seed), min_labels=cfg.min_labels)
+
+
+def _backtest(model: rk.TrainedRanker, cfg, values: np.ndarray, labels: np.ndarray, cands: np.ndarray
+              ) -> tuple[dict[float, float], float]:
+    """({blend weight: nDCG@10 of `model` (`_earlier_model`: trained one label split
+    earlier) on the night's own labelled set, blended with retrieval order at that
+    weight}, retrieval order's nDCG@10). The night's model is trained on features from
+    before its labels and applied to features from all of training; a model one split
+    earlier scored on the night's set goes through that same shift, which a slice of
+    the night's own users does not (on MovieLens' random split the slice favours the
+    model while the shifted score, like the hold-out, favours retrieval order)."""
     valid = cands >= 0
+    names = model.names
     scores, retrieval = model.score(values, valid), values[..., names.index("retrieval_score")]
     blends = {w: rk.ndcg_at(rk.blend(scores, retrieval, valid, w), labels, valid, 10) for w in cfg.retrieval_blends}
     return blends, rk.ndcg_at(retrieval, labels, valid, 10)
