@@ -208,9 +208,8 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
         counts.update({"rerank_backtest_ndcg": round(judged, 4), "rerank_backtest_ndcg_retrieval": round(against, 4),
                        "rerank_retrieval_blend": weight,
                        "rerank_backtest_by_blend": ", ".join(f"{w:g}: {v:.4f}" for w, v in by_weight.items())})
-    rejected = not judged > against * (1 + cfg.min_valid_gain)
     too_few_users = model.n_users < cfg.min_serve_users
-    rejected = rejected or too_few_users
+    rejected = too_few_users or not judged > against * (1 + cfg.min_valid_gain)
     digest = hashlib.sha256(model.booster.model_to_string(num_iteration=model.best_iteration).encode()).hexdigest()[:12]
     # Written on the driver's disk, then published under storage.root (any filesystem).
     staging = tempfile.mkdtemp(prefix="fusionrank-reranker-")

@@ -127,15 +127,12 @@ class TrainedRanker:
         """(U, W, F) -> (U, W) scores; with `valid` (U, W), only those entries are
         predicted (padding, a tenth of a batch or more, scores 0)."""
         flat = values.reshape(-1, values.shape[-1])
-        keep = None if valid is None else valid.ravel()
-        if keep is not None and keep.all():
-            keep = None
         out = np.zeros(len(flat), np.float32)
-        rows = flat if keep is None else flat[keep]
+        keep = slice(None) if valid is None or valid.all() else valid.ravel()
+        rows = flat[keep]
         if len(rows):
-            predicted = self.booster.predict(rows, num_iteration=self.best_iteration,
+            out[keep] = self.booster.predict(rows, num_iteration=self.best_iteration,
                                              num_threads=self.params.get("num_threads", 1))
-            out[slice(None) if keep is None else keep] = predicted
         return out.reshape(values.shape[:-1])
 
     def gains(self) -> dict[str, float]:
