@@ -580,13 +580,18 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
     sim = np.matmul(unit, hvec.transpose(0, 2, 1))                        # (U, W, H)
     hvalid = (users.hist >= 0)[:, None, :]
     logw = np.log(np.maximum(users.hist_w, 1e-12))[:, None, :]
-    logits = np.where(hvalid, sim / temperature + logw, -np.inf)
+    # In place where a (U, W, H) temporary would be made: these arrays are the
+    # features' largest (the same values as the plain expressions).
+    logits = sim / temperature
+    logits += logw
+    np.copyto(logits, -np.inf, where=~hvalid)
     top = logits.max(axis=2, keepdims=True)
-    att = np.exp(logits - np.where(np.isfinite(top), top, 0))
-    att_sum = att.sum(axis=2, keepdims=True)
-    att = att / np.maximum(att_sum, 1e-12)
+    att = np.subtract(logits, np.where(np.isfinite(top), top, 0))
+    np.exp(att, out=att)
+    att /= np.maximum(att.sum(axis=2, keepdims=True), 1e-12)
     any_hist = hvalid.any(axis=2)
-    cols.append(np.where(any_hist, (att * np.where(hvalid, sim, 0)).sum(axis=2), 0))
+    att *= np.where(hvalid, sim, 0)
+    cols.append(np.where(any_hist, att.sum(axis=2), 0))
     cols.append(np.where(any_hist, np.where(hvalid, sim, -1).max(axis=2), 0))
     reason = np.where(any_hist & valid, np.take_along_axis(users.hist, logits.argmax(axis=2), 1), -1)
 
