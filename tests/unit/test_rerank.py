@@ -417,3 +417,14 @@ def test_candidate_slots_place_a_sparse_triple_on_the_matrix():
     # item 7 is not a candidate of row 0; the padding (-1) never takes item 0's value
     np.testing.assert_array_equal(got, [[0, 1.5, 0], [3.0, 0, 2.5]])
     np.testing.assert_array_equal(slots.scatter(np.zeros(0, int), np.zeros(0, int), np.zeros(0)), np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("n_keys, bound", [(40, 1000), (5000, 1000), (200_000, 12_800_000), (0, 100)])
+def test_sums_by_key_match_a_sort_whichever_way_they_are_found(n_keys, bound):
+    rng = np.random.default_rng(n_keys)
+    key = (rng.zipf(1.3, n_keys) - 1) % bound
+    vals = rng.random(n_keys).astype(np.float32)
+    uniq, sums = fx._sums_by_key(key, vals, bound)
+    expect, inverse = np.unique(key, return_inverse=True)
+    assert np.array_equal(uniq, expect)
+    assert np.array_equal(sums, np.bincount(inverse, weights=vals, minlength=len(expect)))  # bit for bit

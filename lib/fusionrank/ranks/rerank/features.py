@@ -469,10 +469,30 @@ def _cooc_scores(recent: np.ndarray, stats: ItemStats, weights: np.ndarray | Non
     if len(rows) == 0:
         return None
     n = stats.n
-    key = rows.astype(np.int64) * n + items
-    uniq, inverse = np.unique(key, return_inverse=True)
-    summed = np.bincount(inverse, weights=vals)
+    uniq, summed = _sums_by_key(rows.astype(np.int64) * n + items, vals, int(recent.shape[0]) * n)
     return uniq // n, uniq % n, summed
+
+
+# Largest key space `_sums_by_key` gives a presence table (bytes: 5x this).
+DENSE_KEYS = 1 << 24
+
+
+def _sums_by_key(key: np.ndarray, vals: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct keys ascending, the sum of `vals` per key) for integer keys in
+    [0, bound), as np.unique(return_inverse) + bincount: each key's values are summed in
+    their original order either way, so the sums are identical. Where the keys are
+    dense in a small enough space (a user batch's long histories, a hundred neighbours
+    each), a presence table of `bound` flags finds them without a sort (3x faster at
+    five keys per hundred slots)."""
+    if 0 < bound <= DENSE_KEYS and len(key) * 32 >= bound:
+        present = np.zeros(bound, bool)
+        present[key] = True
+        uniq = np.flatnonzero(present)
+        slot = np.empty(bound, np.int32)  # only the present keys' slots are written and read
+        slot[uniq] = np.arange(len(uniq), dtype=np.int32)
+        return uniq, np.bincount(slot[key], weights=vals, minlength=len(uniq))
+    uniq, inverse = np.unique(key, return_inverse=True)
+    return uniq, np.bincount(inverse, weights=vals)
 
 
 def _lookup(sparse, cand: np.ndarray, n: int) -> np.ndarray:
