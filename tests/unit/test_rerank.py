@@ -419,7 +419,7 @@ def test_candidate_slots_place_a_sparse_triple_on_the_matrix():
     np.testing.assert_array_equal(slots.scatter(np.zeros(0, int), np.zeros(0, int), np.zeros(0)), np.zeros((2, 3)))
 
 
-@pytest.mark.parametrize("n_keys, bound", [(40, 1000), (5000, 1000), (200_000, 12_800_000), (0, 100)])
+@pytest.mark.parametrize("n_keys, bound", [(40, 1000), (5000, 1000), (200_000, 12_800_000), (500_000, 12_800_000), (0, 100)])
 def test_sums_by_key_match_a_sort_whichever_way_they_are_found(n_keys, bound):
     rng = np.random.default_rng(n_keys)
     key = (rng.zipf(1.3, n_keys) - 1) % bound

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
+from fusionrank.core.arrays import unique_in_range
 from fusionrank.core.spark import task_cpus
 from fusionrank.index.build import arrow_vectors, load_index
 from fusionrank.core.catalog import INDEX_VECTOR, RECS_ITEM_SIMILAR, RECS_USER_TOPK
@@ -236,12 +237,8 @@ def _bounded_unique(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndar
     shifted = values.astype(np.int64) + 1
     if shifted.min() < 0 or shifted.max() > bound:
         raise ValueError(f"_bounded_unique: values outside [-1, {bound})")
-    present = np.zeros(bound + 1, dtype=bool)
-    present[shifted] = True
-    distinct = np.flatnonzero(present)
-    lookup = np.empty(bound + 1, dtype=np.intp)
-    lookup[distinct] = np.arange(len(distinct))
-    return (distinct - 1).astype(values.dtype), np.take(lookup, shifted)
+    distinct, inverse = unique_in_range(shifted, bound + 1)
+    return (distinct - 1).astype(values.dtype), inverse
 
 
 def reason_columns(loaded, reasons: np.ndarray) -> tuple[pa.Array, pa.Array]:

@@ -30,6 +30,8 @@ from typing import Callable
 
 import numpy as np
 
+from fusionrank.core.arrays import unique_in_range
+
 # Event-type codes of `Events.kind` and their label grades (purchase > add_to_cart >
 # click > view; a rating is graded by its value).
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "search")
@@ -485,14 +487,10 @@ def _sums_by_key(key: np.ndarray, vals: np.ndarray, bound: int) -> tuple[np.ndar
     each), a presence table of `bound` flags finds them without a sort (3x faster at
     five keys per hundred slots)."""
     if 0 < bound <= DENSE_KEYS and len(key) * 32 >= bound:
-        present = np.zeros(bound, bool)
-        present[key] = True
-        uniq = np.flatnonzero(present)
-        slot = np.empty(bound, np.int32)  # only the present keys' slots are written and read
-        slot[uniq] = np.arange(len(uniq), dtype=np.int32)
-        return uniq, np.bincount(slot[key], weights=vals, minlength=len(uniq))
-    uniq, inverse = np.unique(key, return_inverse=True)
-    return uniq, np.bincount(inverse, weights=vals)
+        uniq, inverse = unique_in_range(key, bound, np.int32)
+    else:
+        uniq, inverse = np.unique(key, return_inverse=True)
+    return uniq, np.bincount(inverse, weights=vals, minlength=len(uniq))
 
 
 def _lookup(sparse, cand: np.ndarray, n: int) -> np.ndarray:

@@ -173,13 +173,7 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
             earlier = (pool.submit(_earlier_model, ev, cfg, index, n_items, attrs, behaviour_dim, weights, interests)
                        if cfg.guard == "backtest" else None)
             serving_stats = pool.submit(fx.item_stats, ev, n_items, float(ev.ts.max()) + 1, **attrs)
-            try:
-                model, (values, labels, cands) = night.result()
-            except BaseException:
-                for future in (earlier, serving_stats):
-                    if future is not None:
-                        future.cancel()
-                raise
+            model, (values, labels, cands) = night.result()
             backtest = None
             if earlier is not None:
                 try:
