@@ -20,13 +20,15 @@ export FUSIONRANK_JARS_DIR ?= $(abspath .jars)
 
 install: $(STAMP)
 
-# torch is pinned to the CPU build through constraints/local.txt: an unpinned
-# `torch` pulls a multi-GB CUDA build.
+# torch is pinned through constraints/local.txt (the CPU build where a wheel of it lies
+# on the machine's disk; otherwise PyPI's CUDA build, which runs on CPU). No pip cache:
+# a second ~3 GB copy of torch's wheels on CI's disk helps nothing.
+PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check --no-cache-dir
 $(STAMP): pyproject.toml constraints/local.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints/local.txt torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints/local.txt -e '.[dev,airflow]'
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) -c constraints/local.txt torch==2.13.0
+	$(PIP_INSTALL) -c constraints/local.txt -e '.[dev,airflow]'
 	touch $(STAMP)
 
 # The Delta Lake and S3A jars, resolved once from Maven Central with Spark's Ivy into

@@ -2,7 +2,7 @@
 
 pyspark's pip package carries Spark and Hadoop's client but neither the Delta
 classes nor Hadoop's S3A connector. `fetch()` resolves them once from Maven
-Central with Spark's own Ivy (``spark.jars.packages`` with ``spark.jars.ivy``
+Central with Spark's own Ivy (``spark-submit --packages`` with ``spark.jars.ivy``
 pointing into the cache folder) and writes a manifest of the resolved files;
 afterwards sessions use the cached files through ``spark.jars`` and need no
 network.
@@ -28,7 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 DELTA_VERSION = "4.4.0"
@@ -104,18 +104,52 @@ def cached_jars(*groups: str) -> list[str] | None:
     return seen
 
 
-_RESOLVE = """
-import sys
-from pyspark.sql import SparkSession
-spark = (SparkSession.builder.master("local[1]").appName("fusionrank-fetch-jars")
-         .config("spark.ui.enabled", "false")
-         .config("spark.jars.packages", sys.argv[1]).config("spark.jars.ivy", sys.argv[2]).getOrCreate())
-spark.stop()
-"""
+# Ivy's resolution runs inside spark-submit, before any application starts. The main
+# class is Hadoop's VersionInfo (in pyspark's bundled hadoop-client-api): it prints a
+# line and exits, so no SparkContext starts. A Python app would start one, and local
+# mode then copies every resolved jar (the 660 MiB AWS SDK bundle among them) into a
+# temp folder: one more copy on a disk that already holds Ivy's download and its
+# retrieved jars.
+_RESOLVE_MAIN = "org.apache.hadoop.util.VersionInfo"
+ATTEMPTS = 3
+# Ivy downloads into <ivy>/cache and copies into <ivy>/jars, so a group needs about
+# twice its jars' size while it resolves (delta 90 MiB; s3a 660 MiB, the SDK bundle).
+NEEDED_FREE_BYTES = {"delta": 2**28, "s3a": 3 * 2**29}
+
+
+def _spark_home() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).parent
+
+
+def _resolve(coordinates: list[str], ivy: Path) -> subprocess.CompletedProcess:
+    home = _spark_home()
+    env = dict(os.environ)
+    env["SPARK_HOME"] = str(home)
+    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    return subprocess.run([str(home / "bin" / "spark-submit"), "--conf", f"spark.jars.ivy={ivy}",
+                           "--packages", ",".join(coordinates), "--class", _RESOLVE_MAIN, "spark-internal"],
+                          env=env, capture_output=True, text=True)
+
+
+def _failure_summary(output: str, tail_lines: int = 20) -> str:
+    """The lines that say what went wrong (Ivy's and Java's), then the output's tail:
+    a JVM stack trace alone ends with frames, not with its cause."""
+    lines = output.splitlines()
+    causes = [line for line in lines
+              if re.search(r"(Exception|Error|unresolved|not found|FAILED|No space)", line)
+              and not line.lstrip().startswith("at ")]
+    tail = lines[-tail_lines:]
+    picked = [line for line in causes[:15] if line not in tail]
+    return "\n".join(picked + (["..."] if picked else []) + tail)
 
 
 def fetch(folder: Path | None = None, force: bool = False) -> dict:
-    """Resolve every group into `folder` (one Ivy resolution per group) and write the manifest."""
+    """Resolve every group into `folder` (one Ivy resolution per group, retried on a
+    failure) and write the manifest. Ivy's download cache is removed afterwards: the
+    manifest names only the retrieved jars."""
     folder = folder or jars_dir()
     if not force and manifest(folder) is not None:
         return manifest(folder)
@@ -129,23 +163,26 @@ def fetch(folder: Path | None = None, force: bool = False) -> dict:
     bundled_artifacts = _bundled_artifacts()
     for group, coordinates in GROUPS.items():
         ivy = folder / "ivy" / group
-        shutil.rmtree(ivy / "jars", ignore_errors=True)
-        env = dict(os.environ)
-        env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        env.setdefault("PYSPARK_PYTHON", sys.executable)
-        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
-            script.write(_RESOLVE)
-        try:
-            proc = subprocess.run([sys.executable, script.name, ",".join(coordinates), str(ivy)],
-                                  env=env, capture_output=True, text=True)
-        finally:
-            os.unlink(script.name)
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-            raise JarsError(f"could not resolve {coordinates} from Maven Central into {ivy}:\n{tail}")
-        resolved = sorted((ivy / "jars").glob("*.jar"))
-        if not resolved:
-            raise JarsError(f"resolving {coordinates} left no jars in {ivy / 'jars'}")
+        shutil.rmtree(ivy, ignore_errors=True)
+        free = shutil.disk_usage(folder).free
+        if free < NEEDED_FREE_BYTES[group]:
+            raise JarsError(f"{free / 2**30:.2f} GiB free under {folder}; resolving {coordinates} needs about "
+                            f"{NEEDED_FREE_BYTES[group] / 2**30:.2f} GiB (set {ENV_DIR} to a folder on a larger disk)")
+        for attempt in range(1, ATTEMPTS + 1):
+            proc = _resolve(coordinates, ivy)
+            resolved = sorted((ivy / "jars").glob("*.jar"))
+            if proc.returncode == 0 and resolved:
+                break
+            if attempt == ATTEMPTS:
+                why = (_failure_summary(proc.stdout + proc.stderr) if proc.returncode != 0
+                       else f"spark-submit exited 0 but left no jars in {ivy / 'jars'}")
+                raise JarsError(f"could not resolve {coordinates} from Maven Central into {ivy} "
+                                f"({ATTEMPTS} attempts; spark-submit exit {proc.returncode}):\n{why}")
+            print(f"resolving {coordinates}: attempt {attempt} failed (exit {proc.returncode}), trying again",
+                  file=sys.stderr)
+            shutil.rmtree(ivy / "jars", ignore_errors=True)
+            time.sleep(5 * attempt)
+        shutil.rmtree(ivy / "cache", ignore_errors=True)
         # Transitive dependencies pyspark already ships (Hadoop client, Parquet, Jackson,
         # log4j...) stay out: two versions of one library on a classpath is a lottery.
         result[group] = [str(p) for p in resolved if _artifact(p.name, ivy=True) not in bundled_artifacts]
