@@ -180,7 +180,7 @@ def fetch(folder: Path | None = None, force: bool = False) -> dict:
                                 f"({ATTEMPTS} attempts; spark-submit exit {proc.returncode}):\n{why}")
             print(f"resolving {coordinates}: attempt {attempt} failed (exit {proc.returncode}), trying again",
                   file=sys.stderr)
-            shutil.rmtree(ivy / "jars", ignore_errors=True)
+            shutil.rmtree(ivy, ignore_errors=True)  # a half-downloaded jar must not be reused
             time.sleep(5 * attempt)
         shutil.rmtree(ivy / "cache", ignore_errors=True)
         # Transitive dependencies pyspark already ships (Hadoop client, Parquet, Jackson,
