@@ -36,3 +36,22 @@ def test_failure_summary_puts_the_cause_before_the_stack_trace():
     assert summary[1].startswith("Exception in thread")
     assert summary[-1].endswith("(Frame.scala:39)")
     assert not any("Frame0" in line for line in summary)
+
+
+def test_submit_args_take_a_mirror_or_ivy_settings_from_the_environment(tmp_path):
+    ivy = tmp_path / "ivy"
+    plain = jars.submit_args(["g:a:1", "g:b:2"], ivy, {})
+    assert plain == ["--conf", f"spark.jars.ivy={ivy}", "--packages", "g:a:1,g:b:2",
+                     "--class", jars._RESOLVE_MAIN, "spark-internal"]
+    mirrored = jars.submit_args(["g:a:1"], ivy, {jars.REPOSITORIES_ENV: " https://m1/maven2 ,, https://m2 "})
+    assert mirrored[mirrored.index("--repositories") + 1] == "https://m1/maven2,https://m2"
+    settings = tmp_path / "ivysettings.xml"
+    settings.write_text("<ivysettings/>")
+    with_settings = jars.submit_args(["g:a:1"], ivy, {jars.IVY_SETTINGS_ENV: str(settings)})
+    assert f"spark.jars.ivySettings={settings.resolve()}" in with_settings
+    try:
+        jars.submit_args(["g:a:1"], ivy, {jars.IVY_SETTINGS_ENV: str(tmp_path / "missing.xml")})
+    except jars.JarsError as exc:
+        assert "missing.xml" in str(exc)
+    else:
+        raise AssertionError("a missing ivysettings.xml must be an error")

@@ -11,7 +11,8 @@ network.
     python -m fusionrank.core.jars show           # the cached files
 
 The cache folder is ``$FUSIONRANK_JARS_DIR``, else ``.jars`` at the project root
-(beside ``lib/``). Jars are never committed.
+(beside ``lib/``). Jars are never committed. Behind a Maven mirror, set
+``$FUSIONRANK_MAVEN_REPOSITORIES`` or ``$FUSIONRANK_IVY_SETTINGS`` (`submit_args`).
 
 Versions: pyspark 4.2.0 bundles hadoop-client 3.5.0, so hadoop-aws is 3.5.0 (its
 POM brings the AWS SDK v2 bundle 2.35.4 and analyticsaccelerator-s3). delta-spark
@@ -123,14 +124,36 @@ def _spark_home() -> Path:
     return Path(pyspark.__file__).parent
 
 
+REPOSITORIES_ENV = "FUSIONRANK_MAVEN_REPOSITORIES"
+IVY_SETTINGS_ENV = "FUSIONRANK_IVY_SETTINGS"
+
+
+def submit_args(coordinates: list[str], ivy: Path, environ: dict[str, str] | None = None) -> list[str]:
+    """spark-submit's arguments for one resolution. Where Maven Central is reached
+    through a mirror (Artifactory, Nexus, a cloud's package proxy),
+    ``$FUSIONRANK_MAVEN_REPOSITORIES`` (comma-separated URLs, tried before Central) or
+    ``$FUSIONRANK_IVY_SETTINGS`` (an ivysettings.xml, which then owns every resolver)
+    point Ivy at it, as spark-submit's own --repositories and spark.jars.ivySettings do."""
+    environ = os.environ if environ is None else environ
+    args = ["--conf", f"spark.jars.ivy={ivy}"]
+    settings = environ.get(IVY_SETTINGS_ENV, "").strip()
+    if settings:
+        if not Path(settings).is_file():
+            raise JarsError(f"{IVY_SETTINGS_ENV}={settings}: no such file")
+        args += ["--conf", f"spark.jars.ivySettings={Path(settings).resolve()}"]
+    repositories = ",".join(url.strip() for url in environ.get(REPOSITORIES_ENV, "").split(",") if url.strip())
+    if repositories:
+        args += ["--repositories", repositories]
+    return args + ["--packages", ",".join(coordinates), "--class", _RESOLVE_MAIN, "spark-internal"]
+
+
 def _resolve(coordinates: list[str], ivy: Path) -> subprocess.CompletedProcess:
     home = _spark_home()
     env = dict(os.environ)
     env["SPARK_HOME"] = str(home)
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     env.setdefault("PYSPARK_PYTHON", sys.executable)
-    return subprocess.run([str(home / "bin" / "spark-submit"), "--conf", f"spark.jars.ivy={ivy}",
-                           "--packages", ",".join(coordinates), "--class", _RESOLVE_MAIN, "spark-internal"],
+    return subprocess.run([str(home / "bin" / "spark-submit"), *submit_args(coordinates, ivy, env)],
                           env=env, capture_output=True, text=True)
 
 
