@@ -55,3 +55,10 @@ def test_submit_args_take_a_mirror_or_ivy_settings_from_the_environment(tmp_path
         assert "missing.xml" in str(exc)
     else:
         raise AssertionError("a missing ivysettings.xml must be an error")
+
+
+def test_the_default_cache_is_dot_jars_at_the_project_root(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.delenv(jars.ENV_DIR, raising=False)
+    assert jars.jars_dir() == Path(__file__).resolve().parents[2] / ".jars"

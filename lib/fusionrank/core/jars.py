@@ -40,6 +40,8 @@ GROUPS = {
 }
 MANIFEST = "manifest.json"
 ENV_DIR = "FUSIONRANK_JARS_DIR"
+REPOSITORIES_ENV = "FUSIONRANK_MAVEN_REPOSITORIES"
+IVY_SETTINGS_ENV = "FUSIONRANK_IVY_SETTINGS"
 
 
 class JarsError(RuntimeError):
@@ -50,7 +52,7 @@ def jars_dir() -> Path:
     env = os.environ.get(ENV_DIR)
     if env:
         return Path(env).expanduser().resolve()
-    return Path(__file__).resolve().parents[2] / ".jars"
+    return Path(__file__).resolve().parents[3] / ".jars"  # lib/fusionrank/core/jars.py -> the project root
 
 
 _ARTIFACT = re.compile(r"^(.+?)-\d")
@@ -64,17 +66,19 @@ def _artifact(jar_name: str, ivy: bool = False) -> str:
     return match.group(1) if match else name[:-len(".jar")]
 
 
-def _bundled_artifacts() -> set[str]:
+def _spark_home() -> Path:
+    """pyspark's package folder: Spark's home in a pip install (bin/, jars/)."""
     import pyspark
 
-    return {_artifact(jar.name) for jar in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
+    return Path(pyspark.__file__).parent
+
+
+def _bundled_artifacts() -> set[str]:
+    return {_artifact(jar.name) for jar in (_spark_home() / "jars").glob("*.jar")}
 
 
 def _bundled_hadoop_version() -> str | None:
-    import pyspark
-
-    folder = Path(pyspark.__file__).parent / "jars"
-    for jar in folder.glob("hadoop-client-api-*.jar"):
+    for jar in (_spark_home() / "jars").glob("hadoop-client-api-*.jar"):
         return jar.name[len("hadoop-client-api-"):-len(".jar")]
     return None
 
@@ -116,16 +120,6 @@ ATTEMPTS = 3
 # Ivy downloads into <ivy>/cache and copies into <ivy>/jars, so a group needs about
 # twice its jars' size while it resolves (delta 90 MiB; s3a 660 MiB, the SDK bundle).
 NEEDED_FREE_BYTES = {"delta": 2**28, "s3a": 3 * 2**29}
-
-
-def _spark_home() -> Path:
-    import pyspark
-
-    return Path(pyspark.__file__).parent
-
-
-REPOSITORIES_ENV = "FUSIONRANK_MAVEN_REPOSITORIES"
-IVY_SETTINGS_ENV = "FUSIONRANK_IVY_SETTINGS"
 
 
 def submit_args(coordinates: list[str], ivy: Path, environ: dict[str, str] | None = None) -> list[str]:
