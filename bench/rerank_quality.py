@@ -72,6 +72,8 @@ EVENT_WEIGHTS = {"view": 0.25, "click": 0.5, "add_to_cart": 1.5, "purchase": 3.0
 RATING_OFFSET, RATING_SCALE = -7.0, 10.0
 CANDIDATES = 200
 BLENDS = tuple(RerankConfig().retrieval_blends)  # the stage's default grid, owned by the config
+# Fold models summed below this many labelled users, as the stage (rerank.folds, rerank.fold_max_users)
+FOLDS = dict(folds=RerankConfig().folds, fold_max_users=RerankConfig().fold_max_users)
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -387,7 +389,7 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
     best_model = None
     for leaves, lr in leaves_grid:
         model = rk.train_ranker(values, labels, cands, names,
-                                rk.RankerConfig(num_leaves=leaves, learning_rate=lr, seed=seed))
+                                rk.RankerConfig(num_leaves=leaves, learning_rate=lr, seed=seed, **FOLDS))
         if best_model is None or model.valid_ndcg > best_model.valid_ndcg:
             best_model = model
     model = best_model
@@ -402,7 +404,8 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
     sp2 = Split(data, inner2, Lae(inner2, data.n_users, data.n_items, rank), rank, l2, hl, b_users, **multi_args)
     v2, l2_, c2, _ = featurize(sp2, val2)
     early = rk.train_ranker(v2, l2_, c2, names, rk.RankerConfig(num_leaves=model.params["num_leaves"],
-                                                                learning_rate=model.params["learning_rate"], seed=seed))
+                                                                learning_rate=model.params["learning_rate"], seed=seed,
+                                                                **FOLDS))
     del v2, l2_, c2, sp2
     # The blend weight of retrieval order (rerank.retrieval_blends) is the backtest's best, as in the stage.
     early_scores, early_retrieval = early.score(values, cands >= 0), values[..., names.index("retrieval_score")]
@@ -444,7 +447,8 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
         rows[label] = {**score_lists(recs, rel), "buy_ndcg": score_lists(recs, rel_buy)["ndcg"] if rel_buy else None}
     info = {"interests": interests, "lae_rank": rank, "lae_l2": l2, "half_life": hl, "ease_lambda": lam,
             "ranker_leaves": model.params["num_leaves"], "ranker_lr": model.params["learning_rate"],
-            "ranker_rounds": model.best_iteration, "ranker_valid_ndcg": round(model.valid_ndcg, 4),
+            "ranker_rounds": model.best_iteration,
+            "ranker_folds": model.params.get("fold_rounds", 1), "ranker_valid_ndcg": round(model.valid_ndcg, 4),
             "retrieval_valid_ndcg_on_slice": round(model.valid_ndcg_retrieval, 4), "ranker_rejected": rejected,
             "backtest_ndcg": round(backtest[0], 4), "backtest_ndcg_retrieval": round(backtest[1], 4),
             "retrieval_blend": weight, "backtest_by_blend": {str(w): round(v, 4) for w, v in by_blend.items()},

@@ -148,10 +148,14 @@ def _synthetic_ranking(n_users=300, width=40, seed=0):
     return values, labels, cand, ["retrieval_score", "signal", "noise"]
 
 
-def test_train_ranker_beats_retrieval_order_and_is_deterministic(tmp_path):
+@pytest.mark.parametrize("folds", [1, 5])
+def test_train_ranker_beats_retrieval_order_and_is_deterministic(tmp_path, folds):
     values, labels, cand, names = _synthetic_ranking()
-    cfg = rk.RankerConfig(num_rounds=60, min_data_in_leaf=20, num_threads=1)
+    cfg = rk.RankerConfig(num_rounds=60, min_data_in_leaf=20, num_threads=1, folds=folds)
     model = rk.train_ranker(values, labels, cand, names, cfg)
+    assert model.params.get("folds", 1) == folds
+    # folds: every labelled user trains and is scored out of fold; else a fifth is held out
+    assert model.n_users == (300 if folds > 1 else 240)
     assert model.valid_ndcg > model.valid_ndcg_retrieval + 0.2
     assert next(iter(model.gains())) == "signal"
     again = rk.train_ranker(values, labels, cand, names, cfg)
@@ -167,6 +171,38 @@ def test_train_ranker_beats_retrieval_order_and_is_deterministic(tmp_path):
     np.testing.assert_array_equal(partial[valid], model.score(values[:5])[valid])
     assert np.all(partial[~valid] == 0)
     assert np.all(model.score(values[:5], np.zeros((5, values.shape[1]), bool)) == 0)
+
+
+def test_fold_models_are_summed_into_one_booster_only_for_small_label_sets():
+    import lightgbm as lgb
+
+    values, labels, cand, names = _synthetic_ranking(n_users=200)
+    cfg = rk.RankerConfig(num_rounds=40, early_stopping=10, min_data_in_leaf=20, num_threads=1, folds=4)
+    model = rk.train_ranker(values, labels, cand, names, cfg)
+    rounds = model.params["fold_rounds"]
+    assert model.params["folds"] == 4 and len(rounds) == 4 and model.best_iteration == sum(rounds)
+    assert model.booster.num_trees() == sum(rounds)
+    # the summed booster's score is the sum of the fold models' (refitted alike)
+    flat = values.reshape(-1, 3)
+    has = np.flatnonzero((labels > 0).any(axis=1))
+    slices = np.array_split(np.random.RandomState(cfg.seed).permutation(has), 4)
+    total = np.zeros(len(flat))
+    for f, held in enumerate(slices):
+        out = np.setdiff1d(has, held)
+        booster, best, _ = rk._fit(values[out], labels[out], cand[out], values[held], labels[held], cand[held],
+                                   names, cfg, cfg.seed + f)
+        assert best == rounds[f]
+        total += booster.predict(flat, num_iteration=best)
+    np.testing.assert_allclose(model.booster.predict(flat), total, rtol=1e-9, atol=1e-9)
+    contrib = model.booster.predict(flat[:20], pred_contrib=True)
+    np.testing.assert_allclose(contrib.sum(axis=1), total[:20], rtol=1e-9, atol=1e-9)
+    reloaded = lgb.Booster(model_str=model.booster.model_to_string())
+    np.testing.assert_allclose(reloaded.predict(flat[:50]), total[:50], rtol=1e-9, atol=1e-9)
+    # above fold_max_users: one model, early-stopped on a slice
+    single = rk.train_ranker(values, labels, cand, names,
+                             rk.RankerConfig(num_rounds=40, early_stopping=10, min_data_in_leaf=20, num_threads=1,
+                                             folds=4, fold_max_users=199))
+    assert "folds" not in single.params and single.booster.num_trees() >= single.best_iteration
 
 
 def test_too_few_labels_is_a_clear_error(tmp_path):

@@ -91,6 +91,12 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[object]], numeric: It
     return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def _folds(params: dict) -> str:
+    """'5 (37, 41, ...)' for a re-ranker summed from fold models, '1' for one model."""
+    rounds = params.get("fold_rounds")
+    return f"{params.get('folds')} ({', '.join(str(r) for r in rounds)})" if rounds else "1"
+
+
 def _na(message: str) -> str:
     return f'<p class="na">Not available: {e(message)}</p>'
 
@@ -255,6 +261,7 @@ class _Report:
         meta = json.loads(fs.read_text(meta_path))
         rows = [("version", meta.get("version")), ("users trained on", meta.get("n_users")),
                 ("labelled candidates", meta.get("n_labels")), ("boosting rounds", meta.get("best_iteration")),
+                ("fold models summed (rounds each)", _folds(meta.get("params") or {})),
                 ("validation nDCG@10, re-ranked", meta.get("valid_ndcg")),
                 ("validation nDCG@10, retrieval order", meta.get("valid_ndcg_retrieval")),
                 ("backtest nDCG@10, re-ranked (the guard)", meta.get("backtest_ndcg")),

@@ -230,6 +230,7 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
         shutil.rmtree(staging, ignore_errors=True)
     counts.update({"rerank": "trained", "rerank_version": f"lgbm-{digest}", "rerank_users": model.n_users,
                    "rerank_labels": model.n_labels, "rerank_rounds": model.best_iteration,
+                   "rerank_folds": model.params.get("folds", 1),
                    "rerank_valid_ndcg": round(model.valid_ndcg, 4),
                    "rerank_valid_ndcg_retrieval": round(model.valid_ndcg_retrieval, 4)})
     log.info("rank: re-ranker %s trained on %d users (validation nDCG@10 %.4f vs retrieval order %.4f)",
@@ -248,7 +249,8 @@ def train_nightly(ctx: RunContext, index, behaviour_dim: int) -> tuple[str | Non
 
 def _ranker_config(cfg, seed: int) -> rk.RankerConfig:
     return rk.RankerConfig(num_leaves=cfg.num_leaves, learning_rate=cfg.learning_rate, num_rounds=cfg.num_rounds,
-                           early_stopping=cfg.early_stopping, seed=seed, num_threads=cfg.num_threads)
+                           early_stopping=cfg.early_stopping, seed=seed, num_threads=cfg.num_threads,
+                           folds=cfg.folds, fold_max_users=cfg.fold_max_users)
 
 
 def _labelled_set(ev: fx.Events, cfg, seed: int, index, n_items: int, attrs: dict, behaviour_dim: int, weights,

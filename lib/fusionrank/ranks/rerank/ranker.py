@@ -110,6 +110,12 @@ class RankerConfig:
     num_threads: int = 2
     eval_at: int = 10
     max_negatives: int = 100   # unlabelled candidates sampled per training user (0: all)
+    # Up to fold_max_users labelled users: `folds` models, each early-stopped on a
+    # different fifth of the users and trained on the rest, summed into one booster
+    # (every user trains, the variance of a small label set averages out). Above: one
+    # model with a valid_share slice.
+    folds: int = 5
+    fold_max_users: int = 5000
 
 
 @dataclass
@@ -199,11 +205,11 @@ def ndcg_at(scores: np.ndarray, labels: np.ndarray, valid: np.ndarray, k: int, b
 
 def train_ranker(values: np.ndarray, labels: np.ndarray, cand: np.ndarray, names: list[str],
                  cfg: RankerConfig, valid_share: float = 0.2, min_labels: int = 50) -> TrainedRanker:
-    """LambdaRank on (U, W, F) features with (U, W) graded labels; a seeded share of
-    users is the validation slice for early stopping. Raises ValueError when there
-    are too few labelled users to train (the caller falls back)."""
-    import lightgbm as lgb
-
+    """LambdaRank on (U, W, F) features with (U, W) graded labels, early-stopped on
+    seeded slices of users: one slice (`valid_share`) or, up to `cfg.fold_max_users`
+    labelled users, each of `cfg.folds` folds in turn (the fold models summed into one
+    booster; valid_ndcg is then out-of-fold over every labelled user). Raises
+    ValueError when there are too few labelled users to train (the caller falls back)."""
     has = (labels > 0).any(axis=1)
     n_pos = int((labels > 0).sum())
     if has.sum() < 10 or n_pos < min_labels:
@@ -211,15 +217,50 @@ def train_ranker(values: np.ndarray, labels: np.ndarray, cand: np.ndarray, names
                          f"{int(has.sum())} users (need {min_labels} and 10 users)")
     rng = np.random.RandomState(cfg.seed)
     users = np.flatnonzero(has)
+    folds = cfg.folds if 2 <= cfg.folds <= len(users) and len(users) <= cfg.fold_max_users else 1
+    if folds == 1:
+        slices = [rng.choice(users, max(1, int(round(valid_share * len(users)))), replace=False)]
+    else:
+        slices = np.array_split(rng.permutation(users), folds)
+    boosters, rounds, params = [], [], None
+    scores = np.zeros(labels.shape, np.float32)  # each slice's users, scored by the model that did not train on them
     is_valid = np.zeros(len(labels), bool)
-    is_valid[rng.choice(users, max(1, int(round(valid_share * len(users)))), replace=False)] = True
-    tr = has & ~is_valid
-    xt, yt, gt = _flatten(values[tr], labels[tr], cand[tr], cfg.max_negatives, cfg.seed)
-    xv, yv, gv = _flatten(values[is_valid], labels[is_valid], cand[is_valid])
+    for f, held_out in enumerate(slices):
+        fold_valid = np.zeros(len(labels), bool)
+        fold_valid[held_out] = True
+        booster, best, params = _fit(values[has & ~fold_valid], labels[has & ~fold_valid], cand[has & ~fold_valid],
+                                     values[fold_valid], labels[fold_valid], cand[fold_valid], names, cfg, cfg.seed + f)
+        boosters.append(booster)
+        rounds.append(best)
+        vv = cand[fold_valid] >= 0
+        scores[fold_valid] = TrainedRanker(booster, names, best, 0.0, 0.0, 0, 0, params).score(values[fold_valid], vv)
+        is_valid |= fold_valid
+    trained = has & ~is_valid if folds == 1 else has
+    if folds == 1:
+        model = TrainedRanker(boosters[0], names, rounds[0], 0.0, 0.0, int(trained.sum()),
+                              int((labels[trained] > 0).sum()), params)
+    else:
+        params = {**params, "seed": cfg.seed, "folds": folds, "fold_rounds": rounds}
+        model = TrainedRanker(sum_boosters(boosters, rounds), names, int(sum(rounds)), 0.0, 0.0, int(trained.sum()),
+                              int((labels[trained] > 0).sum()), params)
+    vv = cand[is_valid] >= 0
+    model.valid_ndcg = ndcg_at(scores[is_valid], labels[is_valid], vv, cfg.eval_at)
+    model.valid_ndcg_retrieval = ndcg_at(values[is_valid][..., names.index("retrieval_score")], labels[is_valid],
+                                         vv, cfg.eval_at)
+    return model
+
+
+def _fit(train_values, train_labels, train_cand, valid_values, valid_labels, valid_cand, names: list[str],
+         cfg: RankerConfig, seed: int):
+    """(booster, its early-stopped round count, params) of one LambdaRank fit."""
+    import lightgbm as lgb
+
+    xt, yt, gt = _flatten(train_values, train_labels, train_cand, cfg.max_negatives, seed)
+    xv, yv, gv = _flatten(valid_values, valid_labels, valid_cand)
     params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [cfg.eval_at],
               "num_leaves": cfg.num_leaves, "learning_rate": cfg.learning_rate,
               "min_data_in_leaf": cfg.min_data_in_leaf, "feature_fraction": cfg.feature_fraction,
-              "lambdarank_truncation_level": cfg.lambdarank_truncation, "seed": cfg.seed,
+              "lambdarank_truncation_level": cfg.lambdarank_truncation, "seed": seed,
               # graded but gently (a view is already a hit): purchase 3 > cart 2 > click 1.5 > view 1
               "label_gain": list(LABEL_GAIN),
               "deterministic": True, "force_row_wise": True, "num_threads": cfg.num_threads, "verbose": -1}
@@ -227,13 +268,27 @@ def train_ranker(values: np.ndarray, labels: np.ndarray, cand: np.ndarray, names
     dvalid = lgb.Dataset(xv, yv, group=gv, reference=dtrain, free_raw_data=False)
     booster = lgb.train(params, dtrain, num_boost_round=cfg.num_rounds, valid_sets=[dvalid],
                         callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
-    best = int(booster.best_iteration or cfg.num_rounds)
-    model = TrainedRanker(booster, names, best, 0.0, 0.0, int(tr.sum()), int((labels[tr] > 0).sum()), params)
-    vv = cand[is_valid] >= 0
-    model.valid_ndcg = ndcg_at(model.score(values[is_valid], vv), labels[is_valid], vv, cfg.eval_at)
-    model.valid_ndcg_retrieval = ndcg_at(values[is_valid][..., names.index("retrieval_score")], labels[is_valid],
-                                         vv, cfg.eval_at)
-    return model
+    return booster, int(booster.best_iteration or cfg.num_rounds), params
+
+
+def sum_boosters(boosters: list, rounds: list[int]):
+    """One LightGBM booster whose score is the sum of `boosters`' (each cut at its
+    `rounds`): their trees, renumbered, under the first one's header. A sum ranks as
+    the mean does, and its feature contributions (pred_contrib) and gains stay exact."""
+    import lightgbm as lgb
+
+    header, tail, trees = None, None, []
+    for booster, n in zip(boosters, rounds):
+        text = booster.model_to_string(num_iteration=n)
+        head, rest = text.split("\nTree=", 1)
+        body, end = rest.split("\nend of trees", 1)
+        if header is None:
+            header, tail = head, "\nend of trees" + end
+        for block in ("Tree=" + body).split("\nTree="):
+            trees.append(block.split("\n", 1)[1])  # drop its "Tree=N" line
+    # tree_sizes (byte sizes for a parallel load) no longer hold: without it the model loads sequentially
+    header = "\n".join(line for line in header.split("\n") if not line.startswith("tree_sizes="))
+    return lgb.Booster(model_str=header + "\n" + "".join(f"\nTree={i}\n{t}" for i, t in enumerate(trees)) + tail)
 
 
 def blend(scores: np.ndarray, retrieval: np.ndarray, valid: np.ndarray, weight: float) -> np.ndarray:
