@@ -522,7 +522,7 @@ class RerankConfig(_Strict):
     # order (the model is kept, marked rejected, for the report).
     min_valid_gain: float = Field(0.0, ge=0)
     # A model trained on fewer labelled users never serves, whatever its guard says:
-    # a backtest on a few dozen users is noise (the demo night: 32 users, a blend that
+    # a backtest on a few dozen users is noise (the demo night: 40 labelled users, a blend that
     # won its backtest and lost on the hold-out).
     min_serve_users: int = Field(100, ge=0)
     # What the margin is measured on: `slice`, the night's own validation users
