@@ -33,28 +33,16 @@ GRID = dict(ranks=[64, 128, 256], l2s=[100.0, 300.0, 1000.0], half_lives=[None, 
 
 
 def labelled_sets(data: rq.Data, mode: str, seed: int):
+    """Set 1 and set 2 (values, labels, cands, names), both from training events only."""
     ev = data.events
     train = ev.take(~rq.split(ev, mode, seed=seed))  # the test split is dropped here, never looked at
     vmask = rq.split(train, mode, seed=seed + 1000)
     inner, val = train.take(~vmask), train.take(vmask)
     val_rel = rq.relevant(inner, val)
     v_users = np.array(sorted(val_rel), np.int64)
-    lae = rq.Lae(inner, data.n_users, data.n_items, max(GRID["ranks"]))
-    seen = rq.interaction_matrix(inner, data.n_users, data.n_items).tocsr()
-    best = None
-    for rank in GRID["ranks"]:
-        for l2 in GRID["l2s"]:
-            vecs = lae.item_vectors(rank, l2)
-            for hl in GRID["half_lives"]:
-                top, _ = rq.retrieval_topn(lae.profiles(hl), vecs, seen, v_users, rq.K)
-                s = rq.score_lists({int(u): top[i] for i, u in enumerate(v_users)}, val_rel)["ndcg"]
-                if best is None or s > best[0]:
-                    best = (s, rank, l2, hl)
-    _, rank, l2, hl = best
+    lae, rank, l2, hl = rq.pick_retrieval(data, inner, v_users, val_rel, **GRID)
     set1 = rq.featurize(rq.Split(data, inner, lae, rank, l2, hl, v_users), val)
-    v2mask = rq.split(inner, mode, seed=seed + 2000)
-    inner2, val2 = inner.take(~v2mask), inner.take(v2mask)
-    b_users = np.array(sorted(rq.relevant(inner2, val2)), np.int64)
+    inner2, val2, b_users = rq.earlier_split(inner, mode, seed, max_users=data.n_users)  # every user: no sample
     set2 = rq.featurize(rq.Split(data, inner2, rq.Lae(inner2, data.n_users, data.n_items, rank), rank, l2, hl,
                                  b_users), val2)
     return set1, set2

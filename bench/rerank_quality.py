@@ -71,9 +71,10 @@ DAY = 86_400.0
 EVENT_WEIGHTS = {"view": 0.25, "click": 0.5, "add_to_cart": 1.5, "purchase": 3.0, "rating": 1.0, "search": 0.0}
 RATING_OFFSET, RATING_SCALE = -7.0, 10.0
 CANDIDATES = 200
-BLENDS = tuple(RerankConfig().retrieval_blends)  # the stage's default grid, owned by the config
-# Fold models summed below this many labelled users, as the stage (rerank.folds, rerank.fold_max_users)
-FOLDS = dict(folds=RerankConfig().folds, fold_max_users=RerankConfig().fold_max_users)
+_STAGE = RerankConfig()  # the stage's defaults, owned by the config
+BLENDS = tuple(_STAGE.retrieval_blends)
+# Fold models summed up to this many labelled users, as the stage (rerank.folds, rerank.fold_max_users)
+FOLDS = dict(folds=_STAGE.folds, fold_max_users=_STAGE.fold_max_users)
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -346,6 +347,34 @@ def featurize(sp: Split, label_ev: fx.Events | None):
     return (pad(values, 0), pad(labels, 0) if labels else None, pad(cands, -1), names)
 
 
+def pick_retrieval(data: Data, inner: fx.Events, v_users: np.ndarray, val_rel: dict, ranks, l2s, half_lives):
+    """(the LAE of `inner`, rank, l2, half-life): retrieval's hyperparameters with the
+    best nDCG@10 on the validation users."""
+    lae = Lae(inner, data.n_users, data.n_items, max(ranks))
+    seen = interaction_matrix(inner, data.n_users, data.n_items).tocsr()
+    best = None
+    for rank in ranks:
+        for l2 in l2s:
+            vecs = lae.item_vectors(rank, l2)
+            for hl in half_lives:
+                top, _ = retrieval_topn(lae.profiles(hl), vecs, seen, v_users, K)
+                s = score_lists({int(u): top[i] for i, u in enumerate(v_users)}, val_rel)["ndcg"]
+                if best is None or s > best[0]:
+                    best = (s, rank, l2, hl)
+    return (lae, *best[1:])
+
+
+def earlier_split(inner: fx.Events, val_mode: str, seed: int, max_users: int):
+    """(inner2, val2, labelled users): the backtest's split, carved from `inner` as val
+    was from training, and a seeded sample of at most `max_users` of its users."""
+    v2mask = split(inner, val_mode, seed=seed + 2000)
+    inner2, val2 = inner.take(~v2mask), inner.take(v2mask)
+    users = np.array(sorted(relevant(inner2, val2)), np.int64)
+    if len(users) > max_users:
+        users = np.sort(np.random.RandomState(seed + 3).choice(users, max_users, False))
+    return inner2, val2, users
+
+
 def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ranks, l2s, half_lives, lams,
                 leaves_grid, max_train_users: int, seed: int = 42, max_eval_users: int = 0, interests: int = 1,
                 interest_candidates: int = 50, log=print):
@@ -361,19 +390,7 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
         v_users = np.sort(np.random.RandomState(seed + 1).choice(v_users, max_eval_users, replace=False))
         val_rel = {int(u): val_rel[int(u)] for u in v_users}
 
-    # retrieval hyperparameters on validation
-    lae_inner = Lae(inner, data.n_users, data.n_items, max(ranks))
-    seen_inner = interaction_matrix(inner, data.n_users, data.n_items).tocsr()
-    best = None
-    for rank in ranks:
-        for l2 in l2s:
-            vecs = lae_inner.item_vectors(rank, l2)
-            for hl in half_lives:
-                top, _ = retrieval_topn(lae_inner.profiles(hl), vecs, seen_inner, v_users, K)
-                s = score_lists({int(u): top[i] for i, u in enumerate(v_users)}, val_rel)["ndcg"]
-                if best is None or s > best[0]:
-                    best = (s, rank, l2, hl)
-    _, rank, l2, hl = best
+    lae_inner, rank, l2, hl = pick_retrieval(data, inner, v_users, val_rel, ranks, l2s, half_lives)
     # EASE lambda on validation
     ease_inner = Ease(inner, data.n_users, data.n_items)
     lam = max(lams, key=lambda lm: score_lists(ease_inner.recs(lm, v_users), val_rel)["ndcg"])
@@ -396,11 +413,7 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
     # The stage's guard (rerank.guard: backtest): a model trained one split earlier
     # (features from inner2, labels val2, carved from inner as val from train) scored on
     # the training set above goes through the same feature shift as the test.
-    v2mask = split(inner, val_mode, seed=seed + 2000)
-    inner2, val2 = inner.take(~v2mask), inner.take(v2mask)
-    b_users = np.array(sorted(relevant(inner2, val2)), np.int64)
-    if len(b_users) > max_train_users:
-        b_users = np.sort(np.random.RandomState(seed + 3).choice(b_users, max_train_users, False))
+    inner2, val2, b_users = earlier_split(inner, val_mode, seed, max_train_users)
     sp2 = Split(data, inner2, Lae(inner2, data.n_users, data.n_items, rank), rank, l2, hl, b_users, **multi_args)
     v2, l2_, c2, _ = featurize(sp2, val2)
     early = rk.train_ranker(v2, l2_, c2, names, rk.RankerConfig(num_leaves=model.params["num_leaves"],

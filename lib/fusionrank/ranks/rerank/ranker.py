@@ -111,7 +111,7 @@ class RankerConfig:
     eval_at: int = 10
     max_negatives: int = 100   # unlabelled candidates sampled per training user (0: all)
     # Up to fold_max_users labelled users: `folds` models, each early-stopped on a
-    # different fifth of the users and trained on the rest, summed into one booster
+    # different 1/folds of the users and trained on the rest, summed into one booster
     # (every user trains, the variance of a small label set averages out). Above: one
     # model with a valid_share slice.
     folds: int = 5
@@ -235,14 +235,12 @@ def train_ranker(values: np.ndarray, labels: np.ndarray, cand: np.ndarray, names
         vv = cand[fold_valid] >= 0
         scores[fold_valid] = TrainedRanker(booster, names, best, 0.0, 0.0, 0, 0, params).score(values[fold_valid], vv)
         is_valid |= fold_valid
-    trained = has & ~is_valid if folds == 1 else has
     if folds == 1:
-        model = TrainedRanker(boosters[0], names, rounds[0], 0.0, 0.0, int(trained.sum()),
-                              int((labels[trained] > 0).sum()), params)
-    else:
+        trained, booster, best = has & ~is_valid, boosters[0], rounds[0]
+    else:  # every labelled user trained (in all folds but its own)
+        trained, booster, best = has, sum_boosters(boosters, rounds), int(sum(rounds))
         params = {**params, "seed": cfg.seed, "folds": folds, "fold_rounds": rounds}
-        model = TrainedRanker(sum_boosters(boosters, rounds), names, int(sum(rounds)), 0.0, 0.0, int(trained.sum()),
-                              int((labels[trained] > 0).sum()), params)
+    model = TrainedRanker(booster, names, best, 0.0, 0.0, int(trained.sum()), int((labels[trained] > 0).sum()), params)
     vv = cand[is_valid] >= 0
     model.valid_ndcg = ndcg_at(scores[is_valid], labels[is_valid], vv, cfg.eval_at)
     model.valid_ndcg_retrieval = ndcg_at(values[is_valid][..., names.index("retrieval_score")], labels[is_valid],
