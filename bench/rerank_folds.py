@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import rerank_quality as rq  # noqa: E402
+from fusionrank.ranks.rerank import features as fx  # noqa: E402
 from fusionrank.ranks.rerank import ranker as rk  # noqa: E402
 
 GRID = dict(ranks=[64, 128, 256], l2s=[100.0, 300.0, 1000.0], half_lives=[None, 30.0])
@@ -54,7 +55,7 @@ def scored(train_set, test_set, folds: int, leaves: int, seed: int) -> tuple[flo
                             rk.RankerConfig(num_leaves=leaves, learning_rate=0.05, seed=seed, folds=folds))
     tv, tl, tc, _ = test_set
     valid = tc >= 0
-    s, r = model.score(tv, valid), tv[..., names.index("retrieval_score")]
+    s, r = model.score(tv, valid), tv[..., names.index(fx.RETRIEVAL_SCORE)]
     best = max(rk.ndcg_at(rk.blend(s, r, valid, w), tl, valid, rq.K) for w in rq.BLENDS)
     return rk.ndcg_at(s, tl, valid, rq.K), best
 
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
         mode, seed = spec.split(":")
         seed = int(seed)
         set1, set2 = labelled_sets(data, mode, seed)
-        r = [rk.ndcg_at(s[0][..., s[3].index("retrieval_score")], s[1], s[2] >= 0, rq.K) for s in (set1, set2)]
+        r = [rk.ndcg_at(s[0][..., s[3].index(fx.RETRIEVAL_SCORE)], s[1], s[2] >= 0, rq.K) for s in (set1, set2)]
         for leaves in (15, 63):
             cells = []
             for folds in (1, args.folds):

@@ -421,7 +421,7 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
                                                                 **FOLDS))
     del v2, l2_, c2, sp2
     # The blend weight of retrieval order (rerank.retrieval_blends) is the backtest's best, as in the stage.
-    early_scores, early_retrieval = early.score(values, cands >= 0), values[..., names.index("retrieval_score")]
+    early_scores, early_retrieval = early.score(values, cands >= 0), values[..., names.index(fx.RETRIEVAL_SCORE)]
     by_blend = {w: rk.ndcg_at(rk.blend(early_scores, early_retrieval, cands >= 0, w), labels, cands >= 0, K)
                 for w in BLENDS}
     weight = max(by_blend, key=lambda w: (by_blend[w], -w))
@@ -440,7 +440,7 @@ def run_dataset(name: str, data: Data, test_mask: np.ndarray, val_mode: str, ran
     sp = Split(data, train, lae, rank, l2, hl, users, **multi_args)
     retrieval = {int(u): sp.ann[i, :K] for i, u in enumerate(users)}
     unguarded, blended = {}, {}
-    r_col = names.index("retrieval_score")
+    r_col = names.index(fx.RETRIEVAL_SCORE)
     for u, cand, feats in sp.batches():
         scores = model.score(feats.values, cand >= 0)
         top, _, _ = rk.rerank_order(scores, cand, K)

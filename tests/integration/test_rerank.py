@@ -169,7 +169,7 @@ def test_a_night_with_interest_vectors_trains_and_records_them(night):
     assert counts["rerank"] in ("trained", "rejected"), counts
     meta = json.loads((Path(layout(settings).reranker(END + dt.timedelta(days=5))) / rk.META_FILE).read_text())
     assert meta["interests"] == 3 and meta["interest_candidates"] == 20
-    assert meta["features"][-2:] == ["from_interest", "max_interest_score"]
+    assert meta["features"][-2:] == ["from_interest", "max_interest_score_rel"]
 
 
 def test_a_rerun_of_the_rank_stage_trains_the_same_model_and_writes_the_same_lists(night):

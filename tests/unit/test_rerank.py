@@ -114,6 +114,41 @@ def test_features_attention_reason_and_affinities():
     assert np.all(v[:, 2] == 0)
 
 
+def test_relative_features_do_not_move_with_the_volume_behind_them():
+    """A night with every user twice (counts doubled) and profiles three times as long
+    gives the same *_rel features: training features come from fewer events than the
+    rank pass's, and the trees' thresholds must hold on both."""
+    ev, stats, vecs, ub = _batch()
+    twice = _events([(u + k * 10, i, d / DAY, fx.EVENT_TYPES[t]) for k in (0, 1)
+                     for u, i, d, t in zip(ev.user, ev.item, ev.ts, ev.kind)])
+    stats2 = fx.item_stats(twice, 6, cutoff=3 * DAY, category=np.array([0, 0, 0, 1, 1, 1]),
+                           price=np.array([10, 12, 11, 100, 90, 95.0]))
+    assert stats2.cooc_counts.max() == 2 * stats.cooc_counts.max()
+    cand = np.array([[2, 5, 4], [4, 2, -1]])
+    flags = np.full(cand.shape, fx.FROM_ANN)
+    one = fx.compute_features(cand, flags, ub, stats, lambda p: vecs[p])
+    ub.profile = ub.profile * 3
+    more = fx.compute_features(cand, flags, ub, stats2, lambda p: vecs[p])
+    rel = [j for j, n in enumerate(one.names) if n.endswith("_rel")]
+    assert {one.names[j] for j in rel} >= {fx.RETRIEVAL_SCORE, "cooc_recent_rel", "cooc_history_cosine_rel"}
+    assert one.values[0, :, one.names.index("cooc_recent_rel")].max() == 1.0  # the user's best is 1
+    np.testing.assert_allclose(more.values[..., rel], one.values[..., rel], rtol=1e-6)
+    np.testing.assert_array_equal(more.values[1, 2], 0)  # padding stays 0
+
+
+def test_a_users_candidates_do_not_depend_on_the_batch():
+    """The search fetches candidates plus the batch's longest seen list; `ann_limit`
+    keeps each user's first unseen results, whoever else is in the batch."""
+    ev, stats, vecs, ub = _batch()
+    ann = np.array([[0, 2, 5, 4, 3], [3, 4, 2, 5, 0]])  # user 0 saw 0 (and 1), user 1 saw 3
+    cand, _ = fx.candidates(ann, ub, stats, n_cooc=0, n_trend=0, ann_limit=2)
+    assert [c for c in cand[0] if c >= 0] == [2, 5] and [c for c in cand[1] if c >= 0] == [4, 2]
+    deeper, _ = fx.candidates(ann[:, :3], ub, stats, n_cooc=0, n_trend=0, ann_limit=2)
+    np.testing.assert_array_equal(deeper, cand)  # a shallower search with enough unseen results: the same
+    everything, _ = fx.candidates(ann, ub, stats, n_cooc=0, n_trend=0)
+    assert (everything[0] >= 0).sum() == 4  # without the limit, every unseen result
+
+
 def test_grades_and_label_matrix():
     ev = _events([(0, 1, 1, "view"), (0, 1, 1, "purchase"), (0, 2, 1, "click"), (1, 2, 1, "rating", 4.0),
                   (1, 3, 1, "search")])
@@ -145,7 +180,7 @@ def _synthetic_ranking(n_users=300, width=40, seed=0):
     best = np.argsort(-truth, axis=1)[:, :3]
     np.put_along_axis(labels, best, 2, 1)
     cand = np.tile(np.arange(width), (n_users, 1))
-    return values, labels, cand, ["retrieval_score", "signal", "noise"]
+    return values, labels, cand, [fx.RETRIEVAL_SCORE, "signal", "noise"]
 
 
 @pytest.mark.parametrize("folds", [1, 5])
@@ -267,17 +302,19 @@ def test_interest_features_are_always_there():
     flags = np.array([[fx.FROM_ANN, fx.FROM_INTEREST, 0], [fx.FROM_ANN | fx.FROM_INTEREST, fx.FROM_COOC, 0]])
     single = fx.compute_features(cand, flags, ub, stats, lambda p: vecs[p])
     col = {n: i for i, n in enumerate(single.names)}
-    assert single.names[-2:] == ["from_interest", "max_interest_score"]
+    assert single.names[-2:] == ["from_interest", "max_interest_score_rel"]
     v = single.values
     assert v[0, :, col["from_interest"]].tolist() == [0, 1, 0] and v[1, 0, col["from_interest"]] == 1
     # one interest: the profile's score
-    np.testing.assert_array_equal(v[..., col["max_interest_score"]], v[..., col["retrieval_score"]])
+    np.testing.assert_array_equal(v[..., col["max_interest_score_rel"]], v[..., col[fx.RETRIEVAL_SCORE]])
     ub.interests = np.zeros((2, 2, 6), np.float32)
     ub.interests[0, 0], ub.interests[0, 1] = vecs[5] * 2, vecs[0]
+    ub.profile = ub.profile * 2
     multi = fx.compute_features(cand, flags, ub, stats, lambda p: vecs[p])
-    assert multi.values[0, 1, col["max_interest_score"]] == 2.0  # item 5 against its interest
-    assert multi.values[0, 0, col["max_interest_score"]] == pytest.approx(0.9)  # item 2 against item 0's
-    assert np.all(multi.values[1, :, col["max_interest_score"]] == 0)  # user 1 has no interest vectors
+    # over the profile's best candidate score (user 0: item 2's 2 x 1.0)
+    assert multi.values[0, 1, col["max_interest_score_rel"]] == pytest.approx(1.0)  # item 5, its interest's 2.0
+    assert multi.values[0, 0, col["max_interest_score_rel"]] == pytest.approx(0.45)  # item 2, item 0's 0.9
+    assert np.all(multi.values[1, :, col["max_interest_score_rel"]] == 0)  # user 1 has no interest vectors
     np.testing.assert_array_equal(multi.values[..., :-1], single.values[..., :-1])
 
 
@@ -336,24 +373,23 @@ def test_training_with_interests_adds_their_candidates_and_nothing_else(shop, tm
     assert names == names3
     col = {n: i for i, n in enumerate(names)}
     assert np.all(v1[..., col["from_interest"]] == 0)
-    np.testing.assert_array_equal(v1[..., col["max_interest_score"]], v1[..., col["retrieval_score"]])
+    np.testing.assert_array_equal(v1[..., col["max_interest_score_rel"]], v1[..., col[fx.RETRIEVAL_SCORE]])
     assert v3[..., col["from_interest"]].sum() > len(c3)  # several per user
     for a, b in zip(c1, c3):  # the same users: every candidate of interests 1 is still there
         assert set(a[a >= 0].tolist()) <= set(b[b >= 0].tolist())
-    assert (v3[..., col["max_interest_score"]] >= v3[..., col["retrieval_score"]] - 1e-5).mean() > 0.5
+    assert (v3[..., col["max_interest_score_rel"]] >= v3[..., col[fx.RETRIEVAL_SCORE]] - 1e-5).mean() > 0.5
 
 
-def test_rank_pass_applies_a_model_trained_with_interests(shop, tmp_path):
+def _rank_pass_chunk(shop, cfg, weights, users):
+    """The rank pass's columns for `users` of the shop, and their ANN positions
+    searched as the rank pass does (candidates plus the batch's longest seen list)."""
     import pyarrow as pa
 
-    from fusionrank.ranks.rerank import apply, nightly
+    from fusionrank.ranks.rerank import nightly
 
-    index, ev, attrs = shop
-    _, _, _, folder, cfg, weights = _train_shop(shop, tmp_path, 3)
-    rr = apply.load_reranker(str(folder))
-    assert rr.meta["interests"] == 3
-    users = np.arange(40)
-    ub = fx.user_batch_from_events(ev, users, np.zeros((40, 1), np.float32), weights, cfg.history, cfg.recent)
+    index, ev, _ = shop
+    ub = fx.user_batch_from_events(ev, users, np.zeros((len(users), 1), np.float32), weights, cfg.history,
+                                   cfg.recent)
     ub.profile = nightly._profiles(ub, index, 0)
     hist_ids = [[index.ids[p] for p in row if p >= 0] for row in ub.hist]
     seen = [[] for _ in users]
@@ -365,8 +401,45 @@ def test_rank_pass_applies_a_model_trained_with_interests(shop, tmp_path):
         "recent_item_ids": [[index.ids[p] for p in row if p >= 0] for row in ub.recent],
         "type_mix": ub.type_mix.tolist()})
     _, positions = index.search(ub.profile, cfg.candidates + max(len(s) for s in seen))
-    scores, top, (flags, cooc_item) = apply.rerank_chunk(index, rr, chunk, positions.astype(np.int64),
-                                                         rows_per_pass=16)
+    return chunk, positions.astype(np.int64), seen
+
+
+def test_show_users_contributions_add_up_to_the_rank_pass_score(shop, tmp_path):
+    """explain (fusionrank show user) computes one user's features over the candidate
+    list the rank pass scored: every feature's contribution plus the bias is the score
+    the rank pass gave the item."""
+    from fusionrank.ranks.rerank import apply
+
+    index, _, _ = shop
+    _, _, _, folder, cfg, weights = _train_shop(shop, tmp_path, 3)
+    rr = apply.load_reranker(str(folder))
+    chunk, positions, _ = _rank_pass_chunk(shop, cfg, weights, np.arange(30))
+    scores, top, _ = apply.rerank_chunk(index, rr, chunk, positions, rows_per_pass=8)
+    n_features = len(rr.model.names)
+    bias = rr.model.booster.predict(np.zeros((1, n_features)), pred_contrib=True)[0, -1]
+    for u in (0, 7, 29):
+        served = top[u][top[u] >= 0]
+        picked = [0, 5, len(served) - 1]  # first, middle, last of the list
+        explained = apply.explain(index, rr, chunk.slice(u, 1), [index.ids[served[j]] for j in picked],
+                                  top=n_features)
+        for j in picked:
+            contributions = explained[index.ids[served[j]]]
+            assert len(contributions) == n_features
+            assert sum(c for _, c in contributions) + bias == pytest.approx(float(scores[u][j]), abs=1e-4)
+
+
+def test_rank_pass_applies_a_model_trained_with_interests(shop, tmp_path):
+    import pyarrow as pa
+
+    from fusionrank.ranks.rerank import apply
+
+    index, ev, attrs = shop
+    _, _, _, folder, cfg, weights = _train_shop(shop, tmp_path, 3)
+    rr = apply.load_reranker(str(folder))
+    assert rr.meta["interests"] == 3
+    users = np.arange(40)
+    chunk, positions, seen = _rank_pass_chunk(shop, cfg, weights, users)
+    scores, top, (flags, cooc_item) = apply.rerank_chunk(index, rr, chunk, positions, rows_per_pass=16)
     assert top.shape == flags.shape and (flags & fx.FROM_INTEREST).any()
     only_interest = (flags & fx.FROM_INTEREST > 0) & (flags & fx.FROM_ANN == 0)
     assert only_interest.any()

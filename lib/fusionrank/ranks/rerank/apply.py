@@ -118,12 +118,21 @@ def set_interests(index, users: fx.UserBatch, behaviour_dim: int, n_interests: i
         users.interests = multi.interest_vectors(users.hist, users.hist_w, vectors, behaviour_dim, n_interests)
 
 
-def featurize(index, rr_meta: dict, stats: fx.ItemStats, ann: np.ndarray, users: fx.UserBatch):
+def featurize(index, rr_meta: dict, stats: fx.ItemStats, ann: np.ndarray, users: fx.UserBatch,
+              include: np.ndarray | None = None):
+    """(candidates, source flags, features) of a batch. `include` (one user's
+    positions): those its candidates lack are added, flagged as the index's."""
     # Artifacts saved before interests existed: one (the single profile).
     interest = with_interests(index, users, int(rr_meta["behaviour_dim"]), int(rr_meta.get("interests", 1)),
                               int(rr_meta.get("interest_candidates", 0)))
     cand, flags = fx.candidates(ann, users, stats, int(rr_meta["cooc_candidates"]),
-                                int(rr_meta["trending_candidates"]), interest=interest)
+                                int(rr_meta["trending_candidates"]), interest=interest,
+                                ann_limit=int(rr_meta["candidates"]))
+    if include is not None:
+        keep = cand[0] >= 0
+        missing = np.setdiff1d(include[include >= 0], cand[0][keep])
+        cand = np.concatenate([cand[0][keep], missing])[None, :]
+        flags = np.concatenate([flags[0][keep], np.full(len(missing), fx.FROM_ANN, flags.dtype)])[None, :]
     feats = fx.compute_features(cand, flags, users, stats, index.reconstruct, int(rr_meta["behaviour_dim"]))
     return cand, flags, feats
 
@@ -145,7 +154,7 @@ def rerank_chunk(index, rr: LoadedReranker, chunk: pa.RecordBatch, positions: np
         scores = rr.model.score(feats.values, cand >= 0)
         weight = float(rr.meta.get("retrieval_blend", 0.0))  # older artifacts: the model alone
         if weight:
-            scores = rk.blend(scores, feats.values[..., feats.names.index("retrieval_score")], cand >= 0, weight)
+            scores = rk.blend(scores, feats.values[..., feats.names.index(fx.RETRIEVAL_SCORE)], cand >= 0, weight)
         top, scores, order = rk.rerank_order(scores, cand, cand.shape[1])
         parts.append((scores.astype(np.float32), top, np.take_along_axis(flags, order, 1),
                       np.take_along_axis(feats.cooc_reason, order, 1)))
@@ -179,18 +188,26 @@ def source_reasons(index, text: pa.Array, reason_ids: pa.Array, flags: np.ndarra
 
 def explain(index, rr: LoadedReranker, chunk: pa.RecordBatch, item_ids: list[str], top: int = 3) -> dict:
     """{item_id: [(feature, contribution)]}: the `top` features that moved each of one
-    user's (`chunk`, one row) items most, by LightGBM's per-feature contributions."""
-    users = user_batch(index, chunk.slice(0, 1), int(rr.meta.get("history", 50)), int(rr.meta.get("recent", 5)))
-    cand = index.position_of(np.asarray(item_ids, dtype=object)).reshape(1, -1)
-    flags = np.full(cand.shape, fx.FROM_ANN, np.int64)
-    # max_interest_score as the rank pass computed it
-    set_interests(index, users, int(rr.meta["behaviour_dim"]), int(rr.meta.get("interests", 1)))
-    feats = fx.compute_features(cand, flags, users, rr.stats, index.reconstruct, int(rr.meta["behaviour_dim"]))
-    contrib = rr.model.booster.predict(feats.values[0], pred_contrib=True)[:, :-1]  # last column: bias
+    user's (`chunk`, one row) items most, by LightGBM's per-feature contributions.
+
+    The features are computed over the user's whole candidate list, searched and built
+    as the rank pass does (to within its batch's search depth), with any of `item_ids`
+    it lacks added: retrieval_rank and the *_rel features depend on that list."""
+    one = chunk.slice(0, 1)
+    users = user_batch(index, one, int(rr.meta.get("history", 50)), int(rr.meta.get("recent", 5)))
+    wanted = index.position_of(np.asarray(item_ids, dtype=object))
+    n_seen = len(one.column("seen")[0].as_py() or [])
+    total = int(index.index.ntotal)
+    _, ann = index.search(arrow_vectors(one, "profile_vec", index.index.d), min(total, rr.candidates + n_seen))
+    cand, _, feats = featurize(index, rr.meta, rr.stats, np.where(ann >= 0, ann, -1).astype(np.int64), users,
+                               include=wanted)
+    column = {int(p): j for j, p in enumerate(cand[0])}
+    found = [(item, column[int(p)]) for item, p in zip(item_ids, wanted) if p >= 0]
+    if not found:
+        return {}
+    contrib = rr.model.booster.predict(feats.values[0][[j for _, j in found]], pred_contrib=True)[:, :-1]  # -1: bias
     out = {}
-    for j, item in enumerate(item_ids):
-        if cand[0, j] < 0:
-            continue
-        order = np.argsort(-np.abs(contrib[j]), kind="stable")[:top]
-        out[item] = [(feats.names[f], float(contrib[j, f])) for f in order]
+    for (item, _), c in zip(found, contrib):
+        order = np.argsort(-np.abs(c), kind="stable")[:top]
+        out[item] = [(feats.names[f], float(c[f])) for f in order]
     return out

@@ -332,13 +332,21 @@ _ORDER_BITS = 22  # candidates' source order keys (below 2_100_000) fit in this 
 
 
 def candidates(ann: np.ndarray, users: UserBatch, stats: ItemStats, n_cooc: int = 50, n_trend: int = 20,
-               width: int | None = None, interest: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               width: int | None = None, interest: np.ndarray | None = None,
+               ann_limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(U, W) candidate positions (-1 pad) and their source flags: the ANN results
     `ann` (U, A), the interest vectors' ANN results `interest` (U, B; `interest_ann`),
     the items co-occurring most with the user's recent items and the trending items
     of the user's top two categories (by history weight), unioned, seen items
-    removed. ANN candidates keep their order first, then the interests'."""
+    removed. ANN candidates keep their order first, then the interests'.
+
+    `ann_limit`: each user keeps their first `ann_limit` unseen ANN results. A batch's
+    search fetches rerank.candidates plus its longest seen list; without the cut a
+    user's deepest candidates (and features relative to the list) would depend on who
+    shares the batch."""
     n_users = users.n
+    if ann_limit is not None:
+        ann = first_unseen(ann, users, ann_limit)
     parts_rows, parts_items, parts_flag, parts_order = [], [], [], []
 
     def add(matrix: np.ndarray, flag: int, base: int):
@@ -395,6 +403,19 @@ def candidates(ann: np.ndarray, users: UserBatch, stats: ItemStats, n_cooc: int 
     cand = pad_lists(u_rows[order], u_items[order], n_users, width)
     flag = pad_lists(u_rows[order], merged[order], n_users, cand.shape[1], fill=0)
     return cand, flag
+
+
+def first_unseen(ann: np.ndarray, users: UserBatch, limit: int) -> np.ndarray:
+    """`ann` (U, A) with all but each row's first `limit` valid unseen entries set to -1."""
+    keep = ann >= 0
+    if len(users.seen_rows) and keep.any():
+        n = int(max(ann.max(), users.seen_items.max())) + 1
+        seen_key = np.unique(users.seen_rows.astype(np.int64) * n + users.seen_items)
+        key = np.arange(len(ann), dtype=np.int64)[:, None] * n + np.maximum(ann, 0)
+        at = np.minimum(np.searchsorted(seen_key, key), len(seen_key) - 1)
+        keep &= seen_key[at] != key
+    keep &= np.cumsum(keep, axis=1) <= limit
+    return np.where(keep, ann, -1)
 
 
 def _top_per_row(rows: np.ndarray, items: np.ndarray, vals: np.ndarray, n_rows: int, count: int):
@@ -535,20 +556,41 @@ class Features:
     extra: dict = field(default_factory=dict)
 
 
+# Features named *_rel are divided by the user's largest absolute value of that feature
+# over their candidates (max_interest_score_rel by retrieval_score's). Raw inner products
+# and co-occurrence counts grow with the events behind them: the ranker learns on
+# features from fewer events (its labels are the last part of training) than the rank
+# pass computes them from, and tree thresholds on raw values shift between the two.
+# Chosen on validation sets carved from training only (README, "bench/rerank_quality").
+RETRIEVAL_SCORE = "retrieval_score_rel"
+
+
 def feature_names(behaviour_dim: int, has_text: bool, has_image: bool) -> list[str]:
-    names = ["retrieval_score", "retrieval_rank"]
+    names = [RETRIEVAL_SCORE, "retrieval_rank"]
     if behaviour_dim:
-        names += ["behaviour_score", "content_score"]
+        names += ["behaviour_score_rel", "content_score_rel"]
     if has_text:
-        names.append("text_similarity")
+        names.append("text_similarity_rel")
     if has_image:
-        names.append("image_similarity")
+        names.append("image_similarity_rel")
     names += ["attention_similarity", "max_history_similarity", "last_item_similarity", "recent_similarity",
-              "cooc_recent", "cooc_last_item", "cooc_history_cosine", "popularity", "trend_7d_30d", "age_days", "category_share",
+              "cooc_recent_rel", "cooc_last_item_rel", "cooc_history_cosine_rel", "popularity", "trend_7d_30d", "age_days", "category_share",
               "brand_share", "pop_in_category", "category_share_x_pop_in_category", "same_category_as_last", "price_vs_user", "abs_price_vs_user", "purchase_rate",
               "query_ctr", "user_purchase_share", "user_click_share", "user_history_len", "from_ann",
-              "from_cooc", "from_trending", "from_interest", "max_interest_score"]
+              "from_cooc", "from_trending", "from_interest", "max_interest_score_rel"]
     return names
+
+
+def _relative(x: np.ndarray, valid: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """(U, W) `x` over each user's largest |x| among their valid candidates (or over
+    `scale`, (U, 1)); 0 where the user has none."""
+    if scale is None:
+        scale = _best_magnitude(x, valid)
+    return np.where(valid, x / np.maximum(scale, 1e-12), 0).astype(np.float32)
+
+
+def _best_magnitude(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    return np.where(valid, np.abs(x), 0).max(axis=1, keepdims=True)
 
 
 def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stats: ItemStats,
@@ -559,12 +601,15 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
     """Features of every (user, candidate) of `cand` (U, W).
 
     The list is the same whatever `profiles.interests` is: `from_interest` (the
-    FROM_INTEREST flag) and `max_interest_score` (the candidate's largest inner
+    FROM_INTEREST flag) and `max_interest_score_rel` (the candidate's largest inner
     product with the user's interest vectors) are always there; without interest
     vectors (`users.interests` None, profiles.interests 1) the first is 0 and the
-    second equals retrieval_score, the profile being the one interest. Both come last,
-    so every other column keeps its place. Models saved before these two existed fail
-    apply's feature-name check (retrain)."""
+    second equals retrieval_score_rel, the profile being the one interest. Both come
+    last, so every other column keeps its place. Models saved before these two existed,
+    or before the *_rel features, fail apply's feature-name check (retrain).
+
+    The *_rel features depend on the user's whole candidate list (its best value):
+    compute them over the list the rank pass scores, not over a few of its items."""
     n_users, width = cand.shape
     valid = cand >= 0
     pos = np.maximum(cand, 0)
@@ -576,14 +621,16 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
     rank = np.empty_like(score)
     order = np.argsort(-score, axis=1, kind="stable")
     np.put_along_axis(rank, order, np.arange(width, dtype=np.float32)[None, :].repeat(n_users, 0), 1)
-    cols += [np.where(valid, score, 0), rank]
+    score = np.where(valid, score, 0)
+    score_scale = _best_magnitude(score, valid)
+    cols += [_relative(score, valid, score_scale), rank]
     if behaviour_dim:
-        cols.append(np.einsum("uwd,ud->uw", cvec[..., :behaviour_dim], profile[:, :behaviour_dim]))
-        cols.append(np.einsum("uwd,ud->uw", cvec[..., behaviour_dim:], profile[:, behaviour_dim:]))
+        cols.append(_relative(np.einsum("uwd,ud->uw", cvec[..., :behaviour_dim], profile[:, :behaviour_dim]), valid))
+        cols.append(_relative(np.einsum("uwd,ud->uw", cvec[..., behaviour_dim:], profile[:, behaviour_dim:]), valid))
     for fn, prof in ((text, users.text_profile), (image, users.image_profile)):
         if fn is not None:
             m = fn(pos.ravel()).reshape(n_users, width, -1).astype(np.float32)
-            cols.append(np.einsum("uwd,ud->uw", m, prof.astype(np.float32)))
+            cols.append(_relative(np.einsum("uwd,ud->uw", m, prof.astype(np.float32)), valid))
 
     # Target attention: cosine of the candidate to each history item, softmax-weighted
     # by the history weights (the DIN idea without training).
@@ -641,7 +688,7 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
         cooc_best = np.where(better, c, cooc_best)
         cooc_reason = np.where(better, rec[:, None], cooc_reason)
     knn = _lookup(history_knn(users, stats), cand, stats.n)
-    cols += [np.log1p(cooc_sum), np.log1p(cooc_last), knn]
+    cols += [_relative(cooc_sum, valid), _relative(cooc_last, valid), _relative(knn, valid)]
 
     cols += [stats.pop_pct[pos], stats.trend[pos], np.nan_to_num(np.log1p(np.maximum(stats.age_days[pos], 0)), nan=-1)]
     cat_share = _shares(users, stats.category, stats.n_categories)
@@ -670,7 +717,8 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
              np.repeat(mix[:, [TYPE_CODE["click"]]], width, 1),
              np.repeat(np.log1p((users.hist >= 0).sum(axis=1, keepdims=True)).astype(np.float32), width, 1)]
     cols += [(flags & FROM_ANN > 0), (flags & FROM_COOC > 0), (flags & FROM_TREND > 0), (flags & FROM_INTEREST > 0)]
-    cols.append(cols[0] if users.interests is None else _max_interest_score(cvec, users.interests.astype(np.float32)))
+    cols.append(cols[0] if users.interests is None
+                else _relative(_max_interest_score(cvec, users.interests.astype(np.float32)), valid, score_scale))
     values = np.stack([np.asarray(c, np.float32) for c in cols], axis=2)
     values[~valid] = 0
     names = feature_names(behaviour_dim, text is not None, image is not None)

@@ -147,7 +147,7 @@ def _batches(ev: fx.Events, users: np.ndarray, index, stats: fx.ItemStats, cfg, 
         extra = rerank_apply.with_interests(index, ub, behaviour_dim, interests, cfg.interest_candidates, vectors)
         # the full history (not only the `history` heaviest) is seen
         cand, flags = fx.candidates(_ann(index, ub, cfg.candidates), ub, stats, cfg.cooc_candidates,
-                                    cfg.trending_candidates, interest=extra)
+                                    cfg.trending_candidates, interest=extra, ann_limit=cfg.candidates)
         yield u, cand, fx.compute_features(cand, flags, ub, stats, index.reconstruct, behaviour_dim)
 
 
@@ -311,7 +311,7 @@ def _backtest(model: rk.TrainedRanker, cfg, values: np.ndarray, labels: np.ndarr
     model while the shifted score, like the hold-out, favours retrieval order)."""
     valid = cands >= 0
     names = model.names
-    scores, retrieval = model.score(values, valid), values[..., names.index("retrieval_score")]
+    scores, retrieval = model.score(values, valid), values[..., names.index(fx.RETRIEVAL_SCORE)]
     blends = {w: rk.ndcg_at(rk.blend(scores, retrieval, valid, w), labels, valid, 10) for w in cfg.retrieval_blends}
     return blends, rk.ndcg_at(retrieval, labels, valid, 10)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionrank.ranks.rerank.features import GRADE, TYPE_CODE, Events
+from fusionrank.ranks.rerank.features import GRADE, RETRIEVAL_SCORE, TYPE_CODE, Events
 
 LABEL_GAIN = (0.0, 1.0, 1.5, 2.0, 3.0, 3.5)  # by grade 0..5
 MODEL_FILE = "reranker.txt"
@@ -243,7 +243,7 @@ def train_ranker(values: np.ndarray, labels: np.ndarray, cand: np.ndarray, names
     model = TrainedRanker(booster, names, best, 0.0, 0.0, int(trained.sum()), int((labels[trained] > 0).sum()), params)
     vv = cand[is_valid] >= 0
     model.valid_ndcg = ndcg_at(scores[is_valid], labels[is_valid], vv, cfg.eval_at)
-    model.valid_ndcg_retrieval = ndcg_at(values[is_valid][..., names.index("retrieval_score")], labels[is_valid],
+    model.valid_ndcg_retrieval = ndcg_at(values[is_valid][..., names.index(RETRIEVAL_SCORE)], labels[is_valid],
                                          vv, cfg.eval_at)
     return model
 
