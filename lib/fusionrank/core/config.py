@@ -522,8 +522,8 @@ class RerankConfig(_Strict):
     # order (the model is kept, marked rejected, for the report).
     min_valid_gain: float = Field(0.0, ge=0)
     # A model trained on fewer labelled users never serves, whatever its guard says:
-    # a backtest on a few dozen users is noise (the demo night: 40 labelled users, a blend that
-    # won its backtest and lost on the hold-out).
+    # a backtest on a few dozen users is noise (the demo night, 40 labelled users in an
+    # earlier release: a blend that won its backtest and lost on the hold-out).
     min_serve_users: int = Field(100, ge=0)
     # What the margin is measured on: `slice`, the night's own validation users
     # (in-distribution), or `backtest`, a model trained one label split earlier scored
