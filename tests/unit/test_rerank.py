@@ -433,7 +433,7 @@ def test_rank_pass_applies_a_model_trained_with_interests(shop, tmp_path):
 
     from fusionrank.ranks.rerank import apply
 
-    index, ev, attrs = shop
+    index, _, _ = shop
     _, _, _, folder, cfg, weights = _train_shop(shop, tmp_path, 3)
     rr = apply.load_reranker(str(folder))
     assert rr.meta["interests"] == 3

@@ -118,6 +118,15 @@ def set_interests(index, users: fx.UserBatch, behaviour_dim: int, n_interests: i
         users.interests = multi.interest_vectors(users.hist, users.hist_w, vectors, behaviour_dim, n_interests)
 
 
+def search_candidates(index, users: fx.UserBatch, candidates: int) -> np.ndarray:
+    """(U, A) the index's results for the users' profiles, deep enough that each user
+    has `candidates` unseen ones (fx.candidates keeps exactly those, `ann_limit`)."""
+    seen_counts = np.bincount(users.seen_rows, minlength=users.n) if len(users.seen_rows) else np.zeros(users.n, int)
+    fetch = min(int(index.index.ntotal), candidates + int(seen_counts.max(initial=0)))
+    _, positions = index.search(users.profile, fetch)
+    return np.where(positions >= 0, positions, -1).astype(np.int64)
+
+
 def featurize(index, rr_meta: dict, stats: fx.ItemStats, ann: np.ndarray, users: fx.UserBatch,
               include: np.ndarray | None = None):
     """(candidates, source flags, features) of a batch. `include` (one user's
@@ -191,15 +200,11 @@ def explain(index, rr: LoadedReranker, chunk: pa.RecordBatch, item_ids: list[str
     user's (`chunk`, one row) items most, by LightGBM's per-feature contributions.
 
     The features are computed over the user's whole candidate list, searched and built
-    as the rank pass does (to within its batch's search depth), with any of `item_ids`
-    it lacks added: retrieval_rank and the *_rel features depend on that list."""
-    one = chunk.slice(0, 1)
-    users = user_batch(index, one, int(rr.meta.get("history", 50)), int(rr.meta.get("recent", 5)))
+    as the rank pass does, with any of `item_ids` it lacks added: retrieval_rank and the
+    *_rel features depend on that list."""
+    users = user_batch(index, chunk.slice(0, 1), int(rr.meta.get("history", 50)), int(rr.meta.get("recent", 5)))
     wanted = index.position_of(np.asarray(item_ids, dtype=object))
-    n_seen = len(one.column("seen")[0].as_py() or [])
-    total = int(index.index.ntotal)
-    _, ann = index.search(arrow_vectors(one, "profile_vec", index.index.d), min(total, rr.candidates + n_seen))
-    cand, _, feats = featurize(index, rr.meta, rr.stats, np.where(ann >= 0, ann, -1).astype(np.int64), users,
+    cand, _, feats = featurize(index, rr.meta, rr.stats, search_candidates(index, users, rr.candidates), users,
                                include=wanted)
     column = {int(p): j for j, p in enumerate(cand[0])}
     found = [(item, column[int(p)]) for item, p in zip(item_ids, wanted) if p >= 0]

@@ -391,9 +391,7 @@ def candidates(ann: np.ndarray, users: UserBatch, stats: ItemStats, n_cooc: int 
     merged = np.bitwise_or.reduceat(flags, starts) if len(starts) else np.zeros(0, np.int64)
     first, uniq = order_key[starts], key[starts]
     if len(users.seen_rows) and len(uniq):  # drop seen
-        seen_key = np.unique(users.seen_rows.astype(np.int64) * n + users.seen_items)
-        at = np.minimum(np.searchsorted(seen_key, uniq), len(seen_key) - 1)
-        keep = seen_key[at] != uniq
+        keep = ~_seen(users, uniq, n)
         uniq, merged, first = uniq[keep], merged[keep], first[keep]
     u_rows = (uniq // n).astype(np.int64)
     u_items = uniq % n
@@ -410,12 +408,17 @@ def first_unseen(ann: np.ndarray, users: UserBatch, limit: int) -> np.ndarray:
     keep = ann >= 0
     if len(users.seen_rows) and keep.any():
         n = int(max(ann.max(), users.seen_items.max())) + 1
-        seen_key = np.unique(users.seen_rows.astype(np.int64) * n + users.seen_items)
-        key = np.arange(len(ann), dtype=np.int64)[:, None] * n + np.maximum(ann, 0)
-        at = np.minimum(np.searchsorted(seen_key, key), len(seen_key) - 1)
-        keep &= seen_key[at] != key
+        keep &= ~_seen(users, np.arange(len(ann), dtype=np.int64)[:, None] * n + np.maximum(ann, 0), n)
     keep &= np.cumsum(keep, axis=1) <= limit
     return np.where(keep, ann, -1)
+
+
+def _seen(users: UserBatch, key: np.ndarray, n: int) -> np.ndarray:
+    """Whether each (row * n + item) key is one of the batch's seen pairs (n above every
+    seen item position)."""
+    seen_key = np.unique(users.seen_rows.astype(np.int64) * n + users.seen_items)
+    at = np.minimum(np.searchsorted(seen_key, key), len(seen_key) - 1)
+    return seen_key[at] == key
 
 
 def _top_per_row(rows: np.ndarray, items: np.ndarray, vals: np.ndarray, n_rows: int, count: int):

@@ -129,13 +129,6 @@ def _profiles(ub: fx.UserBatch, index, behaviour_dim: int, vectors: np.ndarray |
     return multi.pool(vec, np.where(ub.hist >= 0, ub.hist_w, 0), behaviour_dim)
 
 
-def _ann(index, ub: fx.UserBatch, candidates: int) -> np.ndarray:
-    seen_counts = np.bincount(ub.seen_rows, minlength=ub.n) if len(ub.seen_rows) else np.zeros(ub.n, int)
-    fetch = min(int(index.index.ntotal), candidates + int(seen_counts.max(initial=0)))
-    _, positions = index.search(ub.profile, fetch)
-    return positions.astype(np.int64)
-
-
 def _batches(ev: fx.Events, users: np.ndarray, index, stats: fx.ItemStats, cfg, behaviour_dim: int, weights,
              size: int = 128, interests: int = 1):
     grouped = fx.EventsByUser(ev)
@@ -146,7 +139,7 @@ def _batches(ev: fx.Events, users: np.ndarray, index, stats: fx.ItemStats, cfg, 
         ub.profile = _profiles(ub, index, behaviour_dim, vectors)
         extra = rerank_apply.with_interests(index, ub, behaviour_dim, interests, cfg.interest_candidates, vectors)
         # the full history (not only the `history` heaviest) is seen
-        cand, flags = fx.candidates(_ann(index, ub, cfg.candidates), ub, stats, cfg.cooc_candidates,
+        cand, flags = fx.candidates(rerank_apply.search_candidates(index, ub, cfg.candidates), ub, stats, cfg.cooc_candidates,
                                     cfg.trending_candidates, interest=extra, ann_limit=cfg.candidates)
         yield u, cand, fx.compute_features(cand, flags, ub, stats, index.reconstruct, behaviour_dim)
 
