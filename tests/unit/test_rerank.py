@@ -240,6 +240,37 @@ def test_fold_models_are_summed_into_one_booster_only_for_small_label_sets():
     assert "folds" not in single.params and single.booster.num_trees() >= single.best_iteration
 
 
+def test_compiled_trees_score_as_lightgbm_does_and_compile_once_per_model(tmp_path):
+    values, labels, cand, names = _synthetic_ranking()
+    cfg = rk.RankerConfig(num_rounds=40, early_stopping=10, min_data_in_leaf=20, num_threads=1, folds=5)
+    model = rk.train_ranker(values, labels, cand, names, cfg)  # the fold models, summed
+    model.save(tmp_path / "m")
+    loaded = rk.load_ranker(tmp_path / "m")
+    cache = tmp_path / "cache"
+    loaded.compiled = rk.compile_trees(tmp_path / "m" / rk.MODEL_FILE, cache)
+    valid = np.random.RandomState(2).rand(*cand.shape) < 0.8
+    native, plain = loaded.score(values, valid), model.score(values, valid)
+    assert np.abs(native - plain).max() < 1e-5 and np.abs(plain).max() > 0.1
+    np.testing.assert_array_equal(rk.rerank_order(native, np.where(valid, cand, -1), 10)[0],
+                                  rk.rerank_order(plain, np.where(valid, cand, -1), 10)[0])
+    # cached per model: a second load compiles nothing, another model gets its own file
+    built = sorted(cache.glob("*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    again = rk.compile_trees(tmp_path / "m" / rk.MODEL_FILE, cache)
+    assert built[0].stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again.predict(values[:3].reshape(-1, 3).astype(np.float64)),
+                                  loaded.compiled.predict(values[:3].reshape(-1, 3).astype(np.float64)))
+    other = rk.train_ranker(values, labels, cand, names, rk.RankerConfig(num_rounds=5, min_data_in_leaf=20,
+                                                                         num_threads=1, folds=1))
+    other.save(tmp_path / "other")
+    compiled_other = rk.compile_trees(tmp_path / "other" / rk.MODEL_FILE, cache)
+    assert len(list(cache.glob("*.so"))) == 2
+    np.testing.assert_allclose(compiled_other.predict(values[:3].reshape(-1, 3).astype(np.float64)),
+                               other.booster.predict(values[:3].reshape(-1, 3), num_iteration=other.best_iteration),
+                               atol=1e-9)
+
+
 def test_too_few_labels_is_a_clear_error(tmp_path):
     values, labels, cand, names = _synthetic_ranking(n_users=5)
     with pytest.raises(ValueError, match="too few labels"):
@@ -453,6 +484,22 @@ def test_rank_pass_applies_a_model_trained_with_interests(shop, tmp_path):
                                      pa.array(["a", "b", "c"]), pick, np.array([-1, -1, 5]))
     assert text.to_pylist() == ["similar to A", "trending in your categories", "similar to C"]
     assert ids.to_pylist() == ["a", None, "c"]
+
+
+def test_the_rank_pass_orders_alike_with_compiled_trees_and_with_lightgbm(shop, tmp_path):
+    from fusionrank.ranks.rerank import apply
+
+    index, _, _ = shop
+    _, _, _, folder, cfg, weights = _train_shop(shop, tmp_path, 1)
+    chunk, positions, _ = _rank_pass_chunk(shop, cfg, weights, np.arange(40))
+    plain = apply.load_reranker(str(folder), compiled=False)
+    assert plain.model.compiled is None
+    by_lightgbm = apply.rerank_chunk(index, plain, chunk, positions, rows_per_pass=16)
+    native = apply.load_reranker(str(folder))
+    assert native.model.compiled is not None
+    compiled = apply.rerank_chunk(index, native, chunk, positions, rows_per_pass=16)
+    np.testing.assert_array_equal(compiled[1], by_lightgbm[1])
+    np.testing.assert_allclose(compiled[0], by_lightgbm[0], atol=1e-5)
 
 
 def test_blend_standardises_each_user_over_its_valid_candidates():

@@ -537,6 +537,9 @@ class RerankConfig(_Strict):
     retrieval_blends: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0])
     seed: int = 42
     num_threads: int = Field(2, gt=0)    # fixed: with deterministic=True, reruns give the same model
+    # The rank pass predicts with the trees compiled to native code (lleaves, once per
+    # host; the same scores to 1e-15, 8-10x faster), else through LightGBM.
+    compiled: bool = True
 
     @field_validator("retrieval_blends")
     @classmethod

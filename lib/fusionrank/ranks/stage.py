@@ -57,7 +57,7 @@ def rank(ctx: RunContext) -> dict:
             cold, allowMissingColumns=True)
     ranked = ranking.rank_batches(users, index_path, cfg.rank, cfg.rank.user_partitions,
                                   use_gpu=cfg.index.use_gpu, popular=popular, rerank_dir=rerank_dir,
-                                  version=version)
+                                  version=version, rerank_compiled=cfg.rerank.compiled)
     ctx.describe("rank")
     ctx.write("recs_user_topk", None, "rank", batches=ranked, schema=RECS_USER_TOPK)
     users_ranked = ctx.store.last_write["distinct"]  # counted by the writing tasks: no re-read

@@ -356,6 +356,7 @@ def rank_partition(
     popular: dict | None = None,
     rerank_dir: str | None = None,
     version: str | None = None,
+    rerank_compiled: bool = True,
 ) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: top-k unseen items per user, with reasons, `search_batch` users per
     search; users without a profile get their popular list (cold start), if any."""
@@ -365,7 +366,7 @@ def rank_partition(
     faiss.omp_set_num_threads(task_cpus())
     loaded = load_index(index_path, use_gpu=use_gpu)  # once per Python worker
     lists = PopularLists(popular) if popular else None
-    reranker = rerank.load_reranker(rerank_dir) if rerank_dir else None
+    reranker = rerank.load_reranker(rerank_dir, rerank_compiled) if rerank_dir else None
     for batch in batches:
         for start in range(0, batch.num_rows, search_batch):
             chunk = batch.slice(start, search_batch)
@@ -405,7 +406,7 @@ def similar_partition(batches: Iterator[pa.RecordBatch], index_path: str, k: int
 
 def rank_batches(users: DataFrame, index_path: str, rank_cfg, partitions: int = 0,
                  use_gpu: bool = False, popular: dict | None = None, rerank_dir: str | None = None,
-                 version: str | None = None) -> ExecutorBatches:
+                 version: str | None = None, rerank_compiled: bool = True) -> ExecutorBatches:
     """users: (user_id, profile_vec, history_item_ids, history_weights, seen[, popular_list])
     -> the recs_user_topk rows (but run_date) as Arrow batches made on the executors."""
     body = partial(
@@ -420,6 +421,7 @@ def rank_batches(users: DataFrame, index_path: str, rank_cfg, partitions: int = 
         popular=popular,
         rerank_dir=rerank_dir,
         version=version,
+        rerank_compiled=rerank_compiled,
     )
     return ExecutorBatches(_stable_batches(users, "user_id", partitions), body, RANKED_SCHEMA, distinct="user_id",
                            dictionary_columns=("user_id", "reason", "reason_item_id", "model_version"),

@@ -262,7 +262,7 @@ def local_copy(uri: str, key: str, scratch: str | None = None) -> str:
     Python workers racing copy to private temp folders and the first rename wins."""
     if uris.is_local(uri):
         return uris.local_path(uri)
-    scratch = scratch or _scratch_root()
+    scratch = scratch or scratch_root()
     where = hashlib.sha256(str(uri).encode()).hexdigest()[:12]
     safe = where + "-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
     target = os.path.join(scratch, "fusionrank-cache", safe)
@@ -288,7 +288,7 @@ def local_copy(uri: str, key: str, scratch: str | None = None) -> str:
     return found
 
 
-def _scratch_root() -> str:
+def scratch_root() -> str:
     """Spark's per-application local scratch (executor or driver; removed when the
     application ends), else the temp dir."""
     try:

@@ -8,6 +8,7 @@ Python worker. Item stats are aligned to the index positions of the night's inde
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from fusionrank.profiles import interests as multi
 from fusionrank.ranks.rerank import features as fx
 from fusionrank.ranks.rerank import ranker as rk
 from fusionrank.storage import fs
+
+log = logging.getLogger("fusionrank.rank")
 
 _LOCK = threading.Lock()
 _LOADED: dict = {}
@@ -38,16 +41,18 @@ class LoadedReranker:
         return int(self.meta["candidates"])
 
 
-def load_reranker(folder: str | Path) -> LoadedReranker:
+def load_reranker(folder: str | Path, compiled: bool = True) -> LoadedReranker:
     """The re-ranker artifact at `folder` (a URI: copied once per host to local
-    scratch, keyed by what is stored), loaded once per Python worker."""
+    scratch, keyed by what is stored), loaded once per Python worker. `compiled`
+    (rerank.compiled): its trees predict as native code (ranker.compile_trees, once
+    per host), else through LightGBM; without lleaves it says so and uses LightGBM."""
     stored = str(folder)
     if not fs.exists(uris.join(stored, rk.META_FILE)):
         raise FileNotFoundError(f"no re-ranker at {stored} (missing {rk.META_FILE})")
     signature = fs.signature(stored)
     folder = Path(fs.local_copy(stored, "reranker-" + signature))
     meta_path = folder / rk.META_FILE
-    key = (stored, signature)
+    key = (stored, signature, compiled)
     with _LOCK:
         loaded = _LOADED.get(key)
         if loaded is None:
@@ -56,6 +61,12 @@ def load_reranker(folder: str | Path) -> LoadedReranker:
                 stats = fx.ItemStats.from_arrays(dict(arrays))
             model = rk.load_ranker(folder)
             model.params["num_threads"] = 1  # inside a Spark task: one core
+            if compiled:
+                try:
+                    model.compiled = rk.compile_trees(folder / rk.MODEL_FILE, Path(fs.scratch_root()) / "fusionrank-cache")
+                except ImportError as err:
+                    log.warning("rank: re-ranker not compiled (%s); predicting with LightGBM (the same scores, "
+                                "slower)", err)
             loaded = LoadedReranker(model, stats, meta)
             _LOADED.clear()
             _LOADED[key] = loaded

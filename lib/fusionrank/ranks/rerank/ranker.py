@@ -128,6 +128,8 @@ class TrainedRanker:
     n_users: int
     n_labels: int
     params: dict = field(default_factory=dict)
+    # The same trees compiled to native code (`compile_trees`), used by score() when set.
+    compiled: object = None
 
     def score(self, values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """(U, W, F) -> (U, W) scores; with `valid` (U, W), only those entries are
@@ -137,8 +139,11 @@ class TrainedRanker:
         keep = slice(None) if valid is None or valid.all() else valid.ravel()
         rows = flat[keep]
         if len(rows):
-            out[keep] = self.booster.predict(rows, num_iteration=self.best_iteration,
-                                             num_threads=self.params.get("num_threads", 1))
+            threads = self.params.get("num_threads", 1)
+            if self.compiled is not None:
+                out[keep] = self.compiled.predict(np.ascontiguousarray(rows, np.float64), n_jobs=threads)
+            else:
+                out[keep] = self.booster.predict(rows, num_iteration=self.best_iteration, num_threads=threads)
         return out.reshape(values.shape[:-1])
 
     def gains(self) -> dict[str, float]:
@@ -168,6 +173,42 @@ def load_ranker(folder: str | Path) -> TrainedRanker:
                          f"{len(meta['features'])}")
     return TrainedRanker(booster, meta["features"], 0, meta["valid_ndcg"], meta["valid_ndcg_retrieval"],
                          meta["n_users"], meta["n_labels"], meta.get("params", {}))
+
+
+def compile_trees(model_file: str | Path, cache_dir: str | Path):
+    """The trees of a saved model (`MODEL_FILE`: cut at its best iteration) compiled to
+    native code by lleaves (LLVM): the rank pass's prediction, 8-10x faster than
+    LightGBM's own on one core (bench/rank_vs_als.py --rerank). Its scores equal
+    LightGBM's up to the order of a double sum (1e-15; scores are kept as float32).
+
+    The shared object is cached in `cache_dir` under the hash of the model text, so
+    each host compiles a night's model once (1-2 s per hundred trees) and several Python
+    workers racing write private files, the first rename wins. Raises ImportError
+    without lleaves (the caller falls back to LightGBM's prediction)."""
+    import hashlib
+    import os
+    import tempfile
+
+    import lleaves
+
+    model_file = Path(model_file)
+    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()[:16]
+    cached = Path(cache_dir) / f"reranker-{digest}.so"
+    model = lleaves.Model(model_file=str(model_file))
+    if cached.exists():
+        model.compile(cache=str(cached))
+        return model
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    handle, private = tempfile.mkstemp(prefix=f".{cached.name}-", suffix=".so", dir=cached.parent)
+    os.close(handle)
+    os.unlink(private)  # lleaves compiles when the cache file is absent, else loads it
+    try:
+        model.compile(cache=private)
+        os.replace(private, cached)
+    finally:
+        if os.path.exists(private):
+            os.unlink(private)
+    return model
 
 
 def _flatten(values: np.ndarray, labels: np.ndarray, cand: np.ndarray, max_negatives: int = 0, seed: int = 0):
