@@ -162,11 +162,16 @@ def rerank_chunk(index, rr: LoadedReranker, chunk: pa.RecordBatch, positions: np
     """(scores, positions, (sources, co-occurring recent item)), each (n, W), best
     first by the model (-1 pad): the ANN results `positions` of the users in `chunk`
     re-ranked with the extra candidates. `rows_per_pass` users at a time bound the
-    (users x candidates x dim) working set."""
+    (users x candidates x dim) working set; they are taken in order of history length,
+    as the attention features' arrays are as wide as a pass's longest history."""
+    history = int(rr.meta.get("history", history))
+    lengths = pc.fill_null(pc.list_value_length(chunk.column("history_item_ids")), 0).to_numpy(zero_copy_only=False)
+    by_length = np.argsort(np.minimum(lengths, history), kind="stable")
+    chunk, positions = chunk.take(pa.array(by_length)), positions[by_length]
     parts = []
     for start in range(0, chunk.num_rows, rows_per_pass):
         part = chunk.slice(start, rows_per_pass)
-        users = user_batch(index, part, int(rr.meta.get("history", history)), int(rr.meta.get("recent", recent)))
+        users = user_batch(index, part, history, int(rr.meta.get("recent", recent)))
         ann = np.where(positions[start:start + rows_per_pass] >= 0, positions[start:start + rows_per_pass], -1)
         cand, flags, feats = featurize(index, rr.meta, rr.stats, ann.astype(np.int64), users)
         if feats.names != rr.model.names:
@@ -180,9 +185,12 @@ def rerank_chunk(index, rr: LoadedReranker, chunk: pa.RecordBatch, positions: np
                       np.take_along_axis(feats.cooc_reason, order, 1)))
     width = max(p[1].shape[1] for p in parts)
 
-    def cat(i, fill):
+    restore = np.empty_like(by_length)
+    restore[by_length] = np.arange(len(by_length))
+
+    def cat(i, fill):  # in the chunk's own row order again
         return np.concatenate([np.pad(p[i], ((0, 0), (0, width - p[i].shape[1])), constant_values=fill)
-                               for p in parts])
+                               for p in parts])[restore]
 
     return cat(0, 0.0), cat(1, -1), (cat(2, 0), cat(3, -1))
 

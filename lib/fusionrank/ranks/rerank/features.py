@@ -616,7 +616,7 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
     n_users, width = cand.shape
     valid = cand >= 0
     pos = np.maximum(cand, 0)
-    cvec = vectors(pos.ravel()).reshape(n_users, width, -1).astype(np.float32)
+    cvec = np.asarray(vectors(pos.ravel()), np.float32).reshape(n_users, width, -1)
     profile = users.profile.astype(np.float32)
     cols: list[np.ndarray] = []
     score = np.einsum("uwd,ud->uw", cvec, profile)
@@ -640,34 +640,41 @@ def compute_features(cand: np.ndarray, flags: np.ndarray, users: UserBatch, stat
     unit = cvec / np.maximum(np.linalg.norm(cvec, axis=2, keepdims=True), 1e-12)
 
     def unit_vectors(matrix):
-        v = vectors(np.maximum(matrix, 0).ravel()).reshape(matrix.shape[0], matrix.shape[1], -1).astype(np.float32)
+        v = np.array(vectors(np.maximum(matrix, 0).ravel()), np.float32).reshape(matrix.shape[0], matrix.shape[1], -1)
         v /= np.maximum(np.linalg.norm(v, axis=2, keepdims=True), 1e-12)
         return np.where((matrix >= 0)[..., None], v, 0)
 
-    hvec = unit_vectors(users.hist)
-    sim = np.matmul(unit, hvec.transpose(0, 2, 1))                        # (U, W, H)
-    hvalid = (users.hist >= 0)[:, None, :]
-    logw = np.log(np.maximum(users.hist_w, 1e-12))[:, None, :]
-    # In place where a (U, W, H) temporary would be made: these arrays are the
-    # features' largest (the same values as the plain expressions).
+    # Histories are padded to rerank.history: the (U, H, W) arrays below, the features'
+    # largest, stop at the batch's last history column that holds an item. They are
+    # laid out history-major, so each reduction over the history adds whole rows of W.
+    filled = np.flatnonzero((users.hist >= 0).any(axis=0))
+    hist = users.hist[:, :int(filled[-1]) + 1 if len(filled) else 1]
+    hist_w = users.hist_w[:, :hist.shape[1]]
+    hvec = unit_vectors(hist)
+    unit_t = unit.transpose(0, 2, 1)
+    sim = np.matmul(hvec, unit_t)                                          # (U, H, W)
+    hvalid = (hist >= 0)[:, :, None]
+    # log weight -inf on padding: its logits are -inf without a masking pass
+    logw = np.where(hist >= 0, np.log(np.maximum(hist_w, 1e-12)), -np.inf)[:, :, None]
+    # In place where a (U, H, W) temporary would be made; padding's sim is 0 (zero
+    # vectors), so att * sim needs no mask. attention = sum(att * sim) / sum(att).
     logits = sim / temperature
     logits += logw
-    np.copyto(logits, -np.inf, where=~hvalid)
-    top = logits.max(axis=2, keepdims=True)
+    top = logits.max(axis=1, keepdims=True)
     att = np.subtract(logits, np.where(np.isfinite(top), top, 0))
     np.exp(att, out=att)
-    att /= np.maximum(att.sum(axis=2, keepdims=True), 1e-12)
-    any_hist = hvalid.any(axis=2)
-    att *= np.where(hvalid, sim, 0)
-    cols.append(np.where(any_hist, att.sum(axis=2), 0))
-    cols.append(np.where(any_hist, np.where(hvalid, sim, -1).max(axis=2), 0))
-    reason = np.where(any_hist & valid, np.take_along_axis(users.hist, logits.argmax(axis=2), 1), -1)
+    att_total = np.maximum(att.sum(axis=1), 1e-12)
+    any_hist = hvalid.any(axis=1)
+    att *= sim
+    cols.append(np.where(any_hist, att.sum(axis=1) / att_total, 0))
+    cols.append(np.where(any_hist, np.max(sim, axis=1, where=hvalid, initial=-1), 0))
+    reason = np.where(any_hist & valid, np.take_along_axis(hist, logits.argmax(axis=1), 1), -1)
 
     rvec = unit_vectors(users.recent)
-    rsim = np.matmul(unit, rvec.transpose(0, 2, 1))                       # (U, W, L)
-    rvalid = (users.recent >= 0)[:, None, :]
-    cols.append(np.where(rvalid[:, :, 0], rsim[:, :, 0], 0))
-    cols.append(np.where(rvalid, rsim, 0).sum(axis=2) / np.maximum(rvalid.sum(axis=2), 1))
+    rsim = np.matmul(rvec, unit_t)                                         # (U, L, W)
+    rvalid = (users.recent >= 0)[:, :, None]
+    cols.append(np.where(rvalid[:, 0], rsim[:, 0], 0))
+    cols.append(np.where(rvalid, rsim, 0).sum(axis=1) / np.maximum(rvalid.sum(axis=1), 1))
 
     # Co-occurrence of the candidate with the recent items (from the top-M lists).
     cooc_sum = np.zeros((n_users, width), np.float32)
