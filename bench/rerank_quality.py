@@ -7,7 +7,7 @@ Datasets and splits (every row of the table measured in this one run):
               60 days, seeds 1 and 2 or --shop-seeds), the last 14 days held out; relevant = items a user
               interacted with in the hold-out and not in training; purchase-only nDCG@10
               counts only the purchased ones. Scored on a seeded sample of 3,000 of the
-              users (validation and test alike), the ranker trained on up to 20,000 (as
+              users (validation and test alike), the ranker trained on up to 10,000 (as
               rerank.max_train_users) of those with validation labels: the 2-core
               budget; every model sees all events and all items.
 
@@ -496,7 +496,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma list of ml-random, ml-temporal, shop")
     parser.add_argument("--jobs", type=int, default=1, help="datasets run in this many processes")
     parser.add_argument("--train-users", type=int, default=0,
-                        help="users the shop's ranker trains on (default 20,000 as rerank.max_train_users; MovieLens: all)")
+                        help="users the shop's ranker trains on (default 10,000 as rerank.max_train_users; MovieLens: all)")
     parser.add_argument("--shop-seeds", default="1,2", help="comma list of synthetic shop seeds")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--interests", type=int, default=1,
@@ -512,7 +512,7 @@ def main(argv=None) -> int:
     ml_grid = dict(ranks=[64, 128, 256], l2s=[100.0, 300.0, 1000.0], half_lives=[None, 30.0],
                    lams=[100.0, 300.0, 500.0, 1000.0], leaves_grid=[(15, 0.05), (63, 0.05)], max_train_users=5000)
     shop_grid = dict(ranks=[256], l2s=[30.0, 100.0, 300.0], half_lives=[None, 30.0],
-                     lams=[100.0, 500.0, 2000.0], leaves_grid=[(15, 0.05), (63, 0.05)], max_train_users=20000,
+                     lams=[100.0, 500.0, 2000.0], leaves_grid=[(15, 0.05), (63, 0.05)], max_train_users=10000,
                      max_eval_users=3000)
     if args.quick:
         ml_grid.update(ranks=[64, 256], l2s=[300.0], half_lives=[None], lams=[500.0], leaves_grid=[(31, 0.05)])

@@ -503,7 +503,7 @@ class RerankConfig(_Strict):
     label_split: Literal["days", "user_last", "random"] = "days"
     label_days: int = Field(7, gt=0)
     label_fraction: float = Field(0.2, gt=0, lt=1)
-    max_train_users: int = Field(20_000, gt=0)   # bounded, seeded sample of labelled users
+    max_train_users: int = Field(10_000, gt=0)   # bounded, seeded sample of labelled users
     max_events: int = Field(5_000_000, gt=0)     # training events brought to the driver (a user sample above)
     min_labels: int = Field(200, gt=0)           # fewer labelled candidates: fall back (last good model, else off)
     num_leaves: int = Field(31, gt=1)

@@ -164,7 +164,8 @@ def _add_features(ctx, output_id: str, user_id: str, recommendations: list[dict]
     if rows.num_rows == 0:
         return
     index = load_index(ctx.index_path())
-    explained = rerank_apply.explain(index, rerank_apply.load_reranker(folder), rows.combine_chunks().to_batches()[0],
+    reranker = rerank_apply.load_reranker(folder, compiled=False)  # contributions come from LightGBM
+    explained = rerank_apply.explain(index, reranker, rows.combine_chunks().to_batches()[0],
                                      [r["item_id"] for r in recommendations])
     for r in recommendations:
         if r["item_id"] in explained:
