@@ -502,6 +502,20 @@ def test_the_rank_pass_orders_alike_with_compiled_trees_and_with_lightgbm(shop, 
     np.testing.assert_allclose(compiled[0], by_lightgbm[0], atol=1e-5)
 
 
+def test_without_lleaves_the_rank_pass_says_so_and_predicts_through_lightgbm(shop, tmp_path, monkeypatch, caplog):
+    import logging
+    import sys
+
+    from fusionrank.ranks.rerank import apply
+
+    _, _, _, folder, _, _ = _train_shop(shop, tmp_path, 1)
+    monkeypatch.setitem(sys.modules, "lleaves", None)  # as where it is not installed
+    with caplog.at_level(logging.WARNING, logger="fusionrank.rank"):
+        rr = apply.load_reranker(str(folder))
+    assert rr.model.compiled is None
+    assert "re-ranker not compiled (ImportError" in caplog.text
+
+
 def test_blend_standardises_each_user_over_its_valid_candidates():
     model = np.array([[3.0, 1.0, 2.0, 99.0], [0.2, 0.1, 0.3, 0.0]], np.float32)
     retrieval = np.array([[0.1, 0.9, 0.6, -9.0], [0.5, 0.6, 0.1, 0.0]], np.float32)

@@ -64,9 +64,9 @@ def load_reranker(folder: str | Path, compiled: bool = True) -> LoadedReranker:
             if compiled:
                 try:
                     model.compiled = rk.compile_trees(folder / rk.MODEL_FILE, Path(fs.scratch_root()) / "fusionrank-cache")
-                except ImportError as err:
-                    log.warning("rank: re-ranker not compiled (%s); predicting with LightGBM (the same scores, "
-                                "slower)", err)
+                except (ImportError, RuntimeError, OSError) as err:  # no lleaves, or LLVM failed here
+                    log.warning("rank: re-ranker not compiled (%s: %s); predicting with LightGBM (the same "
+                                "scores, slower)", type(err).__name__, err)
             loaded = LoadedReranker(model, stats, meta)
             _LOADED.clear()
             _LOADED[key] = loaded

@@ -181,18 +181,22 @@ def compile_trees(model_file: str | Path, cache_dir: str | Path):
     LightGBM's own on one core (bench/rank_vs_als.py --rerank). Its scores equal
     LightGBM's up to the order of a double sum (1e-15; scores are kept as float32).
 
-    The shared object is cached in `cache_dir` under the hash of the model text, so
-    each host compiles a night's model once (1-2 s per hundred trees) and several Python
-    workers racing write private files, the first rename wins. Raises ImportError
-    without lleaves (the caller falls back to LightGBM's prediction)."""
+    The shared object is cached in `cache_dir` under a hash of the model text, the
+    compiler's versions and the host's CPU (it is built for that CPU), so each host
+    compiles a night's model once (1-2 s per hundred trees); several Python workers
+    racing write private files, the first rename wins. Raises ImportError without
+    lleaves (the caller falls back to LightGBM's prediction)."""
     import hashlib
     import os
     import tempfile
+    from importlib.metadata import version
 
     import lleaves
+    import llvmlite.binding as llvm
 
     model_file = Path(model_file)
-    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()[:16]
+    built_for = f"lleaves {version('lleaves')} llvmlite {version('llvmlite')} {llvm.get_host_cpu_name()}"
+    digest = hashlib.sha256(model_file.read_bytes() + built_for.encode()).hexdigest()[:16]
     cached = Path(cache_dir) / f"reranker-{digest}.so"
     model = lleaves.Model(model_file=str(model_file))
     if cached.exists():
