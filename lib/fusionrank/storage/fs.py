@@ -262,10 +262,9 @@ def local_copy(uri: str, key: str, scratch: str | None = None) -> str:
     Python workers racing copy to private temp folders and the first rename wins."""
     if uris.is_local(uri):
         return uris.local_path(uri)
-    scratch = scratch or scratch_root()
     where = hashlib.sha256(str(uri).encode()).hexdigest()[:12]
     safe = where + "-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
-    target = os.path.join(scratch, "fusionrank-cache", safe)
+    target = os.path.join(cache_root(scratch), safe)
     single = is_file(uri)
     found = os.path.join(target, uris.name(uri)) if single else target
     if os.path.isdir(target):
@@ -286,6 +285,12 @@ def local_copy(uri: str, key: str, scratch: str | None = None) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return found
+
+
+def cache_root(scratch: str | None = None) -> str:
+    """Where this host keeps what it derives from stored artifacts (local copies,
+    compiled models): `scratch` (default `scratch_root()`)/fusionrank-cache."""
+    return os.path.join(scratch or scratch_root(), "fusionrank-cache")
 
 
 def scratch_root() -> str:

@@ -63,7 +63,7 @@ def load_reranker(folder: str | Path, compiled: bool = True) -> LoadedReranker:
             model.params["num_threads"] = 1  # inside a Spark task: one core
             if compiled:
                 try:
-                    model.compiled = rk.compile_trees(folder / rk.MODEL_FILE, Path(fs.scratch_root()) / "fusionrank-cache")
+                    model.compiled = rk.compile_trees(folder / rk.MODEL_FILE, fs.cache_root())
                 except (ImportError, RuntimeError, OSError) as err:  # no lleaves, or LLVM failed here
                     log.warning("rank: re-ranker not compiled (%s: %s); predicting with LightGBM (the same "
                                 "scores, slower)", type(err).__name__, err)
