@@ -82,6 +82,28 @@ RECIPES.update({
     "smooth 0.7, per-token FFN out, fp32 layer 0": dict(BASE, smooth_alpha=0.7, per_token=[FFN_OUT],
                                                         exclude=[r"layer\.0/"]),
 })
+# Asymmetric per-token codes (each row from its minimum: a GELU output's rows run from
+# -0.17 up, so symmetric codes waste half their range) on the FFN outputs.
+FFN_IN = r"layer\.\d+/intermediate/dense"
+ASYM = dict(BASE, smooth_alpha=0.7, per_token=[FFN_OUT], per_token_asymmetric=True)
+RECIPES.update({
+    "smooth 0.7, asym per-token FFN out": ASYM,
+    "smooth 0.7, asym per-token FFN out, fp32 L0": dict(ASYM, exclude=[L0_OUT]),
+    "smooth 0.7, asym per-token FFN out, fp32 L0 L1": dict(ASYM, exclude=[L0_OUT, r"layer\.1/output/dense"]),
+    "smooth 0.7, asym per-token FFN out, fp32 layer 0": dict(ASYM, exclude=[r"layer\.0/"]),
+    "smooth 0.7, asym per-token FFN in+out, fp32 L0 L1": dict(
+        ASYM, exclude=[L0_OUT, r"layer\.1/output/dense"], per_token=[FFN_OUT, r"layer\.\d+/intermediate/dense"]),
+    "smooth 0.7, asym per-token FFN in+out": dict(ASYM, per_token=[FFN_OUT, FFN_IN]),
+    "smooth 0.7, asym per-token FFN in+out, fp32 L0": dict(ASYM, exclude=[L0_OUT], per_token=[FFN_OUT, FFN_IN]),
+    "smooth 0.7, asym per-token FFN out, per-token FFN in, fp32 L0": dict(
+        ASYM, exclude=[L0_OUT], per_token=[FFN_OUT, FFN_IN], per_token_asymmetric=[FFN_OUT]),
+    "smooth 0.7, asym per-token FFN out, per-token FFN in, fp32 L0 L1": dict(
+        ASYM, exclude=[L0_OUT, r"layer\.1/output/dense"], per_token=[FFN_OUT, FFN_IN], per_token_asymmetric=[FFN_OUT]),
+    "smooth 0.6, asym per-token FFN out, fp32 L0 L1": dict(ASYM, smooth_alpha=0.6,
+                                                           exclude=[L0_OUT, r"layer\.1/output/dense"]),
+    "smooth 0.8, asym per-token FFN out, fp32 L0 L1": dict(ASYM, smooth_alpha=0.8,
+                                                           exclude=[L0_OUT, r"layer\.1/output/dense"]),
+})
 
 
 def quality(ref: np.ndarray, new: np.ndarray, k: int = 10) -> tuple[float, float]:
