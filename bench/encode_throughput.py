@@ -26,7 +26,9 @@ Prints, all measured in one run:
     recall@10 of each item's 10 nearest items, and recall@10 of the queries' top 10
     items (the retrieval behind query_topk). The text part ends with the line
     `int8 vs fp32: speedup X.XXx, mean cosine 0.XXXX, neighbour recall@10 0.XXX`
-    (speedup: best raw layout, int8 over fp32; quality: the first catalog).
+    (speedup: best raw layout, int8 over fp32, the median over `--rounds` rounds of each
+    round's ratio, the dtypes timed one after the other within a round; quality: the
+    first catalog). The raw rates printed are medians over the rounds.
     Targets: speedup >= 2, mean cosine >= 0.99, neighbour recall@10 >= 0.95.
     Also printed: `1p it/cpu-s`, items per CPU second of the one-process run (does not
     drop when other jobs share the machine, wall-clock rates do); `10 in fp32 20`, the
@@ -336,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality-catalog", action="append", default=[],
                         help="catalog.jsonl for the int8 quality part (default: MovieLens-100k if fetched)")
     parser.add_argument("--shop-items", type=int, default=1000, help="synthetic shop size for the quality part")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="raw timings per dtype, interleaved; rates are medians, ratios the median of "
+                             "each round's ratio to float32")
     parser.add_argument("--parts", default="text,image,quality,incremental",
                         help="comma-separated subset of text,image,quality,incremental to run")
     args = parser.parse_args(argv)
@@ -356,21 +361,32 @@ def main(argv: list[str] | None = None) -> int:
         spark_rate: dict[tuple[str, str], float] = {}
         per_cpu: dict[tuple[str, str], float] = {}
 
+        paired: dict[tuple[str, str], float] = {}  # median over rounds of the round's ratio to float32
+
         def measure(label: str, subset: list[dict], backend: str, dtypes=("float32", "int8")) -> None:
+            # The raw layouts run dtype after dtype within each round and the ratios to
+            # float32 are taken within a round: this machine's speed drifts by 20-30%
+            # between minutes, which unpaired single timings read as a change of ratio.
+            n, raws = len(subset), {dtype: [] for dtype in dtypes}
+            for _ in range(args.rounds):
+                for dtype in dtypes:
+                    settings = settings_for(tmp, args.cores, backend, dtype)
+                    one, cpu = raw_encode(subset, settings, args.cores)
+                    raws[dtype].append((one, raw_encode_processes(subset, settings, args.cores), cpu))
             for dtype in dtypes:
                 settings = settings_for(tmp, args.cores, backend, dtype)
-                one, cpu = raw_encode(subset, settings, args.cores)
-                many = raw_encode_processes(subset, settings, args.cores)
+                one, many, cpu = (float(np.median([r[i] for r in raws[dtype]])) for i in range(3))
                 cold, warm = spark_encode(spark, subset, settings, args.cores)
-                n = len(subset)
                 best[label, dtype] = n / min(one, many)
                 spark_rate[label, dtype] = n / warm
                 per_cpu[label, dtype] = n / cpu
+                paired[label, dtype] = float(np.median([min(f[0], f[1]) / min(r[0], r[1])
+                                                        for f, r in zip(raws["float32"], raws[dtype])]))
                 print(f"{label:<27} {dtype:<7} {n:>6} {n / one:>8.1f} {n / many:>8.1f} {n / warm:>11.1f} "
                       f"{min(one, many) / warm:>10.2f} {n / cold:>10.1f} {n / cpu:>12.1f}", flush=True)
 
         def speedup(label: str) -> float:
-            return best[label, "int8"] / best[label, "float32"]
+            return paired[label, "int8"]
 
         if "text" in parts:
             measure("text (MiniLM-L6)", rows, "none", ("float32", "bfloat16", "int8"))
@@ -390,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             for other, name in (("bfloat16", "bf16 / fp32"), ("torch-int8", "torch int8 / fp32")):
                 if ("text (MiniLM-L6)", other) in per_cpu:
                     key = "text (MiniLM-L6)", other
-                    raw = f"{best[key] / best['text (MiniLM-L6)', 'float32']:>8.2f}x" if key in best else f"{'-':>9}"
+                    raw = f"{paired[key]:>8.2f}x" if key in paired else f"{'-':>9}"
                     sp = (f"{spark_rate[key] / spark_rate['text (MiniLM-L6)', 'float32']:>6.2f}x"
                           if key in spark_rate else f"{'-':>7}")
                     print(f"{name + ' (text)':<27} {raw} {sp} "

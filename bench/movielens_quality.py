@@ -226,6 +226,8 @@ def main(argv=None) -> int:
     parser.add_argument("--users-every", type=int, default=1, help="keep users whose id is divisible by N")
     parser.add_argument("--no-als", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--text-dtype", default=None,
+                        help="models.text.dtype for fusionrank's run (default: conf/local.yaml's)")
     args = parser.parse_args(argv)
 
     from fusionrank.core.config import load_config
@@ -257,10 +259,12 @@ def main(argv=None) -> int:
                      f"rank {params['rank']}, reg {params['reg']}, alpha {params['alpha']}"))
 
     work = args.out or Path(tempfile.mkdtemp(prefix="fr-quality-"))
-    recs, ctx, seconds = run_fusionrank(spark, train, args.data / "catalog.jsonl", work)
+    recs, ctx, seconds = run_fusionrank(spark, train, args.data / "catalog.jsonl", work,
+                                        {"models": {"text": {"dtype": args.text_dtype}}} if args.text_dtype else None)
     score = metrics(recs, test)
     rows.append(("fusionrank (pipeline)", score, seconds["total"],
-                 f"LAE rank {ctx.settings.behaviour.rank}, l2 {ctx.settings.behaviour.l2}"))
+                 f"LAE rank {ctx.settings.behaviour.rank}, l2 {ctx.settings.behaviour.l2}, "
+                 f"text {ctx.settings.models.text.dtype}"))
     cold, cold_random, cold_users = cold_item_ndcg(ctx, train, test, catalog_items)
 
     print()

@@ -116,11 +116,10 @@ def test_int8_text_vectors_stay_within_the_cosine_bound(vectors, onnx_cache):
     assert int8.session is not None and int8.model is None  # ONNX Runtime, torch weights dropped
     assert Path(int8.session.path).is_relative_to(onnx_cache)
     ops = [node.op_type for node in onnx.load(str(int8.session.path)).graph.node]
-    # 6 layers x 6 Linears: attention's 4 per layer with one activation scale per batch (each
-    # smoothed apart), the FFN inputs and outputs with one asymmetric scale per token, but
-    # layer 0's FFN output in float32
-    assert ops.count("MatMulInteger") == 35 and ops.count("DynamicQuantizeLinear") == 24
-    assert ops.count("ReduceMax") == ops.count("ReduceMin") == 11
+    # 6 layers x 6 Linears, all with one asymmetric activation scale per token but layer 0's
+    # FFN output (float32); query, key and value share their input's codes: 4 per layer
+    assert ops.count("MatMulInteger") == 35 and ops.count("DynamicQuantizeLinear") == 0
+    assert ops.count("ReduceMax") == ops.count("ReduceMin") == 6 * 4 - 1
     assert b.shape == a.shape == (len(TEXTS), 384) and b.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
     cosine = (a * b).sum(axis=1)
@@ -139,6 +138,19 @@ def test_int8_keeps_each_texts_nearest_neighbours(vectors):
     # catalogs, is bench/int8_sweep.py's and bench/encode_throughput.py's): the plain
     # per-batch recipe gave 0.893 here, smoothed with float32 FFN outputs 0.95+.
     assert recall >= 0.92, f"int8 neighbour recall@{k} {recall:.3f}"
+
+
+def test_a_texts_int8_vector_does_not_depend_on_its_batch(vectors):
+    """Every activation scale is a token's own: a query encoded alone (search) gets the
+    vector it got in the nightly batch (query_topk), and an item re-encoded with other
+    changed items the one it had."""
+    _, int8, _, b = vectors
+    halves = np.zeros_like(b)
+    for start in (0, 1):
+        halves[start::2] = int8.encode(TEXTS[start::2])
+    alone = np.stack([int8.encode([text])[0] for text in TEXTS[:6]])
+    assert (b * halves).sum(axis=1).min() >= 0.99999
+    assert (b[:6] * alone).sum(axis=1).min() >= 0.99999
 
 
 def test_model_version_differs_by_dtype(tmp_path):
@@ -161,7 +173,7 @@ def test_the_int8_model_is_built_once_per_cache(vectors, onnx_cache):
     recipe = json.loads((built.parent / "recipe.json").read_text())
     assert recipe["layers"] == 36 and recipe["quant"] == ort_int8.QUANT
     assert len(recipe["excluded"]) == 1 and "layer.0/output" in recipe["excluded"][0]
-    assert len(recipe["per_token"]) == 11
+    assert len(recipe["per_token"]) == 35
     assert recipe["smoothed"] == 36  # every Linear smoothed at export
     assert not list(built.parent.glob(".*.onnx"))  # no half-written files left behind
 
@@ -178,8 +190,12 @@ def test_smoothing_leaves_the_float_model_unchanged():
     batch = tokenizer(MOVIELENS[:6], padding=True, return_tensors="pt")
     with torch.inference_mode():
         before = model(**batch).last_hidden_state
-        assert ort_int8.smooth_linears(model, tokenizer, 0.7) == 36
+        assert ort_int8.smooth_linears(model, tokenizer, 0.7, shared=True) == 36
         after = model(**batch).last_hidden_state
+    attention = model.encoder.layer[2].attention.self  # query, key and value: one scale
+    assert torch.equal(attention.query.inverse, attention.key.inverse)
+    assert torch.equal(attention.query.inverse, attention.value.inverse)
+    assert not torch.equal(attention.query.inverse, model.encoder.layer[2].intermediate.dense.inverse[:384])
     linears = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 36 and all(name.endswith(".lin") for name in linears)  # each inside a smoother
     torch.testing.assert_close(after, before, atol=2e-4, rtol=1e-4)

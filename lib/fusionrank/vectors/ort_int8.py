@@ -47,32 +47,36 @@ log = logging.getLogger("fusionrank.vectors.ort_int8")
 
 # The quantisation recipe (part of the cache key and of model_version through the dtype).
 # Picked on a tuning slice (MovieLens items with odd ids) by bench/int8_sweep.py's rule
-# (mean cosine >= 0.99 and >= 2x float32 on titles and product texts, then the best
-# neighbour recall@10), confirmed on MovieLens even ids and the synthetic shop.
+# (batch-invariant, mean cosine >= 0.99, then the best neighbour recall@10), confirmed on
+# MovieLens even ids and the synthetic shop.
 #  - smooth_alpha: SmoothQuant (Xiao et al., 2022). A BERT's activations have a few
-#    channels far larger than the rest, so one int8 scale per batch wastes most of its
-#    range on them. Each Linear's input channel j is divided by s_j and its weight row
-#    multiplied by s_j (the product is unchanged in exact arithmetic), with
+#    channels far larger than the rest, so one int8 scale wastes most of its range on
+#    them. Each Linear's input channel j is divided by s_j and its weight row multiplied
+#    by s_j (the product is unchanged in exact arithmetic), with
 #    s_j = max|x_j|^a / max|w_j|^(1-a) measured on CALIBRATION_TEXTS at export. None: off.
+#  - smooth_shared: query, key and value (one input) share s, so the graph divides and
+#    codes their input once (23 quantisations of activations per text instead of 35).
 #  - per_token: regexes over MatMul node names quantised with one activation scale per
-#    token (row) instead of per batch: the FFN layers, whose inputs vary by token far
-#    more than by channel. ONNX Runtime's fast u8 x s8 kernel still runs.
+#    token (row); the others get ONNX Runtime's one scale per batch, which makes a
+#    text's vector depend on the texts batched with it (a query encoded alone differs
+#    from the same query in the nightly batch). "." (all): none does.
 #  - per_token_asymmetric: True (or regexes): those rows coded from their minimum to their
 #    maximum (255 steps) instead of symmetrically around 0 (zero point 128): a GELU
 #    output runs from -0.17 up, so symmetric codes spent half their range on nothing.
 #    x @ W = s_row * (q @ W) + min_row * colsum(W), exact but for the rounding of q.
 #  - exclude: regexes over MatMul node names kept in float32; empty: all quantised.
-# Slice / even ids / shop neighbour recall@10: symmetric per-token FFN outputs with layers
-# 0 and 1's in float32 (the previous recipe) 0.950 / 0.955 / 0.982 (0.946 on the whole
-# MovieLens catalog); this one 0.955 / 0.959 / 0.984 (0.950), at 2.1x float32 per CPU
-# second on one thread and 2.3x in bench/encode_throughput.py's best two-core layout.
+# Neighbour recall@10 against float32, slice / even ids / shop (whole MovieLens catalog):
+# the previous recipe (per-token symmetric FFN outputs, layers 0 and 1's in float32, one
+# scale per batch elsewhere) 0.950 / 0.955 / 0.982 (0.946); this one 0.962 / 0.960 /
+# 0.986 (0.956), at 1.9x float32 per CPU second on one thread (the previous 2.2x).
 QUANT = {
     "per_channel": True,
     "reduce_range": False,
     "weight_type": "QInt8",
     "exclude": [r"layer\.0/output/dense"],
-    "smooth_alpha": 0.7,
-    "per_token": [r"layer\.\d+/output/dense", r"layer\.\d+/intermediate/dense"],
+    "smooth_alpha": 0.5,
+    "smooth_shared": True,
+    "per_token": ["."],
     "per_token_asymmetric": True,
 }
 EXPORT_VERSION = 2  # bump when the exported graph changes (2: eager attention)
@@ -158,16 +162,22 @@ CALIBRATION_TEXTS = (
 )
 
 
-def smooth_linears(model, tokenizer, alpha: float) -> int:
+def smooth_linears(model, tokenizer, alpha: float, shared: bool = False) -> int:
     """SmoothQuant in place: every nn.Linear becomes `linear(x / s)` with weight `W * s`
-    (per input channel), `s` from CALIBRATION_TEXTS; returns how many were smoothed."""
+    (per input channel), `s` from CALIBRATION_TEXTS; returns how many were smoothed.
+    `shared`: Linears called one after another on the same input (attention's query, key
+    and value) share one `s` (from their largest weights), so that the exported graph
+    divides, and per-token quantisation codes, that input once for all of them."""
     import torch
 
     peak: dict[str, torch.Tensor] = {}
+    calls: list[tuple[str, int]] = []  # (Linear, its input's id) in call order, first batch
 
     def record(name):
         def hook(_module, inputs, _output):
             x = inputs[0].detach().abs().reshape(-1, inputs[0].shape[-1]).amax(dim=0)
+            if name not in peak:
+                calls.append((name, id(inputs[0])))
             peak[name] = torch.maximum(peak[name], x) if name in peak else x
         return hook
 
@@ -194,19 +204,67 @@ def smooth_linears(model, tokenizer, alpha: float) -> int:
         def forward(self, x):
             return self.lin(x * self.inverse)
 
+    # groups: consecutive calls on the very same input tensor (ids are only compared
+    # between neighbours: a freed tensor's id can come back later in the forward)
+    group_of = {name: [name] for name in peak}
+    if shared:
+        for (previous, previous_input), (name, input_id) in zip(calls, calls[1:]):
+            if input_id == previous_input:
+                group_of[previous].append(name)
+                group_of[name] = group_of[previous]
+    scales: dict[str, torch.Tensor] = {}
+    for name in peak:
+        if name in scales:
+            continue
+        group = group_of[name]
+        activation = torch.stack([peak[n] for n in group]).amax(dim=0).clamp(min=1e-5)
+        weight_peak = torch.stack([linears[n].weight.detach().abs().amax(dim=0) for n in group]).amax(dim=0)
+        scale = (activation.pow(alpha) / weight_peak.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
+        scales.update({n: scale for n in group})
     done = 0
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             name = f"{parent_name}.{child_name}" if parent_name else child_name
-            if name in linears and name in peak:
-                weight_peak = child.weight.detach().abs().amax(dim=0).clamp(min=1e-5)
-                scale = (peak[name].clamp(min=1e-5).pow(alpha) / weight_peak.pow(1 - alpha)).clamp(min=1e-5)
-                setattr(parent, child_name, Smoothed(child, scale))
+            if name in linears and name in scales:
+                setattr(parent, child_name, Smoothed(child, scales[name]))
                 done += 1
     return done
 
 
-def export_float(model_path: Path, out: Path, smooth_alpha: float | None = None) -> int:
+def merge_repeated_muls(graph) -> int:
+    """One Mul for Mul nodes of the same input by equal constants (the shared smoothing
+    of query, key and value, exported once per Linear); returns how many were dropped."""
+    from onnx import numpy_helper
+
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:  # torch exports a buffer shared by modules as Identity(buffer)
+        if node.op_type == "Identity" and node.input[0] in constants:
+            constants[node.output[0]] = constants[node.input[0]]
+    first: dict[tuple, str] = {}
+    renamed: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        if node.op_type == "Mul" and len(node.input) == 2 and node.input[1] in constants:
+            value = constants[node.input[1]]
+            key = (node.input[0], value.dtype.str, value.shape, value.tobytes())
+            if key in first:
+                renamed[node.output[0]] = first[key]
+                continue
+            first[key] = node.output[0]
+        kept.append(node)
+    used = {name for n in kept for name in n.input} | {o.name for o in graph.output}
+    kept = [n for n in kept if n.op_type != "Identity" or n.output[0] in used]  # the dropped Muls' aliases
+    dropped = len(graph.node) - len(kept)
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for n in graph.node for name in n.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
+    return dropped
+
+
+def export_float(model_path: Path, out: Path, smooth_alpha: float | None = None, shared: bool = False) -> int:
     """Export encoder + masked mean pooling + L2 normalisation to `out` (float32 ONNX),
     smoothed for int8 when `smooth_alpha` is set; returns how many Linears were smoothed."""
     import torch
@@ -221,7 +279,7 @@ def export_float(model_path: Path, out: Path, smooth_alpha: float | None = None)
     smoothed = 0
     if smooth_alpha is not None:
         tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-        smoothed = smooth_linears(model, tokenizer, float(smooth_alpha))
+        smoothed = smooth_linears(model, tokenizer, float(smooth_alpha), shared)
     uses_types = "token_type_ids" in model.forward.__code__.co_varnames
 
     class Pooled(torch.nn.Module):
@@ -371,7 +429,13 @@ def build(model_path: Path, folder: Path, quant: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".float.{os.getpid()}.onnx"
     started = time.perf_counter()
-    smoothed = export_float(model_path, tmp, quant.get("smooth_alpha"))
+    smoothed = export_float(model_path, tmp, quant.get("smooth_alpha"), bool(quant.get("smooth_shared")))
+    if quant.get("smooth_shared"):
+        import onnx
+
+        model = onnx.load(str(tmp))
+        merge_repeated_muls(model.graph)
+        onnx.save(model, str(tmp))
     exported = time.perf_counter()
     part = folder / f".int8.{os.getpid()}.onnx"
     info = quantize(tmp, part, quant)
