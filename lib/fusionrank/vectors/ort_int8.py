@@ -336,12 +336,13 @@ def quantize(float_path: Path, out: Path, quant: dict) -> dict:
 def quantize_per_token(graph, names: set[str], asymmetric: set[str] = frozenset()) -> None:
     """Replace the float MatMul nodes `names` (constant weights) in `graph` by int8 ones with
     one symmetric activation scale per row (token) and one weight scale per output column:
-    y = (q(x) - 128) @ q(W) * s_row * s_col, where q(x) = round(x / s_row) + 128 as u8."""
+    y = (q(x) - 128) @ q(W) * s_row * s_col, where q(x) = round(x / s_row) + 128 as u8;
+    those in `asymmetric` code each row from its minimum instead (`_asymmetric_rows`)."""
     from onnx import TensorProto, helper, numpy_helper
 
     weights = {init.name: init for init in graph.initializer}
     nodes = []
-    quantized: dict[str, tuple[str, str, str]] = {}  # activation -> (u8 codes, row scales, zero point)
+    quantized: dict = {}  # activation (or (activation, "asymmetric")) -> its codes, row scales, zero point[, row minima]
     for node in graph.node:
         if node.name not in names:
             nodes.append(node)
@@ -396,7 +397,7 @@ def _asymmetric_rows(graph, nodes: list, quantized: dict, x: str, p: str, w_q, w
 
     graph.initializer.append(numpy_helper.from_array(
         (w_q.astype(np.float32) * w_scale[None, :]).sum(axis=0).astype(np.float32), p + "_colsum"))
-    if x not in quantized:
+    if (x, "asymmetric") not in quantized:  # apart from the same input's symmetric codes
         graph.initializer.extend([
             numpy_helper.from_array(np.array(1e-12, np.float32), p + "_eps"),
             numpy_helper.from_array(np.array(255.0, np.float32), p + "_255"),
@@ -412,8 +413,8 @@ def _asymmetric_rows(graph, nodes: list, quantized: dict, x: str, p: str, w_q, w
             helper.make_node("Round", [p + "_scaled"], [p + "_rounded"]),
             helper.make_node("Cast", [p + "_rounded"], [p + "_q"], to=TensorProto.UINT8),
         ]
-        quantized[x] = (p + "_q", p + "_scale", p + "_zero", p + "_lo")
-    codes, scale, zero, lo = quantized[x]
+        quantized[x, "asymmetric"] = (p + "_q", p + "_scale", p + "_zero", p + "_lo")
+    codes, scale, zero, lo = quantized[x, "asymmetric"]
     nodes += [
         helper.make_node("MatMulInteger", [codes, p + "_w", zero], [p + "_acc"]),
         helper.make_node("Cast", [p + "_acc"], [p + "_acc_f"], to=TensorProto.FLOAT),
