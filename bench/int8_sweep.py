@@ -115,6 +115,14 @@ RECIPES.update({
                                                            smooth_shared=True),
     "smooth 0.5 shared, asym per-token all, fp32 L0": dict(ASYM, smooth_alpha=0.5, exclude=[L0_OUT],
                                                            per_token=["."], smooth_shared=True),
+    # Asymmetric codes cost two more passes per layer (the row minimum's term): only where
+    # rows are lopsided (the GELU outputs), symmetric elsewhere.
+    "smooth 0.5 shared, per-token all, asym FFN out, fp32 L0": dict(
+        ASYM, smooth_alpha=0.5, exclude=[L0_OUT], per_token=["."], smooth_shared=True,
+        per_token_asymmetric=[FFN_OUT]),
+    "smooth 0.5 shared, per-token all, asym FFN in+out, fp32 L0": dict(
+        ASYM, smooth_alpha=0.5, exclude=[L0_OUT], per_token=["."], smooth_shared=True,
+        per_token_asymmetric=[FFN_OUT, FFN_IN]),
     "smooth 0.6, asym per-token FFN out, fp32 L0 L1": dict(ASYM, smooth_alpha=0.6,
                                                            exclude=[L0_OUT, r"layer\.1/output/dense"]),
     "smooth 0.8, asym per-token FFN out, fp32 L0 L1": dict(ASYM, smooth_alpha=0.8,

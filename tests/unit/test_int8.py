@@ -118,8 +118,8 @@ def test_int8_text_vectors_stay_within_the_cosine_bound(vectors, onnx_cache):
     ops = [node.op_type for node in onnx.load(str(int8.session.path)).graph.node]
     # 6 layers x 6 Linears, all with one asymmetric activation scale per token but layer 0's
     # FFN output (float32); query, key and value share their input's codes: 4 per layer
-    assert ops.count("MatMulInteger") == 35 and ops.count("DynamicQuantizeLinear") == 0
-    assert ops.count("ReduceMax") == ops.count("ReduceMin") == 6 * 4 - 1
+    assert ops.count("MatMulIntegerToFloat") == 35 and ops.count("DynamicQuantizeLinear") == 0
+    assert ops.count("QuantizeLinear") == ops.count("ReduceMax") == ops.count("ReduceMin") == 6 * 4 - 1
     assert b.shape == a.shape == (len(TEXTS), 384) and b.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
     cosine = (a * b).sum(axis=1)
@@ -214,9 +214,10 @@ def test_per_token_quantisation_tracks_a_float_matmul_with_one_outlier_row():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])],
                               [numpy_helper.from_array(w, "w")])
     ort_int8.quantize_per_token(graph, {"/layer.0/output/dense/MatMul"})
-    assert [n.op_type for n in graph.node].count("MatMulInteger") == 1
+    assert [n.op_type for n in graph.node].count("MatMulIntegerToFloat") == 1
     assert "w" not in {init.name for init in graph.initializer}  # the float weight is gone
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = rng.normal(size=(5, 64)).astype(np.float32)
@@ -247,8 +248,9 @@ def test_asymmetric_rows_halve_the_error_on_a_one_sided_activation():
                                   [numpy_helper.from_array(w, "w")])
         ort_int8.quantize_per_token(graph, {name}, {name} if asymmetric else set())
         ops = [n.op_type for n in graph.node]
-        assert ops.count("MatMulInteger") == 1 and ops.count("ReduceMin") == int(asymmetric)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("ReduceMin") == int(asymmetric)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
         model.ir_version = 8
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         got = session.run(None, {"x": x})[0]

@@ -1,12 +1,11 @@
 """int8 text encoding with ONNX Runtime (CPU): export once, quantise once, cache per machine.
 
-`models.text.dtype: int8` on CPU runs the text encoder as a dynamically quantised ONNX
-model in ONNX Runtime, smoothed (SmoothQuant) at export, with per-token activation
-scales on the FFN outputs and the first two layers' FFN outputs in float32 (`QUANT`).
-On MovieLens titles: mean cosine to float32 0.999 and neighbour recall@10 0.946 (plain
-per-batch int8, in ORT or torch: 0.994 and 0.86), at 2.2-2.3x float32 items per CPU
-second on one thread (bench/int8_sweep.py), 1.9-2.05x in the best two-core layout
-(bench/encode_throughput.py).
+`models.text.dtype: int8` on CPU runs the text encoder as an int8 ONNX model in ONNX
+Runtime, smoothed (SmoothQuant) at export, with one activation scale per token on every
+Linear but layer 0's FFN output (float32), so a text's vector does not depend on the texts
+batched with it (`QUANT`). On MovieLens: mean cosine to float32 0.9995 and neighbour
+recall@10 0.956; 2.1x float32 items per CPU second on one thread (bench/int8_sweep.py),
+1.7x in the best two-core layout on product descriptions (bench/encode_throughput.py).
 The float32 and bfloat16 paths, and every GPU path, stay in torch.
 
 The model is built once per machine and cached:
@@ -15,8 +14,10 @@ The model is built once per machine and cached:
      fusionrank.vectors.ort_int8 export ...`): in torch 2.13 the legacy exporter changes
      the exported module's later outputs in the process that ran it, so the worker's own
      torch state never sees an export;
-  2. quantise: `onnxruntime.quantization.quantize_dynamic` (int8 weights, u8 activations
-     quantised per batch on the fly, MatMul layers; see `QUANT` for the choices);
+  2. quantise: int8 weights per output column; u8 activations coded per token on the fly
+     (`quantize_per_token`: one QuantizeLinear per input, one MatMulIntegerToFloat per
+     layer), or per batch by `onnxruntime.quantization.quantize_dynamic` for layers a
+     recipe leaves to it; see `QUANT` for the choices;
   3. the result lives in `<cache>/<model digest>-<recipe digest>/model.int8.onnx`, where
      `cache` is `$FUSIONRANK_ONNX_CACHE`, else `$XDG_CACHE_HOME/fusionrank/onnx`, else
      `~/.cache/fusionrank/onnx`: local to each executor, written under a file lock and
@@ -68,7 +69,8 @@ log = logging.getLogger("fusionrank.vectors.ort_int8")
 # Neighbour recall@10 against float32, slice / even ids / shop (whole MovieLens catalog):
 # the previous recipe (per-token symmetric FFN outputs, layers 0 and 1's in float32, one
 # scale per batch elsewhere) 0.950 / 0.955 / 0.982 (0.946); this one 0.962 / 0.960 /
-# 0.986 (0.956), at 1.9x float32 per CPU second on one thread (the previous 2.2x).
+# 0.986 (0.956), at 1.9x float32 per CPU second on one thread (the previous 2.2x); with
+# quantize_per_token's fused graph (PER_TOKEN_VERSION 2) 0.959 / 0.958 / 0.987 (0.956) at 2.1x.
 QUANT = {
     "per_channel": True,
     "reduce_range": False,
@@ -80,6 +82,9 @@ QUANT = {
     "per_token_asymmetric": True,
 }
 EXPORT_VERSION = 2  # bump when the exported graph changes (2: eager attention)
+# bump when quantize_per_token's graph changes (2: one QuantizeLinear per input and one
+# MatMulIntegerToFloat per layer instead of element-wise passes): the rounding moves.
+PER_TOKEN_VERSION = 2
 OPSET = 17
 
 
@@ -94,7 +99,8 @@ def recipe_key(quant: dict) -> str:
     import onnxruntime
     import torch
 
-    recipe = {"quant": quant, "export": EXPORT_VERSION, "opset": OPSET, "ort": onnxruntime.__version__,
+    recipe = {"quant": quant, "export": EXPORT_VERSION, "opset": OPSET,
+              "per_token_graph": PER_TOKEN_VERSION, "ort": onnxruntime.__version__,
               "torch": torch.__version__.split("+")[0]}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -329,20 +335,36 @@ def quantize(float_path: Path, out: Path, quant: dict) -> dict:
         asymmetric = [name for name in per_token if asymmetric is True
                       or any(re.search(pattern, name) for pattern in asymmetric)]
         quantize_per_token(model.graph, set(per_token), set(asymmetric))
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):  # MatMulIntegerToFloat
+            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
         onnx.save(model, str(out))
     return {"layers": len(layers), "excluded": excluded, "per_token": per_token}
 
 
 def quantize_per_token(graph, names: set[str], asymmetric: set[str] = frozenset()) -> None:
     """Replace the float MatMul nodes `names` (constant weights) in `graph` by int8 ones with
-    one symmetric activation scale per row (token) and one weight scale per output column:
-    y = (q(x) - 128) @ q(W) * s_row * s_col, where q(x) = round(x / s_row) + 128 as u8;
-    those in `asymmetric` code each row from its minimum instead (`_asymmetric_rows`)."""
+    one activation scale per row (token) and one weight scale per output column.
+
+    Symmetric rows: q(x) = round(x / s_row) + 128 as u8, y = s_row * ((q - 128) @ q(W) * s_col).
+    Rows in `asymmetric` are coded from their minimum to their maximum (255 steps): a GELU
+    output runs from -0.17 up, so symmetric codes would spend half their range on nothing.
+    There q(x) = round(x / s_row) + z_row with z_row = round(-min_row / s_row), so
+    x = s_row * (q - z_row) = s_row * q + lo_row with lo_row = -s_row * z_row, and
+    y = s_row * (q @ q(W) * s_col) + lo_row * colsum(W), exact but for the rounding of q.
+    A row's codes are one QuantizeLinear (per row: the rows are flattened to 2-D), and the
+    product with its column scales one MatMulIntegerToFloat: ORT's MatMulInteger takes no
+    per-row zero point and its fused kernel no per-row scale, so the row scale (and lo)
+    are applied after it."""
     from onnx import TensorProto, helper, numpy_helper
 
     weights = {init.name: init for init in graph.initializer}
     nodes = []
-    quantized: dict = {}  # activation (or (activation, "asymmetric")) -> its codes, row scales, zero point[, row minima]
+    codes: dict = {}  # (activation, asymmetric?) -> its 2-D codes, row scales, zero point, row offset, shape
+
+    def constant(name, value):
+        graph.initializer.append(numpy_helper.from_array(value, name))
+        return name
+
     for node in graph.node:
         if node.name not in names:
             nodes.append(node)
@@ -352,77 +374,78 @@ def quantize_per_token(graph, names: set[str], asymmetric: set[str] = frozenset(
         w = numpy_helper.to_array(weights[weight_name]).astype(np.float32)
         w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0).astype(np.float32)
         w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
-        graph.initializer.extend([numpy_helper.from_array(w_q, p + "_w"),
-                                  numpy_helper.from_array(w_scale, p + "_w_scale")])
-        if node.name in asymmetric:
-            _asymmetric_rows(graph, nodes, quantized, x, p, w_q, w_scale, node)
-            continue
-        if x not in quantized:  # layers reading the same activation (Q, K, V) share its codes
-            graph.initializer.extend([
-                numpy_helper.from_array(np.array(1e-12, np.float32), p + "_eps"),
-                numpy_helper.from_array(np.array(127.0, np.float32), p + "_127"),
-                numpy_helper.from_array(np.array(128.0, np.float32), p + "_128"),
-                numpy_helper.from_array(np.array(128, np.uint8), p + "_zero")])
-            nodes += [
-                helper.make_node("Abs", [x], [p + "_abs"]),
-                helper.make_node("ReduceMax", [p + "_abs"], [p + "_peak"], axes=[-1], keepdims=1),
-                helper.make_node("Max", [p + "_peak", p + "_eps"], [p + "_peak_pos"]),
-                helper.make_node("Div", [p + "_peak_pos", p + "_127"], [p + "_scale"]),
-                helper.make_node("Div", [x, p + "_scale"], [p + "_scaled"]),
-                helper.make_node("Round", [p + "_scaled"], [p + "_rounded"]),
-                helper.make_node("Add", [p + "_rounded", p + "_128"], [p + "_shifted"]),
-                helper.make_node("Cast", [p + "_shifted"], [p + "_q"], to=TensorProto.UINT8),
+        constant(p + "_w", w_q)
+        constant(p + "_w_scale", w_scale)
+        asym = node.name in asymmetric
+        if (x, asym) not in codes:  # layers reading the same activation (Q, K, V) share its codes
+            x2 = p + "_x2"
+            nodes += [helper.make_node("Reshape", [x, constant(p + "_flat", np.array([-1, w.shape[0]], np.int64))],
+                                       [x2]),
+                      helper.make_node("Shape", [x], [p + "_shape"]),
+                      helper.make_node("Slice", [p + "_shape", constant(p + "_s0", np.array([0], np.int64)),
+                                                 constant(p + "_s1", np.array([-1], np.int64))], [p + "_lead"])]
+            eps = constant(p + "_eps", np.array(1e-12, np.float32))
+            if asym:
+                nodes += [
+                    helper.make_node("ReduceMin", [x2], [p + "_lo"], axes=[-1], keepdims=1),
+                    helper.make_node("ReduceMax", [x2], [p + "_hi"], axes=[-1], keepdims=1),
+                    helper.make_node("Sub", [p + "_hi", p + "_lo"], [p + "_span"]),
+                    helper.make_node("Max", [p + "_span", eps], [p + "_span_pos"]),
+                    helper.make_node("Div", [p + "_span_pos", constant(p + "_255", np.array(255.0, np.float32))],
+                                     [p + "_scale"]),
+                    helper.make_node("Div", [p + "_lo", p + "_scale"], [p + "_lo_steps"]),
+                    helper.make_node("Neg", [p + "_lo_steps"], [p + "_neg_steps"]),
+                    helper.make_node("Round", [p + "_neg_steps"], [p + "_zf_raw"]),
+                    helper.make_node("Clip", [p + "_zf_raw", constant(p + "_0f", np.array(0.0, np.float32)),
+                                              constant(p + "_255f", np.array(255.0, np.float32))], [p + "_zf"]),
+                    helper.make_node("Reshape", [p + "_zf", constant(p + "_vec", np.array([-1], np.int64))],
+                                     [p + "_zf1"]),
+                    helper.make_node("Cast", [p + "_zf1"], [p + "_z1"], to=TensorProto.UINT8),
+                    helper.make_node("Mul", [p + "_scale", p + "_zf"], [p + "_neg_lo"]),
+                    helper.make_node("Neg", [p + "_neg_lo"], [p + "_lo_eff"]),
+                ]
+                zero, lo = constant(p + "_zero", np.array(0, np.uint8)), p + "_lo_eff"
+            else:
+                nodes += [
+                    helper.make_node("Abs", [x2], [p + "_abs"]),
+                    helper.make_node("ReduceMax", [p + "_abs"], [p + "_peak"], axes=[-1], keepdims=1),
+                    helper.make_node("Max", [p + "_peak", eps], [p + "_peak_pos"]),
+                    helper.make_node("Div", [p + "_peak_pos", constant(p + "_127", np.array(127.0, np.float32))],
+                                     [p + "_scale"]),
+                    helper.make_node("Shape", [p + "_x2"], [p + "_x2_shape"]),
+                    helper.make_node("Slice", [p + "_x2_shape", constant(p + "_r0", np.array([0], np.int64)),
+                                               constant(p + "_r1", np.array([1], np.int64))], [p + "_rows"]),
+                    helper.make_node("ConstantOfShape", [p + "_rows"], [p + "_z1"],
+                                     value=numpy_helper.from_array(np.array([128], np.uint8))),
+                ]
+                zero, lo = constant(p + "_zero", np.array(128, np.uint8)), None
+            nodes += [  # QuantizeLinear takes one scale per row as a vector along axis 0
+                helper.make_node("Reshape", [p + "_scale", constant(p + "_vec1", np.array([-1], np.int64))],
+                                 [p + "_scale1"]),
+                helper.make_node("QuantizeLinear", [x2, p + "_scale1", p + "_z1"], [p + "_q"], axis=0),
             ]
-            quantized[x] = (p + "_q", p + "_scale", p + "_zero")
-        codes, scale, zero = quantized[x]
+            codes[x, asym] = (p + "_q", p + "_scale", zero, lo, p + "_lead")
+        q, scale, zero, lo, lead = codes[x, asym]
+        one = constant(p + "_one", np.array(1.0, np.float32))
         nodes += [
-            helper.make_node("MatMulInteger", [codes, p + "_w", zero], [p + "_acc"]),
-            helper.make_node("Cast", [p + "_acc"], [p + "_acc_f"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", [p + "_acc_f", scale], [p + "_rows"]),
-            helper.make_node("Mul", [p + "_rows", p + "_w_scale"], list(node.output), name=node.name),
+            helper.make_node("MatMulIntegerToFloat", [q, p + "_w", one, p + "_w_scale", zero], [p + "_acc"],
+                             domain="com.microsoft"),
+            helper.make_node("Mul", [p + "_acc", scale], [p + "_rows2"]),
         ]
+        flat = p + "_rows2"
+        if lo is not None:
+            constant(p + "_colsum", (w_q.astype(np.float32) * w_scale[None, :]).sum(axis=0).astype(np.float32))
+            nodes += [helper.make_node("Mul", [lo, p + "_colsum"], [p + "_offset"]),
+                      helper.make_node("Add", [p + "_rows2", p + "_offset"], [p + "_sum"])]
+            flat = p + "_sum"
+        nodes += [helper.make_node("Concat", [lead, constant(p + "_n", np.array([w.shape[1]], np.int64))],
+                                   [p + "_out_shape"], axis=0),
+                  helper.make_node("Reshape", [flat, p + "_out_shape"], list(node.output), name=node.name)]
     del graph.node[:]
     graph.node.extend(nodes)
     used = {name for n in graph.node for name in n.input}
     for init in [init for init in graph.initializer if init.name not in used]:
         graph.initializer.remove(init)  # the float weights the int8 ones replaced
-
-
-def _asymmetric_rows(graph, nodes: list, quantized: dict, x: str, p: str, w_q, w_scale, node) -> None:
-    """`node` as x @ W with one asymmetric u8 scale per row: x = lo + s_row * q with
-    lo = the row's minimum, q in [0, 255], so x @ W = s_row * (q @ W) + lo * colsum(W).
-    A GELU output's rows run from -0.17 to a few units: symmetric codes would spend half
-    their range on negatives that do not occur."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph.initializer.append(numpy_helper.from_array(
-        (w_q.astype(np.float32) * w_scale[None, :]).sum(axis=0).astype(np.float32), p + "_colsum"))
-    if (x, "asymmetric") not in quantized:  # apart from the same input's symmetric codes
-        graph.initializer.extend([
-            numpy_helper.from_array(np.array(1e-12, np.float32), p + "_eps"),
-            numpy_helper.from_array(np.array(255.0, np.float32), p + "_255"),
-            numpy_helper.from_array(np.array(0, np.uint8), p + "_zero")])
-        nodes += [
-            helper.make_node("ReduceMin", [x], [p + "_lo"], axes=[-1], keepdims=1),
-            helper.make_node("ReduceMax", [x], [p + "_hi"], axes=[-1], keepdims=1),
-            helper.make_node("Sub", [p + "_hi", p + "_lo"], [p + "_span"]),
-            helper.make_node("Max", [p + "_span", p + "_eps"], [p + "_span_pos"]),
-            helper.make_node("Div", [p + "_span_pos", p + "_255"], [p + "_scale"]),
-            helper.make_node("Sub", [x, p + "_lo"], [p + "_from_lo"]),
-            helper.make_node("Div", [p + "_from_lo", p + "_scale"], [p + "_scaled"]),
-            helper.make_node("Round", [p + "_scaled"], [p + "_rounded"]),
-            helper.make_node("Cast", [p + "_rounded"], [p + "_q"], to=TensorProto.UINT8),
-        ]
-        quantized[x, "asymmetric"] = (p + "_q", p + "_scale", p + "_zero", p + "_lo")
-    codes, scale, zero, lo = quantized[x, "asymmetric"]
-    nodes += [
-        helper.make_node("MatMulInteger", [codes, p + "_w", zero], [p + "_acc"]),
-        helper.make_node("Cast", [p + "_acc"], [p + "_acc_f"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", [p + "_acc_f", scale], [p + "_rows"]),
-        helper.make_node("Mul", [p + "_rows", p + "_w_scale"], [p + "_main"]),
-        helper.make_node("Mul", [lo, p + "_colsum"], [p + "_offset"]),
-        helper.make_node("Add", [p + "_main", p + "_offset"], list(node.output), name=node.name),
-    ]
 
 
 def build(model_path: Path, folder: Path, quant: dict) -> None:
