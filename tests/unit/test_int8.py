@@ -262,6 +262,35 @@ def test_asymmetric_rows_halve_the_error_on_a_one_sided_activation():
     assert np.median(errors[True]) < 0.6 * np.median(errors[False]), (errors[True], errors[False])
 
 
+def test_asymmetric_rows_that_are_one_sided_or_constant_are_coded_right():
+    """A row's zero point is a code only if its range holds 0: all-positive, all-negative
+    and constant rows (and all-zero ones) would otherwise saturate."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(64, 8)).astype(np.float32)
+    x = rng.normal(size=(6, 64)).astype(np.float32)
+    x[0] = np.abs(x[0]) + 3.0  # all positive, far from 0
+    x[1] = -np.abs(x[1]) - 3.0  # all negative
+    x[2] = 2.5  # constant
+    x[3] = 0.0
+    name = "/layer.0/output/dense/MatMul"
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name=name)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    ort_int8.quantize_per_token(graph, {name}, {name})
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got, want = session.run(None, {"x": x})[0], x @ w
+    np.testing.assert_array_equal(got[3], 0.0)
+    for row in (0, 1, 2, 4, 5):  # within 2% of the row's size
+        assert np.abs(got[row] - want[row]).max() <= 0.02 * np.abs(want[row]).max(), (row, got[row], want[row])
+
+
 def test_a_failed_export_names_the_model_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("FUSIONRANK_ONNX_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "not-a-model"

@@ -70,7 +70,7 @@ log = logging.getLogger("fusionrank.vectors.ort_int8")
 # the previous recipe (per-token symmetric FFN outputs, layers 0 and 1's in float32, one
 # scale per batch elsewhere) 0.950 / 0.955 / 0.982 (0.946); this one 0.962 / 0.960 /
 # 0.986 (0.956), at 1.9x float32 per CPU second on one thread (the previous 2.2x); with
-# quantize_per_token's fused graph (PER_TOKEN_VERSION 2) 0.959 / 0.958 / 0.987 (0.956) at 2.1x.
+# quantize_per_token's fused graph 0.959 / 0.958 / 0.987 (0.956) at 2.1x.
 QUANT = {
     "per_channel": True,
     "reduce_range": False,
@@ -84,7 +84,7 @@ QUANT = {
 EXPORT_VERSION = 2  # bump when the exported graph changes (2: eager attention)
 # bump when quantize_per_token's graph changes (2: one QuantizeLinear per input and one
 # MatMulIntegerToFloat per layer instead of element-wise passes): the rounding moves.
-PER_TOKEN_VERSION = 2
+PER_TOKEN_VERSION = 3  # 3: a row's range holds 0
 OPSET = 17
 
 
@@ -346,8 +346,9 @@ def quantize_per_token(graph, names: set[str], asymmetric: set[str] = frozenset(
     one activation scale per row (token) and one weight scale per output column.
 
     Symmetric rows: q(x) = round(x / s_row) + 128 as u8, y = s_row * ((q - 128) @ q(W) * s_col).
-    Rows in `asymmetric` are coded from their minimum to their maximum (255 steps): a GELU
-    output runs from -0.17 up, so symmetric codes would spend half their range on nothing.
+    Rows in `asymmetric` are coded from their minimum to their maximum (255 steps; the
+    range widened to hold 0 where a row is one-sided): a GELU output runs from -0.17 up,
+    so symmetric codes would spend half their range on nothing.
     There q(x) = round(x / s_row) + z_row with z_row = round(-min_row / s_row), so
     x = s_row * (q - z_row) = s_row * q + lo_row with lo_row = -s_row * z_row, and
     y = s_row * (q @ q(W) * s_col) + lo_row * colsum(W), exact but for the rounding of q.
@@ -387,8 +388,14 @@ def quantize_per_token(graph, names: set[str], asymmetric: set[str] = frozenset(
             eps = constant(p + "_eps", np.array(1e-12, np.float32))
             if asym:
                 nodes += [
-                    helper.make_node("ReduceMin", [x2], [p + "_lo"], axes=[-1], keepdims=1),
-                    helper.make_node("ReduceMax", [x2], [p + "_hi"], axes=[-1], keepdims=1),
+                    # the range is widened to hold 0, so z_row is a code (0..255) and a
+                    # one-sided or constant row is coded right, not saturated
+                    helper.make_node("ReduceMin", [x2], [p + "_lo_raw"], axes=[-1], keepdims=1),
+                    helper.make_node("ReduceMax", [x2], [p + "_hi_raw"], axes=[-1], keepdims=1),
+                    helper.make_node("Min", [p + "_lo_raw", constant(p + "_0lo", np.array(0.0, np.float32))],
+                                     [p + "_lo"]),
+                    helper.make_node("Max", [p + "_hi_raw", constant(p + "_0hi", np.array(0.0, np.float32))],
+                                     [p + "_hi"]),
                     helper.make_node("Sub", [p + "_hi", p + "_lo"], [p + "_span"]),
                     helper.make_node("Max", [p + "_span", eps], [p + "_span_pos"]),
                     helper.make_node("Div", [p + "_span_pos", constant(p + "_255", np.array(255.0, np.float32))],
