@@ -201,28 +201,37 @@ def test_smoothing_leaves_the_float_model_unchanged():
     torch.testing.assert_close(after, before, atol=2e-4, rtol=1e-4)
 
 
-def test_per_token_quantisation_tracks_a_float_matmul_with_one_outlier_row():
-    """A row 1,000x larger than the rest would flatten the others under one per-batch
-    scale; with a scale per row every row keeps int8 precision."""
+LAYER = "/layer.0/output/dense/MatMul"
+
+
+def _quantised_matmul(w: np.ndarray, asymmetric: bool):
+    """x @ w as one MatMul named like a layer, through `quantize_per_token`: (graph, run)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(64, 16)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="/layer.0/output/dense/MatMul")],
-                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])],
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name=LAYER)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, w.shape[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, w.shape[1]])],
                               [numpy_helper.from_array(w, "w")])
-    ort_int8.quantize_per_token(graph, {"/layer.0/output/dense/MatMul"})
-    assert [n.op_type for n in graph.node].count("MatMulIntegerToFloat") == 1
-    assert "w" not in {init.name for init in graph.initializer}  # the float weight is gone
+    ort_int8.quantize_per_token(graph, {LAYER}, {LAYER} if asymmetric else set())
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return graph, lambda x: session.run(None, {"x": x})[0]
+
+
+def test_per_token_quantisation_tracks_a_float_matmul_with_one_outlier_row():
+    """A row 1,000x larger than the rest would flatten the others under one per-batch
+    scale; with a scale per row every row keeps int8 precision."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 16)).astype(np.float32)
+    graph, run = _quantised_matmul(w, asymmetric=False)
+    assert [n.op_type for n in graph.node].count("MatMulIntegerToFloat") == 1
+    assert "w" not in {init.name for init in graph.initializer}  # the float weight is gone
     x = rng.normal(size=(5, 64)).astype(np.float32)
     x[0] *= 1000.0
-    got, want = session.run(None, {"x": x})[0], x @ w
+    got, want = run(x), x @ w
     for row in range(5):  # each row within 2% of its own size
         assert np.abs(got[row] - want[row]).max() <= 0.02 * np.abs(want[row]).max(), row
 
@@ -231,9 +240,6 @@ def test_asymmetric_rows_halve_the_error_on_a_one_sided_activation():
     """GELU outputs run from -0.17 up: codes from each row's minimum to its maximum use
     all 255 steps where symmetric ones use half, and the min_row * colsum(W) term keeps
     the product exact but for the rounding."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
     rng = np.random.default_rng(1)
     w = rng.normal(size=(256, 32)).astype(np.float32)
     x = rng.normal(size=(40, 256)).astype(np.float32)
@@ -241,19 +247,10 @@ def test_asymmetric_rows_halve_the_error_on_a_one_sided_activation():
     x[3] *= 50.0  # rows of very different sizes keep their own scale
     errors = {}
     for asymmetric in (False, True):
-        name = "/layer.0/output/dense/MatMul"
-        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name=name)], "g",
-                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 256])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])],
-                                  [numpy_helper.from_array(w, "w")])
-        ort_int8.quantize_per_token(graph, {name}, {name} if asymmetric else set())
+        graph, run = _quantised_matmul(w, asymmetric)
         ops = [n.op_type for n in graph.node]
         assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("ReduceMin") == int(asymmetric)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("com.microsoft", 1)])
-        model.ir_version = 8
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"x": x})[0]
+        got = run(x)
         assert (np.abs(got - x @ w).max(axis=1) <= 0.025 * np.abs(x @ w).max(axis=1)).all()  # both close
         # against the int8 weights in float: what is left is the activations' rounding
         w_scale = np.abs(w).max(axis=0) / 127.0
@@ -265,9 +262,6 @@ def test_asymmetric_rows_halve_the_error_on_a_one_sided_activation():
 def test_asymmetric_rows_that_are_one_sided_or_constant_are_coded_right():
     """A row's zero point is a code only if its range holds 0: all-positive, all-negative
     and constant rows (and all-zero ones) would otherwise saturate."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
     rng = np.random.default_rng(2)
     w = rng.normal(size=(64, 8)).astype(np.float32)
     x = rng.normal(size=(6, 64)).astype(np.float32)
@@ -275,17 +269,8 @@ def test_asymmetric_rows_that_are_one_sided_or_constant_are_coded_right():
     x[1] = -np.abs(x[1]) - 3.0  # all negative
     x[2] = 2.5  # constant
     x[3] = 0.0
-    name = "/layer.0/output/dense/MatMul"
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name=name)], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])],
-                              [numpy_helper.from_array(w, "w")])
-    ort_int8.quantize_per_token(graph, {name}, {name})
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("com.microsoft", 1)])
-    model.ir_version = 8
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    got, want = session.run(None, {"x": x})[0], x @ w
+    _, run = _quantised_matmul(w, asymmetric=True)
+    got, want = run(x), x @ w
     np.testing.assert_array_equal(got[3], 0.0)
     for row in (0, 1, 2, 4, 5):  # within 2% of the row's size
         assert np.abs(got[row] - want[row]).max() <= 0.02 * np.abs(want[row]).max(), (row, got[row], want[row])

@@ -5,7 +5,7 @@ Runtime, smoothed (SmoothQuant) at export, with one activation scale per token o
 Linear but layer 0's FFN output (float32), so a text's vector does not depend on the texts
 batched with it (`QUANT`). On MovieLens: mean cosine to float32 0.9995 and neighbour
 recall@10 0.956; 2.1x float32 items per CPU second on one thread (bench/int8_sweep.py),
-1.7x in the best two-core layout on product descriptions (bench/encode_throughput.py).
+1.7-1.85x in the best two-core layout on product descriptions (bench/encode_throughput.py).
 The float32 and bfloat16 paths, and every GPU path, stay in torch.
 
 The model is built once per machine and cached:
