@@ -16,7 +16,11 @@ vector the same, to cosine 0.99999, whichever texts share its batch: "other batc
 cos", the worst over the slice encoded in two halves) with mean cosine >= 0.99, those
 at >= 2x fp32 per CPU second both on the slice's titles and on product-length texts
 (the synthetic shop's, timed only) if any, else all of them; of those the highest
-neighbour recall@10 (ties: faster). (Batch invariance was added to the rule after
+neighbour recall@10, where recalls within RECALL_TIE (0.002, one standard error on
+the slice) of the best are a tie and the faster wins. (The tie band was added in the
+eleventh session, after a sweep where the layer-zero-point recipe read 0.958 against
+0.959 at 2.33x against 2.08x; without it the rule kept a recipe that the issue's
+two-core bench measured at 1.71x and 1.85x.) (Batch invariance was added to the rule after
 int8 was tried as a default: with one activation scale per batch, the query_topk
 table and the same queries encoded again on the driver differed.) Only
 the picked recipe is then measured on the confirmation catalogs, which played no part
@@ -123,11 +127,21 @@ RECIPES.update({
     "smooth 0.5 shared, per-token all, asym FFN in+out, fp32 L0": dict(
         ASYM, smooth_alpha=0.5, exclude=[L0_OUT], per_token=["."], smooth_shared=True,
         per_token_asymmetric=[FFN_OUT, FFN_IN]),
+    # ... with one zero point per layer (calibrated at export) and a scale per row: the
+    # product kernel then subtracts the zero point itself, and the row minimum's term goes.
+    "smooth 0.5 shared, asym per-token all, layer zero point, fp32 L0": dict(
+        ASYM, smooth_alpha=0.5, exclude=[L0_OUT], per_token=["."], smooth_shared=True,
+        per_token_zero_point="calibrated"),
     "smooth 0.6, asym per-token FFN out, fp32 L0 L1": dict(ASYM, smooth_alpha=0.6,
                                                            exclude=[L0_OUT, r"layer\.1/output/dense"]),
     "smooth 0.8, asym per-token FFN out, fp32 L0 L1": dict(ASYM, smooth_alpha=0.8,
                                                            exclude=[L0_OUT, r"layer\.1/output/dense"]),
 })
+
+
+# One standard error of neighbour recall@10 on the tuning slice (841 items x 10
+# neighbours: sqrt(0.96 * 0.04 / 8410) = 0.002); recipes closer than that are a tie.
+RECALL_TIE = 0.002
 
 
 def quality(ref: np.ndarray, new: np.ndarray, k: int = 10) -> tuple[float, float]:
@@ -242,9 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     if not eligible:
         print("no recipe gives batch-invariant vectors at mean cosine >= 0.99")
         return 1
-    *_, label, ort_enc = max(eligible, key=lambda e: e[:3])
-    if not max(eligible, key=lambda e: e[:3])[0]:
+    fast_enough = any(e[0] for e in eligible)
+    if not fast_enough:
         print("no batch-invariant recipe reaches 2x fp32 on both kinds of text: the best recall of them")
+    pool = [e for e in eligible if e[0] == fast_enough]
+    best = max(e[1] for e in pool)
+    # recalls within RECALL_TIE of the best are ties (the slice's sampling error): the faster
+    *_, label, ort_enc = max((e for e in pool if e[1] >= best - RECALL_TIE), key=lambda e: e[2])
     print(f"\npicked on the tuning slice: ORT {label} {RECIPES[label]}")
     print(f"{'confirmation catalog':<22} {'items':>6} {'mean cos':>9} {'nbr recall@10':>14} {'query recall@10':>16}")
     for name, (texts, queries) in confirm.items():

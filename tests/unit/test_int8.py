@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,8 @@ def test_int8_text_vectors_stay_within_the_cosine_bound(vectors, onnx_cache):
     # 6 layers x 6 Linears, all with one asymmetric activation scale per token but layer 0's
     # FFN output (float32); query, key and value share their input's codes: 4 per layer
     assert ops.count("MatMulIntegerToFloat") == 35 and ops.count("DynamicQuantizeLinear") == 0
+    # each coded activation has its layer's zero point: no product adds the row minimum's term
+    assert not [i.name for i in onnx.load(str(int8.session.path)).graph.initializer if i.name.endswith("_colsum")]
     assert ops.count("QuantizeLinear") == ops.count("ReduceMax") == ops.count("ReduceMin") == 6 * 4 - 1
     assert b.shape == a.shape == (len(TEXTS), 384) and b.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
@@ -175,6 +178,12 @@ def test_the_int8_model_is_built_once_per_cache(vectors, onnx_cache):
     assert len(recipe["excluded"]) == 1 and "layer.0/output" in recipe["excluded"][0]
     assert len(recipe["per_token"]) == 35
     assert recipe["smoothed"] == 36  # every Linear smoothed at export
+    zero_points = recipe["zero_points"]  # calibrated per coded activation
+    assert len(zero_points) == 6 * 4 - 1 and all(1 <= z <= 254 for z in zero_points.values())
+    # the FFN outputs' inputs (GELU's, from -0.17 up) get fewer codes below 0 than the rest
+    gelu = [z for name, z in zero_points.items() if re.search(r"layer\.\d/output/dense", name)]
+    rest = [z for name, z in zero_points.items() if not re.search(r"layer\.\d/output/dense", name)]
+    assert len(gelu) == 5 and max(gelu) < min(rest), zero_points
     assert not list(built.parent.glob(".*.onnx"))  # no half-written files left behind
 
 
@@ -204,8 +213,9 @@ def test_smoothing_leaves_the_float_model_unchanged():
 LAYER = "/layer.0/output/dense/MatMul"
 
 
-def _quantised_matmul(w: np.ndarray, asymmetric: bool):
-    """x @ w as one MatMul named like a layer, through `quantize_per_token`: (graph, run)."""
+def _quantised_matmul(w: np.ndarray, asymmetric: bool, zero_point: int | None = None):
+    """x @ w as one MatMul named like a layer, through `quantize_per_token` (`zero_point`:
+    the layer's fixed one): (graph, run)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -213,7 +223,8 @@ def _quantised_matmul(w: np.ndarray, asymmetric: bool):
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, w.shape[0]])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, w.shape[1]])],
                               [numpy_helper.from_array(w, "w")])
-    ort_int8.quantize_per_token(graph, {LAYER}, {LAYER} if asymmetric else set())
+    ort_int8.quantize_per_token(graph, {LAYER}, {LAYER} if asymmetric else set(),
+                                {"x": zero_point} if zero_point is not None else None)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
@@ -274,6 +285,57 @@ def test_asymmetric_rows_that_are_one_sided_or_constant_are_coded_right():
     np.testing.assert_array_equal(got[3], 0.0)
     for row in (0, 1, 2, 4, 5):  # within 2% of the row's size
         assert np.abs(got[row] - want[row]).max() <= 0.02 * np.abs(want[row]).max(), (row, got[row], want[row])
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return x * 0.5 * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x ** 3)))
+
+
+def _relative_error(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    return np.sqrt(((got - want) ** 2).mean(axis=1)) / np.sqrt((want ** 2).mean(axis=1))
+
+
+def test_the_layer_zero_point_fits_the_rows_shape():
+    rng = np.random.default_rng(3)
+    gelu = _gelu(rng.normal(size=(500, 256)) * rng.uniform(0.5, 5.0, size=(500, 1)))
+    assert 1 <= ort_int8.best_zero_point(gelu.min(axis=1), gelu.max(axis=1)) <= 20  # a few codes below 0
+    normal = rng.normal(size=(500, 256))
+    assert 110 <= ort_int8.best_zero_point(normal.min(axis=1), normal.max(axis=1)) <= 146
+    assert ort_int8.best_zero_point(np.full(4, 1.0), np.full(4, 3.0)) == 1  # all positive: the lowest z
+    assert ort_int8.best_zero_point(np.full(4, -3.0), np.full(4, -1.0)) == 254
+
+
+def test_a_layer_zero_point_drops_the_minimums_term_and_keeps_each_rows_scale():
+    """Rows share the layer's zero point but keep their own scale: MatMulIntegerToFloat
+    subtracts the zero point, so no Add over the output is left, GELU rows of any size
+    keep asymmetric precision, and a row of another shape is coded without saturating."""
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(256, 32)).astype(np.float32)
+    x = _gelu(rng.normal(size=(40, 256))).astype(np.float32)
+    x[3] *= 50.0
+    z = ort_int8.best_zero_point(x.min(axis=1), x.max(axis=1))
+    graph, run = _quantised_matmul(w, asymmetric=True, zero_point=z)
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("Add") == 0
+    w_scale = np.abs(w).max(axis=0) / 127.0
+    w_int8 = np.round(w / w_scale) * w_scale
+    want = x @ w_int8  # what is left against it is the activations' rounding
+    errors = {"layer": _relative_error(run(x), want)}
+    for label, asymmetric in (("per row", True), ("symmetric", False)):
+        errors[label] = _relative_error(_quantised_matmul(w, asymmetric)[1](x), want)
+    median = {label: float(np.median(e)) for label, e in errors.items()}
+    assert median["layer"] < 1.3 * median["per row"] and median["layer"] < 0.6 * median["symmetric"], median
+    odd = rng.normal(size=(5, 256)).astype(np.float32)
+    odd[0] = -np.abs(odd[0]) - 3.0  # all negative: the few codes below z still hold it
+    odd[1] = np.abs(odd[1]) + 3.0
+    odd[2] = 2.5
+    odd[3] = 0.0
+    got = run(odd)
+    np.testing.assert_array_equal(got[3], 0.0)
+    for row in (0, 1, 2, 4):  # within half a step of each code, never clipped
+        step = max(odd[row].max() / (255 - z), -odd[row].min() / z, 0.0)
+        bound = 0.5 * step * np.abs(w_int8).sum(axis=0).max() * 1.01 + 1e-4
+        assert np.abs(got[row] - odd[row] @ w_int8).max() <= bound, row
 
 
 def test_a_failed_export_names_the_model_folder(tmp_path, monkeypatch):

@@ -3,9 +3,9 @@
 `models.text.dtype: int8` on CPU runs the text encoder as an int8 ONNX model in ONNX
 Runtime, smoothed (SmoothQuant) at export, with one activation scale per token on every
 Linear but layer 0's FFN output (float32), so a text's vector does not depend on the texts
-batched with it (`QUANT`). On MovieLens: mean cosine to float32 0.9995 and neighbour
-recall@10 0.956; 2.1x float32 items per CPU second on one thread (bench/int8_sweep.py),
-1.7-1.85x in the best two-core layout on product descriptions (bench/encode_throughput.py).
+batched with it (`QUANT`). On MovieLens: mean cosine to float32 0.9993 and neighbour
+recall@10 0.954; 2.3-2.45x float32 items per CPU second on one thread (bench/int8_sweep.py),
+2.0x in the best two-core layout on product descriptions (bench/encode_throughput.py).
 The float32 and bfloat16 paths, and every GPU path, stay in torch.
 
 The model is built once per machine and cached:
@@ -16,8 +16,9 @@ The model is built once per machine and cached:
      torch state never sees an export;
   2. quantise: int8 weights per output column; u8 activations coded per token on the fly
      (`quantize_per_token`: one QuantizeLinear per input, one MatMulIntegerToFloat per
-     layer), or per batch by `onnxruntime.quantization.quantize_dynamic` for layers a
-     recipe leaves to it; see `QUANT` for the choices;
+     layer; each input's zero point calibrated once on CALIBRATION_TEXTS), or per batch
+     by `onnxruntime.quantization.quantize_dynamic` for layers a recipe leaves to it; see
+     `QUANT` for the choices;
   3. the result lives in `<cache>/<model digest>-<recipe digest>/model.int8.onnx`, where
      `cache` is `$FUSIONRANK_ONNX_CACHE`, else `$XDG_CACHE_HOME/fusionrank/onnx`, else
      `~/.cache/fusionrank/onnx`: local to each executor, written under a file lock and
@@ -65,12 +66,18 @@ log = logging.getLogger("fusionrank.vectors.ort_int8")
 #    maximum (255 steps) instead of symmetrically around 0 (zero point 128): a GELU
 #    output runs from -0.17 up, so symmetric codes spent half their range on nothing.
 #    x @ W = s_row * (q @ W) + min_row * colsum(W), exact but for the rounding of q.
+#  - per_token_zero_point: "calibrated": asymmetric rows of one input share a zero point
+#    (the one that best fits that input's rows on CALIBRATION_TEXTS) and keep their own
+#    scale, so the integer product subtracts it and the minimum's term (two passes over
+#    every output) goes; absent: a zero point per row.
 #  - exclude: regexes over MatMul node names kept in float32; empty: all quantised.
 # Neighbour recall@10 against float32, slice / even ids / shop (whole MovieLens catalog):
 # the previous recipe (per-token symmetric FFN outputs, layers 0 and 1's in float32, one
 # scale per batch elsewhere) 0.950 / 0.955 / 0.982 (0.946); this one 0.962 / 0.960 /
 # 0.986 (0.956), at 1.9x float32 per CPU second on one thread (the previous 2.2x); with
-# quantize_per_token's fused graph 0.959 / 0.958 / 0.987 (0.956) at 2.1x.
+# quantize_per_token's fused graph 0.959 / 0.958 / 0.987 (0.956) at 2.1x; with a
+# calibrated zero point per layer (this one) 0.958 / 0.955 / 0.985 (0.954) at 2.3-2.45x,
+# 2.00x and 2.04x in two runs of bench/encode_throughput.py (the previous 1.71x, 1.85x).
 QUANT = {
     "per_channel": True,
     "reduce_range": False,
@@ -80,11 +87,12 @@ QUANT = {
     "smooth_shared": True,
     "per_token": ["."],
     "per_token_asymmetric": True,
+    "per_token_zero_point": "calibrated",
 }
 EXPORT_VERSION = 2  # bump when the exported graph changes (2: eager attention)
 # bump when quantize_per_token's graph changes (2: one QuantizeLinear per input and one
 # MatMulIntegerToFloat per layer instead of element-wise passes): the rounding moves.
-PER_TOKEN_VERSION = 3  # 3: a row's range holds 0
+PER_TOKEN_VERSION = 4  # 3: a row's range holds 0; 4: calibrated layer zero points
 OPSET = 17
 
 
@@ -311,8 +319,9 @@ def export_float(model_path: Path, out: Path, smooth_alpha: float | None = None,
     return smoothed
 
 
-def quantize(float_path: Path, out: Path, quant: dict) -> dict:
-    """Dynamic int8 quantisation of `float_path`'s MatMul nodes; returns what was quantised."""
+def quantize(float_path: Path, out: Path, quant: dict, calibration: list[dict] | None = None) -> dict:
+    """Dynamic int8 quantisation of `float_path`'s MatMul nodes; returns what was quantised.
+    `calibration` (model feeds) sets the layer zero points where the recipe asks for them."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -329,19 +338,75 @@ def quantize(float_path: Path, out: Path, quant: dict) -> dict:
                      reduce_range=quant["reduce_range"], weight_type=getattr(QuantType, quant["weight_type"]),
                      op_types_to_quantize=["MatMul"],
                      nodes_to_exclude=excluded + per_token + [m for m in matmuls if m not in layers])
+    info = {"layers": len(layers), "excluded": excluded, "per_token": per_token}
     if per_token:
         model = onnx.load(str(out))
         asymmetric = quant.get("per_token_asymmetric") or []
         asymmetric = [name for name in per_token if asymmetric is True
                       or any(re.search(pattern, name) for pattern in asymmetric)]
-        quantize_per_token(model.graph, set(per_token), set(asymmetric))
+        zero_points = {}
+        if asymmetric and quant.get("per_token_zero_point") == "calibrated":
+            if not calibration:
+                raise ModelError("int8: the recipe's calibrated zero points need calibration inputs")
+            inputs = {n.input[0] for n in model.graph.node if n.name in set(asymmetric)}
+            zero_points = calibrate_zero_points(model, inputs, calibration)
+        quantize_per_token(model.graph, set(per_token), set(asymmetric), zero_points)
+        info["zero_points"] = zero_points
         if not any(o.domain == "com.microsoft" for o in model.opset_import):  # MatMulIntegerToFloat
             model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
         onnx.save(model, str(out))
-    return {"layers": len(layers), "excluded": excluded, "per_token": per_token}
+    return info
 
 
-def quantize_per_token(graph, names: set[str], asymmetric: set[str] = frozenset()) -> None:
+def best_zero_point(lo: np.ndarray, hi: np.ndarray) -> int:
+    """The one u8 zero point z for rows ranging over [lo, hi] (0 included) that minimises
+    the mean squared step s_row = max(hi / (255 - z), -lo / z), i.e. the rows' mean
+    squared rounding error when each row keeps its own scale but shares z."""
+    lo = np.minimum(lo, 0.0).astype(np.float64)[:, None]
+    hi = np.maximum(hi, 0.0).astype(np.float64)[:, None]
+    z = np.arange(1, 255, dtype=np.float64)[None, :]
+    step = np.maximum(hi / (255.0 - z), -lo / z)
+    return int(z[0, np.argmin((step ** 2).mean(axis=0))])
+
+
+def calibrate_zero_points(model, activations: set[str], feeds: list[dict]) -> dict[str, int]:
+    """{activation: its zero point} from the rows (tokens) it takes on `feeds`, run
+    through `model` (float MatMuls still) with those activations as extra outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = sorted(activations)
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    lows: dict[str, list] = {n: [] for n in names}
+    highs: dict[str, list] = {n: [] for n in names}
+    for feed in feeds:
+        for name, value in zip(names, session.run(names, feed)):
+            rows = value.reshape(-1, value.shape[-1])
+            lows[name].append(rows.min(axis=1))
+            highs[name].append(rows.max(axis=1))
+    return {n: best_zero_point(np.concatenate(lows[n]), np.concatenate(highs[n])) for n in names}
+
+
+def calibration_feeds(model_path: Path) -> list[dict]:
+    """CALIBRATION_TEXTS as model inputs, one text per feed (no padding rows)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+    feeds = []
+    for text in CALIBRATION_TEXTS:
+        ids = tokenizer([text], truncation=True, max_length=128, return_tensors="np")
+        feeds.append({"input_ids": ids["input_ids"].astype(np.int64),
+                      "attention_mask": ids["attention_mask"].astype(np.int64)})
+    return feeds
+
+
+def quantize_per_token(graph, names: set[str], asymmetric: set[str] = frozenset(),
+                       zero_points: dict[str, int] | None = None) -> None:
     """Replace the float MatMul nodes `names` (constant weights) in `graph` by int8 ones with
     one activation scale per row (token) and one weight scale per output column.
 
@@ -355,7 +420,11 @@ def quantize_per_token(graph, names: set[str], asymmetric: set[str] = frozenset(
     A row's codes are one QuantizeLinear (per row: the rows are flattened to 2-D), and the
     product with its column scales one MatMulIntegerToFloat: ORT's MatMulInteger takes no
     per-row zero point and its fused kernel no per-row scale, so the row scale (and lo)
-    are applied after it."""
+    are applied after it.
+    `zero_points` ({activation: z}, from `calibrate_zero_points`): asymmetric rows of those
+    activations share the layer's z and keep their own scale, s_row = max(hi / (255 - z),
+    -lo / z), so x = s_row * (q - z): MatMulIntegerToFloat subtracts z itself and the
+    minimum's term (a Mul and an Add over the whole output) is not needed."""
     from onnx import TensorProto, helper, numpy_helper
 
     weights = {init.name: init for init in graph.initializer}
@@ -386,7 +455,25 @@ def quantize_per_token(graph, names: set[str], asymmetric: set[str] = frozenset(
                       helper.make_node("Slice", [p + "_shape", constant(p + "_s0", np.array([0], np.int64)),
                                                  constant(p + "_s1", np.array([-1], np.int64))], [p + "_lead"])]
             eps = constant(p + "_eps", np.array(1e-12, np.float32))
-            if asym:
+            fixed = (zero_points or {}).get(x) if asym else None
+            if fixed is not None:
+                z = int(fixed)
+                nodes += [
+                    helper.make_node("ReduceMin", [x2], [p + "_lo_raw"], axes=[-1], keepdims=1),
+                    helper.make_node("ReduceMax", [x2], [p + "_hi_raw"], axes=[-1], keepdims=1),
+                    helper.make_node("Mul", [p + "_hi_raw", constant(p + "_up", np.array(1.0 / (255 - z), np.float32))],
+                                     [p + "_hi_step"]),
+                    helper.make_node("Mul", [p + "_lo_raw", constant(p + "_down", np.array(-1.0 / z, np.float32))],
+                                     [p + "_lo_step"]),
+                    helper.make_node("Max", [p + "_hi_step", p + "_lo_step", eps], [p + "_scale"]),
+                    helper.make_node("Shape", [p + "_x2"], [p + "_x2_shape"]),
+                    helper.make_node("Slice", [p + "_x2_shape", constant(p + "_r0", np.array([0], np.int64)),
+                                               constant(p + "_r1", np.array([1], np.int64))], [p + "_rows"]),
+                    helper.make_node("ConstantOfShape", [p + "_rows"], [p + "_z1"],
+                                     value=numpy_helper.from_array(np.array([z], np.uint8))),
+                ]
+                zero, lo = constant(p + "_zero", np.array(z, np.uint8)), None
+            elif asym:
                 nodes += [
                     # the range is widened to hold 0, so z_row is a code (0..255) and a
                     # one-sided or constant row is coded right, not saturated
@@ -469,7 +556,8 @@ def build(model_path: Path, folder: Path, quant: dict) -> None:
         onnx.save(model, str(tmp))
     exported = time.perf_counter()
     part = folder / f".int8.{os.getpid()}.onnx"
-    info = quantize(tmp, part, quant)
+    calibration = calibration_feeds(model_path) if quant.get("per_token_zero_point") == "calibrated" else None
+    info = quantize(tmp, part, quant, calibration)
     os.replace(tmp, folder / "model.float32.onnx")
     os.replace(part, folder / "model.int8.onnx")
     info.update(quant=quant, model=str(model_path), smoothed=smoothed, export_s=round(exported - started, 2),
