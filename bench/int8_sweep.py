@@ -20,8 +20,8 @@ neighbour recall@10, where recalls within RECALL_TIE (0.002, one standard error 
 the slice) of the best are a tie and the faster wins. (The tie band was added in the
 eleventh session, after a sweep where the layer-zero-point recipe read 0.958 against
 0.959 at 2.33x against 2.08x; without it the rule kept a recipe that the issue's
-two-core bench measured at 1.71x and 1.85x.) (Batch invariance was added to the rule after
-int8 was tried as a default: with one activation scale per batch, the query_topk
+two-core bench measured at 1.71x and 1.85x.) (Batch invariance was added to the rule
+after int8 was tried as a default: with one activation scale per batch, the query_topk
 table and the same queries encoded again on the driver differed.) Only
 the picked recipe is then measured on the confirmation catalogs, which played no part
 in the choice of quality: MovieLens items with even ids, and the synthetic shop (with
