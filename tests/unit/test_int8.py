@@ -181,9 +181,9 @@ def test_the_int8_model_is_built_once_per_cache(vectors, onnx_cache):
     zero_points = recipe["zero_points"]  # calibrated per coded activation
     assert len(zero_points) == 6 * 4 - 1 and all(1 <= z <= 254 for z in zero_points.values())
     # the FFN outputs' inputs (GELU's, from -0.17 up) get fewer codes below 0 than the rest
-    gelu = [z for name, z in zero_points.items() if re.search(r"layer\.\d/output/dense", name)]
-    rest = [z for name, z in zero_points.items() if not re.search(r"layer\.\d/output/dense", name)]
-    assert len(gelu) == 5 and max(gelu) < min(rest), zero_points
+    gelu = {name: z for name, z in zero_points.items() if re.search(r"layer\.\d/output/dense", name)}
+    rest = [z for name, z in zero_points.items() if name not in gelu]
+    assert len(gelu) == 5 and max(gelu.values()) < min(rest), zero_points
     assert not list(built.parent.glob(".*.onnx"))  # no half-written files left behind
 
 
@@ -232,6 +232,20 @@ def _quantised_matmul(w: np.ndarray, asymmetric: bool, zero_point: int | None = 
     return graph, lambda x: session.run(None, {"x": x})[0]
 
 
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return x * 0.5 * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x ** 3)))
+
+
+def _relative_error(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    return np.sqrt(((got - want) ** 2).mean(axis=1)) / np.sqrt((want ** 2).mean(axis=1))
+
+
+def _int8_weights(w: np.ndarray) -> np.ndarray:
+    """w as its int8 codes (per column) in float: against it, what is left is the activations' rounding."""
+    scale = np.abs(w).max(axis=0) / 127.0
+    return np.round(w / scale) * scale
+
+
 def test_per_token_quantisation_tracks_a_float_matmul_with_one_outlier_row():
     """A row 1,000x larger than the rest would flatten the others under one per-batch
     scale; with a scale per row every row keeps int8 precision."""
@@ -253,9 +267,9 @@ def test_asymmetric_rows_halve_the_error_on_a_one_sided_activation():
     the product exact but for the rounding."""
     rng = np.random.default_rng(1)
     w = rng.normal(size=(256, 32)).astype(np.float32)
-    x = rng.normal(size=(40, 256)).astype(np.float32)
-    x = x * 0.5 * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x ** 3)))  # GELU
+    x = _gelu(rng.normal(size=(40, 256))).astype(np.float32)
     x[3] *= 50.0  # rows of very different sizes keep their own scale
+    want = x @ _int8_weights(w)
     errors = {}
     for asymmetric in (False, True):
         graph, run = _quantised_matmul(w, asymmetric)
@@ -263,10 +277,7 @@ def test_asymmetric_rows_halve_the_error_on_a_one_sided_activation():
         assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("ReduceMin") == int(asymmetric)
         got = run(x)
         assert (np.abs(got - x @ w).max(axis=1) <= 0.025 * np.abs(x @ w).max(axis=1)).all()  # both close
-        # against the int8 weights in float: what is left is the activations' rounding
-        w_scale = np.abs(w).max(axis=0) / 127.0
-        want = x @ (np.round(w / w_scale) * w_scale)
-        errors[asymmetric] = np.sqrt(((got - want) ** 2).mean(axis=1)) / np.sqrt((want ** 2).mean(axis=1))
+        errors[asymmetric] = _relative_error(got, want)
     assert np.median(errors[True]) < 0.6 * np.median(errors[False]), (errors[True], errors[False])
 
 
@@ -285,14 +296,6 @@ def test_asymmetric_rows_that_are_one_sided_or_constant_are_coded_right():
     np.testing.assert_array_equal(got[3], 0.0)
     for row in (0, 1, 2, 4, 5):  # within 2% of the row's size
         assert np.abs(got[row] - want[row]).max() <= 0.02 * np.abs(want[row]).max(), (row, got[row], want[row])
-
-
-def _gelu(x: np.ndarray) -> np.ndarray:
-    return x * 0.5 * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x ** 3)))
-
-
-def _relative_error(got: np.ndarray, want: np.ndarray) -> np.ndarray:
-    return np.sqrt(((got - want) ** 2).mean(axis=1)) / np.sqrt((want ** 2).mean(axis=1))
 
 
 def test_the_layer_zero_point_fits_the_rows_shape():
@@ -317,9 +320,8 @@ def test_a_layer_zero_point_drops_the_minimums_term_and_keeps_each_rows_scale():
     graph, run = _quantised_matmul(w, asymmetric=True, zero_point=z)
     ops = [n.op_type for n in graph.node]
     assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("Add") == 0
-    w_scale = np.abs(w).max(axis=0) / 127.0
-    w_int8 = np.round(w / w_scale) * w_scale
-    want = x @ w_int8  # what is left against it is the activations' rounding
+    w_int8 = _int8_weights(w)
+    want = x @ w_int8
     errors = {"layer": _relative_error(run(x), want)}
     for label, asymmetric in (("per row", True), ("symmetric", False)):
         errors[label] = _relative_error(_quantised_matmul(w, asymmetric)[1](x), want)

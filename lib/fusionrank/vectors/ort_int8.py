@@ -319,9 +319,9 @@ def export_float(model_path: Path, out: Path, smooth_alpha: float | None = None,
     return smoothed
 
 
-def quantize(float_path: Path, out: Path, quant: dict, calibration: list[dict] | None = None) -> dict:
+def quantize(float_path: Path, out: Path, quant: dict, model_path: Path | None = None) -> dict:
     """Dynamic int8 quantisation of `float_path`'s MatMul nodes; returns what was quantised.
-    `calibration` (model feeds) sets the layer zero points where the recipe asks for them."""
+    `model_path` (its tokenizer) codes CALIBRATION_TEXTS where the recipe calibrates zero points."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -342,15 +342,15 @@ def quantize(float_path: Path, out: Path, quant: dict, calibration: list[dict] |
     if per_token:
         model = onnx.load(str(out))
         asymmetric = quant.get("per_token_asymmetric") or []
-        asymmetric = [name for name in per_token if asymmetric is True
-                      or any(re.search(pattern, name) for pattern in asymmetric)]
+        asymmetric = {name for name in per_token if asymmetric is True
+                      or any(re.search(pattern, name) for pattern in asymmetric)}
         zero_points = {}
         if asymmetric and quant.get("per_token_zero_point") == "calibrated":
-            if not calibration:
-                raise ModelError("int8: the recipe's calibrated zero points need calibration inputs")
-            inputs = {n.input[0] for n in model.graph.node if n.name in set(asymmetric)}
-            zero_points = calibrate_zero_points(model, inputs, calibration)
-        quantize_per_token(model.graph, set(per_token), set(asymmetric), zero_points)
+            if model_path is None:
+                raise ModelError("int8: the recipe's calibrated zero points need the model's tokenizer")
+            inputs = {n.input[0] for n in model.graph.node if n.name in asymmetric}
+            zero_points = calibrate_zero_points(model, inputs, calibration_feeds(model_path))
+        quantize_per_token(model.graph, set(per_token), asymmetric, zero_points)
         info["zero_points"] = zero_points
         if not any(o.domain == "com.microsoft" for o in model.opset_import):  # MatMulIntegerToFloat
             model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
@@ -371,7 +371,8 @@ def best_zero_point(lo: np.ndarray, hi: np.ndarray) -> int:
 
 def calibrate_zero_points(model, activations: set[str], feeds: list[dict]) -> dict[str, int]:
     """{activation: its zero point} from the rows (tokens) it takes on `feeds`, run
-    through `model` (float MatMuls still) with those activations as extra outputs."""
+    through `model` (its per-token layers still float) with those activations as extra
+    outputs."""
     import onnx
     import onnxruntime as ort
 
@@ -456,29 +457,13 @@ def quantize_per_token(graph, names: set[str], asymmetric: set[str] = frozenset(
                                                  constant(p + "_s1", np.array([-1], np.int64))], [p + "_lead"])]
             eps = constant(p + "_eps", np.array(1e-12, np.float32))
             fixed = (zero_points or {}).get(x) if asym else None
-            if fixed is not None:
-                z = int(fixed)
-                nodes += [
-                    helper.make_node("ReduceMin", [x2], [p + "_lo_raw"], axes=[-1], keepdims=1),
-                    helper.make_node("ReduceMax", [x2], [p + "_hi_raw"], axes=[-1], keepdims=1),
-                    helper.make_node("Mul", [p + "_hi_raw", constant(p + "_up", np.array(1.0 / (255 - z), np.float32))],
-                                     [p + "_hi_step"]),
-                    helper.make_node("Mul", [p + "_lo_raw", constant(p + "_down", np.array(-1.0 / z, np.float32))],
-                                     [p + "_lo_step"]),
-                    helper.make_node("Max", [p + "_hi_step", p + "_lo_step", eps], [p + "_scale"]),
-                    helper.make_node("Shape", [p + "_x2"], [p + "_x2_shape"]),
-                    helper.make_node("Slice", [p + "_x2_shape", constant(p + "_r0", np.array([0], np.int64)),
-                                               constant(p + "_r1", np.array([1], np.int64))], [p + "_rows"]),
-                    helper.make_node("ConstantOfShape", [p + "_rows"], [p + "_z1"],
-                                     value=numpy_helper.from_array(np.array([z], np.uint8))),
-                ]
-                zero, lo = constant(p + "_zero", np.array(z, np.uint8)), None
-            elif asym:
+            if asym:
+                nodes += [helper.make_node("ReduceMin", [x2], [p + "_lo_raw"], axes=[-1], keepdims=1),
+                          helper.make_node("ReduceMax", [x2], [p + "_hi_raw"], axes=[-1], keepdims=1)]
+            if asym and fixed is None:  # a zero point per row
                 nodes += [
                     # the range is widened to hold 0, so z_row is a code (0..255) and a
                     # one-sided or constant row is coded right, not saturated
-                    helper.make_node("ReduceMin", [x2], [p + "_lo_raw"], axes=[-1], keepdims=1),
-                    helper.make_node("ReduceMax", [x2], [p + "_hi_raw"], axes=[-1], keepdims=1),
                     helper.make_node("Min", [p + "_lo_raw", constant(p + "_0lo", np.array(0.0, np.float32))],
                                      [p + "_lo"]),
                     helper.make_node("Max", [p + "_hi_raw", constant(p + "_0hi", np.array(0.0, np.float32))],
@@ -499,20 +484,33 @@ def quantize_per_token(graph, names: set[str], asymmetric: set[str] = frozenset(
                     helper.make_node("Neg", [p + "_neg_lo"], [p + "_lo_eff"]),
                 ]
                 zero, lo = constant(p + "_zero", np.array(0, np.uint8)), p + "_lo_eff"
-            else:
-                nodes += [
-                    helper.make_node("Abs", [x2], [p + "_abs"]),
-                    helper.make_node("ReduceMax", [p + "_abs"], [p + "_peak"], axes=[-1], keepdims=1),
-                    helper.make_node("Max", [p + "_peak", eps], [p + "_peak_pos"]),
-                    helper.make_node("Div", [p + "_peak_pos", constant(p + "_127", np.array(127.0, np.float32))],
-                                     [p + "_scale"]),
-                    helper.make_node("Shape", [p + "_x2"], [p + "_x2_shape"]),
+            else:  # one zero point for every row: the layer's, or 128 (symmetric)
+                if asym:
+                    z = int(fixed)
+                    up = constant(p + "_up", np.array(1 / (255 - z), np.float32))
+                    nodes += [
+                        helper.make_node("Mul", [p + "_hi_raw", up], [p + "_hi_step"]),
+                        helper.make_node("Mul", [p + "_lo_raw", constant(p + "_down", np.array(-1 / z, np.float32))],
+                                         [p + "_lo_step"]),
+                        helper.make_node("Max", [p + "_hi_step", p + "_lo_step", eps], [p + "_scale"]),
+                    ]
+                else:
+                    z = 128
+                    nodes += [
+                        helper.make_node("Abs", [x2], [p + "_abs"]),
+                        helper.make_node("ReduceMax", [p + "_abs"], [p + "_peak"], axes=[-1], keepdims=1),
+                        helper.make_node("Max", [p + "_peak", eps], [p + "_peak_pos"]),
+                        helper.make_node("Div", [p + "_peak_pos", constant(p + "_127", np.array(127.0, np.float32))],
+                                         [p + "_scale"]),
+                    ]
+                nodes += [  # QuantizeLinear's zero point along axis 0: z repeated per row
+                    helper.make_node("Shape", [x2], [p + "_x2_shape"]),
                     helper.make_node("Slice", [p + "_x2_shape", constant(p + "_r0", np.array([0], np.int64)),
                                                constant(p + "_r1", np.array([1], np.int64))], [p + "_rows"]),
                     helper.make_node("ConstantOfShape", [p + "_rows"], [p + "_z1"],
-                                     value=numpy_helper.from_array(np.array([128], np.uint8))),
+                                     value=numpy_helper.from_array(np.array([z], np.uint8))),
                 ]
-                zero, lo = constant(p + "_zero", np.array(128, np.uint8)), None
+                zero, lo = constant(p + "_zero", np.array(z, np.uint8)), None
             nodes += [  # QuantizeLinear takes one scale per row as a vector along axis 0
                 helper.make_node("Reshape", [p + "_scale", constant(p + "_vec1", np.array([-1], np.int64))],
                                  [p + "_scale1"]),
@@ -556,8 +554,7 @@ def build(model_path: Path, folder: Path, quant: dict) -> None:
         onnx.save(model, str(tmp))
     exported = time.perf_counter()
     part = folder / f".int8.{os.getpid()}.onnx"
-    calibration = calibration_feeds(model_path) if quant.get("per_token_zero_point") == "calibrated" else None
-    info = quantize(tmp, part, quant, calibration)
+    info = quantize(tmp, part, quant, model_path)
     os.replace(tmp, folder / "model.float32.onnx")
     os.replace(part, folder / "model.int8.onnx")
     info.update(quant=quant, model=str(model_path), smoothed=smoothed, export_s=round(exported - started, 2),
