@@ -227,6 +227,59 @@ def profile_rank_stage() -> Spans:
     return spans
 
 
+def _search_only(batches, index_path: str, k: int, search_batch: int):
+    """mapInArrow body: the rank pass's FAISS search and nothing else (one count out)."""
+    from fusionrank.core.spark import task_cpus
+    from fusionrank.index.build import arrow_vectors, load_index
+    import faiss
+
+    faiss.omp_set_num_threads(task_cpus())
+    loaded = load_index(index_path)
+    searched = 0
+    for batch in batches:
+        for start in range(0, batch.num_rows, search_batch):
+            chunk = batch.slice(start, search_batch)
+            loaded.search(arrow_vectors(chunk, "profile_vec", loaded.index.d), k)
+            searched += chunk.num_rows
+    yield pa.RecordBatch.from_pydict({"n": [searched]})
+
+
+def _count_only(batches, produce):
+    """mapInArrow body: `produce`'s batches, counted (no rows back to Spark, no files)."""
+    rows = 0
+    for batch in produce(batches):
+        rows += batch.num_rows
+    yield pa.RecordBatch.from_pydict({"n": [rows]})
+
+
+def breakdown_ladder(ctx, settings) -> list[tuple[str, float]]:
+    """The rank pass built up in steps, each a separate Spark job over user_profiles
+    (warm Python workers, index loaded): (d1) the feed and the FAISS search only;
+    (d2) the whole rank pass (seen removal, ids, reasons) but no files; the stage (d)
+    adds the seen-items join, cold-start users, the Parquet writers and the commit."""
+    from functools import partial
+
+    from pyspark.sql import functions as F
+
+    from fusionrank.ranks import users as ranking
+
+    cfg = settings.rank
+    profiles = ctx.for_date("user_profiles").select(
+        "user_id", "profile_vec", "history_item_ids", "history_weights", F.lit(None).cast("array<string>").alias("seen"))
+    feed = ranking._stable_batches(profiles, "user_id", cfg.user_partitions)
+    out = []
+    started = time.perf_counter()
+    feed.mapInArrow(partial(_search_only, index_path=ctx.index_path(), k=cfg.k, search_batch=cfg.search_batch),
+                    "n long").write.format("noop").mode("overwrite").save()
+    out.append(("(d1) Spark feed + FAISS search only (no seen, reasons, files)", time.perf_counter() - started))
+    batches = ranking.rank_batches(profiles, ctx.index_path(), cfg, cfg.user_partitions)
+    started = time.perf_counter()
+    batches.frame.mapInArrow(partial(_count_only, produce=batches.produce), "n long") \
+        .write.format("noop").mode("overwrite").save()
+    out.append(("(d2) + seen removal, ids, reasons (the rank pass, no files)", time.perf_counter() - started))
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=50_000)
@@ -245,7 +298,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-als", action="store_true")
     parser.add_argument("--rerank", action="store_true",
                         help="also run the rank stage with the re-ranker (e); histories become training events")
-    parser.add_argument("--breakdown", action="store_true", help="also time rank_users' search alone")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the stage's parts and the rank pass built up in steps (d1, d2)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir, removed)")
     parser.add_argument("--rank-runs", type=int, default=1,
                         help="run the rank stage this many times in the same session (later runs are warm: "
@@ -325,17 +379,7 @@ def main(argv=None) -> int:
         # The middle run by time stands for the stage (its breakdown is printed).
         ranked, spans = sorted(runs, key=lambda r: r[0].seconds)[(len(runs) - 1) // 2]
         if args.breakdown:
-            # The search alone: profiles -> hash-partitioned mapInArrow -> a no-op sink (no
-            # seen join, no reason titles, no Delta write, no counts; index already loaded).
-            from fusionrank.ranks import users as ranking
-
-            users_df = ctx.for_date("user_profiles").select(
-                "user_id", "profile_vec", "history_item_ids", "history_weights",
-                __import__("pyspark.sql.functions", fromlist=["lit"]).lit(None).cast("array<string>").alias("seen"))
-            started = time.perf_counter()
-            ranking.rank_users(users_df, ctx.index_path(), settings.rank, settings.rank.user_partitions) \
-                .write.format("noop").mode("overwrite").save()
-            search_only = time.perf_counter() - started
+            ladder = breakdown_ladder(ctx, settings)
         sample = np.sort(np.random.default_rng(2).choice(args.users, min(args.recall_users, args.users), replace=False))
 
         def stage_recall(run_ctx) -> float:
@@ -349,7 +393,7 @@ def main(argv=None) -> int:
         rows.append((f"(d) fusionrank rank stage{' (+ similar items)' if args.with_similar else ''}", ranked.seconds,
                      stage_recall(ctx)))
         if args.breakdown:
-            rows.append(("(d0) rank_users search alone (noop sink, separate run)", search_only, float("nan")))
+            rows += [(name, seconds, float("nan")) for name, seconds in ladder]
         if args.rerank:
             from fusionrank.ranks.rerank import nightly
 

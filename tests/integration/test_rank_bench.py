@@ -19,7 +19,7 @@ def test_rank_stage_matches_exact_search_on_synthetic_factors(tmp_path):
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "rank_vs_als.py"), "--users", "3000", "--items", "2000",
-         "--k", "20", "--clusters", "32", "--cores", "2", "--recall-users", "500", "--work", str(tmp_path)],
+         "--k", "20", "--clusters", "32", "--cores", "2", "--recall-users", "500", "--breakdown", "--work", str(tmp_path)],
         capture_output=True, text=True, timeout=900, env=env, cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -32,3 +32,7 @@ def test_rank_stage_matches_exact_search_on_synthetic_factors(tmp_path):
     assert rows["(a)"] == pytest.approx(1.0) and rows["(b)"] == pytest.approx(1.0)  # both exact
     assert rows["(d)"] >= 0.95  # the rank stage over the ANN index against the exact top-k
     assert rows["(d)"] == pytest.approx(rows["(c)"], abs=0.02)  # the stage adds no loss to the index's own
+    # --breakdown: the rank pass built up in steps, each a Spark job that ran (seconds > 0)
+    ladder = dict(re.findall(r"^\((d[12])\).*?\s([\d.]+)\s+\d+\s+\S+\s+nan\s*$", result.stdout, re.M))
+    assert set(ladder) == {"d1", "d2"} and all(float(s) > 0 for s in ladder.values()), result.stdout[-2000:]
+    assert "of which the executor job" in result.stdout
