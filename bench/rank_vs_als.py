@@ -11,6 +11,9 @@ Synthetic clustered factors (dim 64) for U users x I items, k=100, in one run:
       and rank (Spark, index loading, seen-item filtering, reasons, writing
       recs_user_topk as Delta), from item_embeddings / user_profiles Delta tables.
 
+  (d1, d2) with --breakdown: the rank pass built up in steps, each its own Spark job
+      (breakdown_ladder), beside the wall time of the stage's own calls.
+
   (e) with --rerank: the same rank stage with the learned second stage on
       (rerank.enabled: trained on the driver from events_clean, applied in the rank pass).
       The users' histories then become real training events (each user's items drawn
@@ -26,12 +29,14 @@ case the rank stage includes it. Recall@100 is measured against (b) on all users
     python bench/rank_vs_als.py --users 50000 --items 20000
     python bench/rank_vs_als.py --skip-als --breakdown --rank-runs 3   # the stage 3 times: min / median
     python bench/rank_vs_als.py --users 200000 --items 100000 --rerank  # (e): with the re-ranker
+    python bench/rank_vs_als.py --skip-als --rerank --rerank-conf '{"candidates": 50}'  # other rerank settings
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shutil
 import sys
@@ -298,6 +303,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-als", action="store_true")
     parser.add_argument("--rerank", action="store_true",
                         help="also run the rank stage with the re-ranker (e); histories become training events")
+    parser.add_argument("--rerank-conf", default="{}",
+                        help="with --rerank: JSON of rerank settings over the config's, e.g. "
+                             "'{\"candidates\": 50, \"max_train_users\": 2500}'")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the stage's parts and the rank pass built up in steps (d1, d2)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir, removed)")
@@ -398,7 +406,7 @@ def main(argv=None) -> int:
             from fusionrank.ranks.rerank import nightly
 
             rerank_settings = load_config(ROOT / "conf" / "local.yaml", overrides={
-                **overrides, "rerank": {"enabled": True, "num_threads": args.cores}})
+                **overrides, "rerank": {**json.loads(args.rerank_conf), "enabled": True, "num_threads": args.cores}})
             rerank_ctx = make_context(rerank_settings, RUN_DATE, spark)
             training = Spans()
             training.wrap(nightly, "train_nightly", "train")
