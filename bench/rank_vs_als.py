@@ -261,7 +261,9 @@ def breakdown_ladder(ctx, settings) -> list[tuple[str, float]]:
     """The rank pass built up in steps, each a separate Spark job over user_profiles
     (warm Python workers, index loaded): (d1) the feed and the FAISS search only;
     (d2) the whole rank pass (seen removal, ids, reasons) but no files; the stage (d)
-    adds the seen-items join, cold-start users, the Parquet writers and the commit."""
+    adds the seen-items join, cold-start users, the Parquet writers and the commit.
+    The steps' seen lists are null: so are the stage's without --rerank (the events
+    table then holds one event of a user without a profile)."""
     from functools import partial
 
     from pyspark.sql import functions as F
