@@ -273,13 +273,12 @@ def breakdown_ladder(ctx, settings) -> list[tuple[str, float]]:
     cfg = settings.rank
     profiles = ctx.for_date("user_profiles").select(
         "user_id", "profile_vec", "history_item_ids", "history_weights", F.lit(None).cast("array<string>").alias("seen"))
-    feed = ranking._stable_batches(profiles, "user_id", cfg.user_partitions)
+    batches = ranking.rank_batches(profiles, ctx.index_path(), cfg, cfg.user_partitions)  # the stage's feed
     out = []
     started = time.perf_counter()
-    feed.mapInArrow(partial(_search_only, index_path=ctx.index_path(), k=cfg.k, search_batch=cfg.search_batch),
-                    "n long").write.format("noop").mode("overwrite").save()
+    batches.frame.mapInArrow(partial(_search_only, index_path=ctx.index_path(), k=cfg.k,
+                                     search_batch=cfg.search_batch), "n long").write.format("noop").mode("overwrite").save()
     out.append(("(d1) Spark feed + FAISS search only (no seen, reasons, files)", time.perf_counter() - started))
-    batches = ranking.rank_batches(profiles, ctx.index_path(), cfg, cfg.user_partitions)
     started = time.perf_counter()
     batches.frame.mapInArrow(partial(_count_only, produce=batches.produce), "n long") \
         .write.format("noop").mode("overwrite").save()
